@@ -1,0 +1,2 @@
+//! The metamesh MetaProtocol engine.
+#![forbid(unsafe_code)]

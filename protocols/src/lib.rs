@@ -1,0 +1,2 @@
+//! Built-in metamesh protocols.
+#![forbid(unsafe_code)]
