@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Installs the third-party peers the end-to-end tests talk to (see tests/peers/README.md)
+# into a virtualenv at <repo>/.venv.
+#
+#   scripts/setup-test-deps.sh            # idempotent; a second run only checks a stamp
+#   FORCE=1 scripts/setup-test-deps.sh    # reinstall even if the stamp matches
+#   PYTHON=python3.12 scripts/setup-test-deps.sh
+#
+# Non-interactive, callable from any directory. Needs python3 (>= 3.8) with venv or pip, and
+# network access to PyPI on the first run only.
+#
+# Layout it produces:
+#   .venv/                       virtualenv: dubbo-py, kazoo, nacos-sdk-python
+#   .venv/dubbo-python-lib/      dubbo-python alone (it ships the same top-level package name
+#                                "dubbo" as dubbo-py, so it cannot share site-packages with it)
+#   .venv/.metamesh-test-deps    stamp: hash of the requirement set that was installed
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+REQ="$REPO/tests/peers/requirements.txt"
+REQ_DP="$REPO/tests/peers/requirements-dubbo-python.txt"
+DP_LIB="$VENV/dubbo-python-lib"
+STAMP="$VENV/.metamesh-test-deps"
+# Bump when the install procedure changes in a way the requirement files do not show.
+LAYOUT_VERSION=1
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
+
+log() { printf '[setup-test-deps] %s\n' "$*"; }
+die() { printf '[setup-test-deps] error: %s\n' "$*" >&2; exit 1; }
+
+[ -f "$REQ" ] || die "missing $REQ"
+[ -f "$REQ_DP" ] || die "missing $REQ_DP"
+
+pick_python() {
+    if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+    for p in python3.11 python3.12 python3.13 python3.10 python3; do
+        if command -v "$p" >/dev/null 2>&1; then echo "$p"; return; fi
+    done
+    die "no python3 found (set PYTHON=...)"
+}
+
+hash_stdin() {
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -d' ' -f1
+    else "$VENV_PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
+    fi
+}
+
+VENV_PY="$VENV/bin/python"
+
+# 1. virtualenv
+if [ -x "$VENV_PY" ] && "$VENV_PY" -c 'import sys' >/dev/null 2>&1; then
+    log "virtualenv present: $VENV"
+else
+    PY="$(pick_python)"
+    "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' \
+        || die "$PY is older than 3.8"
+    log "creating virtualenv $VENV with $("$PY" --version 2>&1)"
+    rm -rf "$VENV"
+    if ! "$PY" -m venv "$VENV" 2>/tmp/setup-test-deps-venv.$$; then
+        cat /tmp/setup-test-deps-venv.$$ >&2 || true
+        rm -rf "$VENV"
+        log "'$PY -m venv' failed (python3-venv missing?); falling back to virtualenv from PyPI"
+        "$PY" -m pip install --quiet --user virtualenv 2>/dev/null \
+            || "$PY" -m pip install --quiet virtualenv \
+            || die "cannot install virtualenv"
+        "$PY" -m virtualenv --quiet "$VENV" || die "virtualenv failed"
+    fi
+    rm -f /tmp/setup-test-deps-venv.$$
+fi
+
+# 2. requirement set; skip when the stamp says it is already installed
+WANT="$( { echo "layout=$LAYOUT_VERSION"; "$VENV_PY" -c 'import sys; print(sys.version)';
+           cat "$REQ"; echo '--- dubbo-python-lib'; cat "$REQ_DP"; } | hash_stdin )"
+
+if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -d "$DP_LIB/dubbo" ]; then
+    log "requirements already installed (stamp $STAMP matches); nothing to do"
+    exit 0
+fi
+
+log "installing $(grep -v '^\s*#' "$REQ" | grep -v '^\s*$' | tr '\n' ' ')into $VENV"
+"$VENV_PY" -m pip install --quiet --upgrade pip
+"$VENV_PY" -m pip install --quiet -r "$REQ"
+
+log "installing $(grep -v '^\s*#' "$REQ_DP" | grep -v '^\s*$' | tr '\n' ' ')into $DP_LIB (--no-deps)"
+rm -rf "$DP_LIB"
+"$VENV_PY" -m pip install --quiet --no-deps --target "$DP_LIB" -r "$REQ_DP"
+
+# 3. smoke-import both libraries the way the peer programs use them
+log "checking imports"
+"$VENV_PY" -c 'import dubbo.server, dubbo.client, dubbo.codec.hessian2, kazoo, nacos' \
+    || die "dubbo-py import failed"
+PYTHONPATH="$DP_LIB" "$VENV_PY" -W ignore -c \
+    'import dubbo.connection.connections, dubbo.codec.encoder, dubbo.client' \
+    || die "dubbo-python import failed"
+
+echo "$WANT" > "$STAMP"
+log "installed:"
+"$VENV_PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(dubbo-py|kazoo|nacos-sdk-python)==' | sed 's/^/    /'
+( cd "$DP_LIB" && ls -d dubbo_python-*.dist-info 2>/dev/null | sed 's/\.dist-info$//; s/^/    /; s/-/==/' )
+log "done"
