@@ -1,2 +1,29 @@
-//! The metamesh MetaProtocol engine.
+//! The metamesh MetaProtocol engine: the codec contract every protocol implements, the
+//! protocol-neutral [`Message`], and the generic proxy built on them (configuration,
+//! routing, mutation, upstream pools, listeners, admin and metrics). Nothing here knows a
+//! particular protocol.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admin;
+pub mod codec;
+pub mod config;
+mod io;
+pub mod listener;
+pub mod message;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod stats;
+pub mod upstream;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testing;
+
+pub use codec::{
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, Protocol,
+    ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE,
+};
+pub use config::{Bootstrap, ConfigError, ConfigErrors};
+pub use message::{LocalReply, LocalReplyKind, Message, MessageKind, Metadata};
+pub use proxy::{Proxy, ProxyBuilder, StartError};

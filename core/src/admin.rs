@@ -1,0 +1,141 @@
+//! The admin endpoint: `/ready`, `/stats/prometheus`, `/config_dump` and `/clusters`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::ConfigStore;
+
+/// State the admin endpoint reports on.
+pub(crate) struct AdminState {
+    pub(crate) store: Arc<ConfigStore>,
+    pub(crate) ready: AtomicBool,
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
+    match req.uri().path() {
+        "/ready" => {
+            if state.ready.load(Ordering::Acquire) {
+                reply(StatusCode::OK, TEXT, "LIVE\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "PRE_INITIALIZING\n")
+            }
+        }
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.store.stats().encode(),
+        ),
+        "/config_dump" => {
+            let snap = state.store.load();
+            let body = serde_json::json!({
+                "version": snap.version,
+                "bootstrap": &*snap.bootstrap,
+            });
+            reply(StatusCode::OK, JSON, body.to_string())
+        }
+        "/clusters" => {
+            let snap = state.store.load();
+            let as_json = req.uri().query().is_some_and(|q| q.contains("format=json"));
+            if as_json {
+                let clusters: Vec<_> = snap
+                    .clusters()
+                    .iter()
+                    .map(|c| {
+                        let endpoints: Vec<_> = c
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                serde_json::json!({
+                                    "address": e.config.address,
+                                    "locality": e.config.locality,
+                                    "weight": e.config.weight.unwrap_or(1),
+                                    "priority": e.config.priority,
+                                    "labels": e.config.labels,
+                                    "health": "healthy",
+                                    "active_requests": e.pool.active_requests(),
+                                    "connections": e.pool.connections(),
+                                })
+                            })
+                            .collect();
+                        serde_json::json!({ "name": c.name, "endpoints": endpoints })
+                    })
+                    .collect();
+                reply(
+                    StatusCode::OK,
+                    JSON,
+                    serde_json::json!({ "clusters": clusters }).to_string(),
+                )
+            } else {
+                let mut out = String::new();
+                for c in snap.clusters() {
+                    for e in &c.endpoints {
+                        let l = &e.config.locality;
+                        let prefix = format!("{}::{}", c.name, e.config.address);
+                        out.push_str(&format!(
+                            "{prefix}::health_flags::healthy\n{prefix}::locality::{}/{}/{}\n{prefix}::weight::{}\n{prefix}::priority::{}\n{prefix}::rq_active::{}\n{prefix}::cx_active::{}\n",
+                            l.region,
+                            l.zone,
+                            l.subzone,
+                            e.config.weight.unwrap_or(1),
+                            e.config.priority,
+                            e.pool.active_requests(),
+                            e.pool.connections(),
+                        ));
+                    }
+                }
+                reply(StatusCode::OK, TEXT, out)
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found; try /ready, /stats/prometheus, /config_dump, /clusters\n",
+        ),
+    }
+}

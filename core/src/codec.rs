@@ -1,0 +1,228 @@
+//! The codec contract: what a protocol implements so that the generic engine can route
+//! it. A [`Protocol`] is a shared factory and answers local replies; a [`Codec`] is the
+//! per-connection, per-direction decoder/encoder.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::message::{LocalReply, Message};
+
+/// Default maximum size of one frame: 8 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
+
+/// Which end of the proxy a codec instance serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Talks to clients: decodes requests, encodes responses.
+    Downstream,
+    /// Talks to servers: encodes requests, decodes responses.
+    Upstream,
+}
+
+/// Limits and settings handed to every codec instance.
+#[derive(Clone, Debug)]
+pub struct CodecOptions {
+    /// Which end this codec serves.
+    pub side: Side,
+    /// Largest frame the codec may buffer; larger ones are a decode error.
+    pub max_frame_size: usize,
+}
+
+impl CodecOptions {
+    /// Options for `side` with the default frame limit.
+    pub fn new(side: Side) -> Self {
+        Self {
+            side,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
+/// What the connection should do about a frame that could not be decoded.
+#[derive(Debug)]
+pub enum ErrorAction {
+    /// The stream cannot be resynchronised: close the connection.
+    Close,
+    /// The bad frame was consumed; send this reply and keep the connection.
+    Reply(Message),
+    /// Send this reply, then close the connection.
+    ReplyAndClose(Message),
+}
+
+/// A frame that could not be decoded.
+#[derive(Debug)]
+pub struct DecodeError {
+    /// Stable snake_case reason, used as a metric label (e.g. `bad_magic`, `frame_too_large`).
+    pub reason: &'static str,
+    /// Human-readable detail for logs.
+    pub detail: String,
+    /// What to do next.
+    pub action: ErrorAction,
+}
+
+impl DecodeError {
+    /// An error after which the connection is closed.
+    pub fn close(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            action: ErrorAction::Close,
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A message that could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {what}: {detail}")]
+pub struct EncodeError {
+    /// What was being encoded.
+    pub what: &'static str,
+    /// Why it failed.
+    pub detail: String,
+}
+
+/// An encoded frame as a short list of byte chunks, so an unchanged body is written
+/// straight from the buffer it was read into.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedFrame {
+    parts: SmallVec<[Bytes; 3]>,
+}
+
+impl EncodedFrame {
+    /// An empty frame.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a chunk (empty chunks are dropped).
+    pub fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.parts.push(part);
+        }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The chunks in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// Takes the chunks out.
+    pub fn into_parts(self) -> SmallVec<[Bytes; 3]> {
+        self.parts
+    }
+
+    /// Copies all chunks into one contiguous buffer (tests, small frames).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts[0].clone(),
+            _ => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for p in &self.parts {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+/// Per-connection, per-direction decoder and encoder of one protocol.
+pub trait Codec: Send + 'static {
+    /// Decodes one frame from the front of `buf`, consuming exactly its bytes.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed. Never panics, and never lets a frame
+    /// grow beyond the configured maximum frame size.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError>;
+
+    /// Encodes `msg` with `request_id` on the wire.
+    ///
+    /// With an unchanged metadata map and `request_id == msg.request_id` this must push
+    /// `msg.frame` unchanged. A different id is patched in place; dirty metadata re-encodes
+    /// only the section that carries it and fixes length fields.
+    fn encode(
+        &mut self,
+        msg: &Message,
+        request_id: u64,
+        out: &mut EncodedFrame,
+    ) -> Result<(), EncodeError>;
+}
+
+/// A protocol: names itself, makes codecs, and answers what the proxy must answer itself.
+pub trait Protocol: Send + Sync + 'static {
+    /// The name used in listener configuration (`dubbo`, `thrift`, `http`, ...).
+    fn name(&self) -> &str;
+
+    /// A new codec for one connection.
+    fn codec(&self, options: &CodecOptions) -> Box<dyn Codec>;
+
+    /// True when many requests may share one upstream connection, told apart by request
+    /// id (the proxy then rewrites ids so that many downstream connections share few
+    /// upstream ones). False means one request in flight per upstream connection.
+    fn multiplexing(&self) -> bool;
+
+    /// A protocol-native error response to `request`.
+    fn local_reply(&self, request: &Message, reply: LocalReply<'_>) -> Message;
+
+    /// The answer to a heartbeat (or other event) that expects one; `None` otherwise.
+    fn heartbeat_reply(&self, heartbeat: &Message) -> Option<Message>;
+}
+
+/// Protocols by name.
+#[derive(Clone, Default)]
+pub struct ProtocolRegistry {
+    protocols: HashMap<String, Arc<dyn Protocol>>,
+}
+
+impl ProtocolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `protocol` under its name, replacing one of the same name.
+    pub fn register(&mut self, protocol: Arc<dyn Protocol>) -> &mut Self {
+        self.protocols.insert(protocol.name().to_owned(), protocol);
+        self
+    }
+
+    /// The protocol called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Protocol>> {
+        self.protocols.get(name)
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<_> = self.protocols.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+impl fmt::Debug for ProtocolRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}

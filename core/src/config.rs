@@ -1,0 +1,823 @@
+//! The proxy bootstrap: the YAML model (snake_case, as in DESIGN.md), parsing with field
+//! paths in every error, and validation against the registered protocols. The runtime
+//! never sees this model directly: [`crate::snapshot::Snapshot`] compiles it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{ProtocolRegistry, DEFAULT_MAX_FRAME_SIZE};
+
+/// The whole bootstrap file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Who this proxy is.
+    #[serde(default)]
+    pub node: Node,
+    /// The admin endpoint.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// An xDS server to take dynamic resources from.
+    #[serde(default)]
+    pub xds: Option<Xds>,
+    /// Listeners to bind.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Route configurations, referenced by listeners.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Upstream clusters.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    /// Lua hooks, referenced by listeners.
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
+}
+
+/// Identity and placement of this proxy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Unique id of this proxy.
+    #[serde(default)]
+    pub id: String,
+    /// The service cluster this proxy belongs to.
+    #[serde(default)]
+    pub cluster: String,
+    /// Where this proxy runs.
+    #[serde(default)]
+    pub locality: Locality,
+    /// Address outbound listeners created from xDS bind to (default 127.0.0.1).
+    #[serde(default)]
+    pub outbound_address: Option<String>,
+}
+
+/// A region/zone/subzone triple.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    /// Region, e.g. `bj`.
+    #[serde(default)]
+    pub region: String,
+    /// Zone within the region.
+    #[serde(default)]
+    pub zone: String,
+    /// Subzone within the zone.
+    #[serde(default)]
+    pub subzone: String,
+}
+
+/// The admin endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address to bind, loopback unless said otherwise.
+    pub address: String,
+}
+
+/// The xDS server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xds {
+    /// gRPC address, e.g. `http://127.0.0.1:15010`.
+    pub address: String,
+}
+
+/// A listener: an address, the protocol spoken on it and the routes it uses.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// `ip:port` to bind (port 0 picks a free one).
+    pub address: String,
+    /// Registered protocol name.
+    pub protocol: String,
+    /// Name of the route configuration.
+    pub route_config: String,
+    /// Names of hooks to run on every request.
+    #[serde(default)]
+    pub hooks: Vec<String>,
+    /// A token bucket for the whole listener.
+    #[serde(default)]
+    pub local_rate_limit: Option<TokenBucket>,
+    /// Largest frame accepted from clients, in bytes (default 8 MiB).
+    #[serde(default)]
+    pub max_frame_size: Option<usize>,
+}
+
+/// A token bucket.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Bucket size.
+    pub max_tokens: u32,
+    /// Tokens added per fill.
+    pub tokens_per_fill: u32,
+    /// Time between fills.
+    pub fill_interval: ConfigDuration,
+}
+
+/// A named, ordered list of routes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, referenced by listeners.
+    pub name: String,
+    /// Routes in match order: the first that matches wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One route: a match and what to do with matching requests.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name, unique within its route configuration.
+    pub name: String,
+    /// Conditions; an absent match matches every request.
+    #[serde(default, rename = "match")]
+    pub match_: RouteMatch,
+    /// Destination clusters; several entries with weights split traffic.
+    pub route: Vec<Destination>,
+    /// Attributes set on the request before it goes upstream.
+    #[serde(default)]
+    pub request_mutation: Vec<KeyValue>,
+    /// Attributes set on the response before it goes back to the client.
+    #[serde(default)]
+    pub response_mutation: Vec<KeyValue>,
+    /// A shadow copy of the traffic.
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
+    /// Deadline for the whole request.
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    /// Attributes hashed for consistent-hash load balancing.
+    #[serde(default)]
+    pub hash_policy: Vec<String>,
+}
+
+/// Conditions on request attributes, all of which must hold.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Attribute name (case-insensitive) to condition.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, StringMatch>,
+}
+
+/// A condition on one attribute value: exactly one field is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    /// The value equals this (case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The whole value matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The attribute is present (true) or absent (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// A weighted destination cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Cluster name.
+    pub cluster: String,
+    /// Relative weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// An attribute to set.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyValue {
+    /// Attribute name.
+    pub key: String,
+    /// Attribute value.
+    pub value: String,
+}
+
+/// Traffic mirroring.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The shadow cluster.
+    pub cluster: String,
+    /// Share of requests copied, 0 to 100.
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    /// Deadline of each attempt.
+    #[serde(default)]
+    pub per_try_timeout: Option<ConfigDuration>,
+}
+
+/// Load balancing policy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Fewest active requests among two random picks.
+    LeastRequest,
+    /// Uniformly random.
+    Random,
+    /// Consistent hashing on a ring.
+    RingHash,
+    /// Consistent hashing with Maglev tables.
+    Maglev,
+}
+
+/// An upstream cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Protocol spoken to the endpoints (default: that of the listener the request came in on).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// How endpoints are chosen.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Locality-aware balancing.
+    #[serde(default)]
+    pub locality_lb: Option<LocalityLb>,
+    /// Deadline for establishing an upstream connection (default 1s).
+    #[serde(default)]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// Connections each endpoint's pool keeps for multiplexing protocols (default 1).
+    #[serde(default)]
+    pub connections_per_endpoint: Option<u32>,
+    /// Largest frame accepted from endpoints, in bytes (default 8 MiB).
+    #[serde(default)]
+    pub max_frame_size: Option<usize>,
+    /// Passive health checking.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// The endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Locality-aware balancing switch.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLb {
+    /// Turns it on.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Outlier detection settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Errors in a row that eject an endpoint.
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    /// Time between ejection sweeps.
+    #[serde(default)]
+    pub interval: Option<ConfigDuration>,
+    /// Base ejection time.
+    #[serde(default)]
+    pub base_ejection_time: Option<ConfigDuration>,
+}
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// Where the endpoint runs.
+    #[serde(default)]
+    pub locality: Locality,
+    /// Relative weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Priority level, 0 is the highest.
+    #[serde(default)]
+    pub priority: u32,
+    /// Free-form labels (subsets are built from these by the control plane).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A Lua hook.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// Unique name.
+    pub name: String,
+    /// Lua source.
+    pub script: String,
+}
+
+/// A duration written as `2s`, `500ms`, `1m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(ConfigDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// One configuration problem, with the path of the field it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path, e.g. `routes[dubbo-routes].routes[batchjob].route[0].cluster`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl Bootstrap {
+    /// Parses YAML; errors name the field path and the line.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path == "." { String::new() } else { path };
+            ConfigErrors::single(path, inner.to_string())
+        })
+    }
+
+    /// Checks cross-references and values; returns every problem found.
+    pub fn validate(&self, protocols: &ProtocolRegistry) -> Result<(), ConfigErrors> {
+        let mut v = Validator::default();
+        v.check(self, protocols);
+        if v.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    /// Parses and validates.
+    pub fn load(text: &str, protocols: &ProtocolRegistry) -> Result<Self, ConfigErrors> {
+        let b = Self::from_yaml(text)?;
+        b.validate(protocols)?;
+        Ok(b)
+    }
+}
+
+impl Listener {
+    /// The frame limit in force.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size.unwrap_or(DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
+/// Compiles a [`StringMatch`] regex the way routes use it: anchored at both ends.
+pub(crate) fn compile_full_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+fn named(kind: &str, name: &str, index: usize) -> String {
+    if name.is_empty() {
+        format!("{kind}[{index}]")
+    } else {
+        format!("{kind}[{name}]")
+    }
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, path: String, what: &str) {
+        self.err(
+            path,
+            format!("{what} is not supported by this version of metamesh"),
+        );
+    }
+
+    fn unique<'a>(&mut self, kind: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen = HashSet::new();
+        for (i, n) in names.enumerate() {
+            if n.is_empty() {
+                self.err(format!("{kind}[{i}].name"), "must not be empty");
+            } else if !seen.insert(n) {
+                self.err(format!("{kind}[{n}].name"), format!("duplicate name {n:?}"));
+            }
+        }
+    }
+
+    fn check(&mut self, b: &Bootstrap, protocols: &ProtocolRegistry) {
+        self.unique("listeners", b.listeners.iter().map(|l| l.name.as_str()));
+        self.unique("routes", b.routes.iter().map(|r| r.name.as_str()));
+        self.unique("clusters", b.clusters.iter().map(|c| c.name.as_str()));
+        self.unique("hooks", b.hooks.iter().map(|h| h.name.as_str()));
+        let route_names: HashSet<&str> = b.routes.iter().map(|r| r.name.as_str()).collect();
+        let cluster_names: HashSet<&str> = b.clusters.iter().map(|c| c.name.as_str()).collect();
+
+        if let Some(admin) = &b.admin {
+            if admin.address.parse::<SocketAddr>().is_err() {
+                self.err(
+                    "admin.address",
+                    format!("{:?} is not an ip:port address", admin.address),
+                );
+            }
+        }
+        if b.xds.is_some() {
+            self.unsupported("xds".into(), "dynamic configuration over xDS");
+        }
+        for (i, h) in b.hooks.iter().enumerate() {
+            self.unsupported(named("hooks", &h.name, i), "Lua hooks");
+        }
+
+        for (i, l) in b.listeners.iter().enumerate() {
+            let p = named("listeners", &l.name, i);
+            if l.address.parse::<SocketAddr>().is_err() {
+                self.err(
+                    format!("{p}.address"),
+                    format!("{:?} is not an ip:port address", l.address),
+                );
+            }
+            if protocols.get(&l.protocol).is_none() {
+                self.err(
+                    format!("{p}.protocol"),
+                    format!(
+                        "unknown protocol {:?} (registered: {})",
+                        l.protocol,
+                        protocols.names().join(", ")
+                    ),
+                );
+            }
+            if !route_names.contains(l.route_config.as_str()) {
+                self.err(
+                    format!("{p}.route_config"),
+                    format!("no route configuration named {:?}", l.route_config),
+                );
+            }
+            if !l.hooks.is_empty() {
+                self.unsupported(format!("{p}.hooks"), "Lua hooks");
+            }
+            if l.local_rate_limit.is_some() {
+                self.unsupported(format!("{p}.local_rate_limit"), "local rate limiting");
+            }
+            if l.max_frame_size == Some(0) {
+                self.err(format!("{p}.max_frame_size"), "must be greater than 0");
+            }
+        }
+
+        for (i, rc) in b.routes.iter().enumerate() {
+            let p = named("routes", &rc.name, i);
+            let mut seen = HashSet::new();
+            for (j, r) in rc.routes.iter().enumerate() {
+                let rp = format!("{p}.{}", named("routes", &r.name, j));
+                if r.name.is_empty() {
+                    self.err(format!("{rp}.name"), "must not be empty");
+                } else if !seen.insert(r.name.as_str()) {
+                    self.err(
+                        format!("{rp}.name"),
+                        format!("duplicate route {:?}", r.name),
+                    );
+                }
+                self.check_route(&rp, r, &cluster_names);
+            }
+        }
+
+        for (i, c) in b.clusters.iter().enumerate() {
+            let p = named("clusters", &c.name, i);
+            if let Some(proto) = &c.protocol {
+                if protocols.get(proto).is_none() {
+                    self.err(
+                        format!("{p}.protocol"),
+                        format!("unknown protocol {proto:?}"),
+                    );
+                }
+            }
+            if c.lb_policy != LbPolicy::RoundRobin {
+                self.unsupported(
+                    format!("{p}.lb_policy"),
+                    &format!("load balancing policy {:?}", c.lb_policy),
+                );
+            }
+            if c.locality_lb.as_ref().is_some_and(|l| l.enabled) {
+                self.unsupported(format!("{p}.locality_lb"), "locality-aware balancing");
+            }
+            if c.outlier_detection.is_some() {
+                self.unsupported(format!("{p}.outlier_detection"), "outlier detection");
+            }
+            if c.connect_timeout.is_some_and(|d| d.0.is_zero()) {
+                self.err(format!("{p}.connect_timeout"), "must be greater than 0");
+            }
+            if c.connections_per_endpoint == Some(0) {
+                self.err(
+                    format!("{p}.connections_per_endpoint"),
+                    "must be greater than 0",
+                );
+            }
+            if c.max_frame_size == Some(0) {
+                self.err(format!("{p}.max_frame_size"), "must be greater than 0");
+            }
+            for (j, e) in c.endpoints.iter().enumerate() {
+                let ep = format!("{p}.endpoints[{j}]");
+                if e.address.parse::<SocketAddr>().is_err() {
+                    self.err(
+                        format!("{ep}.address"),
+                        format!("{:?} is not an ip:port address", e.address),
+                    );
+                }
+                if e.weight == Some(0) {
+                    self.err(format!("{ep}.weight"), "must be greater than 0");
+                }
+                if e.priority != 0 {
+                    self.unsupported(format!("{ep}.priority"), "endpoint priorities");
+                }
+            }
+        }
+    }
+
+    fn check_route(&mut self, rp: &str, r: &Route, clusters: &HashSet<&str>) {
+        let mut keys = HashSet::new();
+        for (key, m) in &r.match_.attributes {
+            let mp = format!("{rp}.match.attributes.{key}");
+            if key.is_empty() {
+                self.err(mp.clone(), "attribute name must not be empty");
+            }
+            if !keys.insert(key.to_ascii_lowercase()) {
+                self.err(
+                    mp.clone(),
+                    "attribute given twice (names are case-insensitive)",
+                );
+            }
+            let set = [
+                m.exact.is_some(),
+                m.prefix.is_some(),
+                m.regex.is_some(),
+                m.present.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if set != 1 {
+                self.err(
+                    mp.clone(),
+                    "exactly one of exact, prefix, regex, present must be set",
+                );
+            }
+            if let Some(re) = &m.regex {
+                if let Err(e) = compile_full_regex(re) {
+                    self.err(format!("{mp}.regex"), format!("invalid regex: {e}"));
+                }
+            }
+        }
+        if r.route.is_empty() {
+            self.err(
+                format!("{rp}.route"),
+                "at least one destination is required",
+            );
+        }
+        for (k, d) in r.route.iter().enumerate() {
+            if !clusters.contains(d.cluster.as_str()) {
+                self.err(
+                    format!("{rp}.route[{k}].cluster"),
+                    format!("no cluster named {:?}", d.cluster),
+                );
+            }
+            if d.weight == Some(0) && r.route.len() == 1 {
+                self.err(format!("{rp}.route[{k}].weight"), "must be greater than 0");
+            }
+        }
+        if r.route.len() > 1 && r.route.iter().all(|d| d.weight == Some(0)) {
+            self.err(format!("{rp}.route"), "weights must not all be 0");
+        }
+        for (k, kv) in r.request_mutation.iter().enumerate() {
+            if kv.key.is_empty() {
+                self.err(
+                    format!("{rp}.request_mutation[{k}].key"),
+                    "must not be empty",
+                );
+            }
+        }
+        for (k, kv) in r.response_mutation.iter().enumerate() {
+            if kv.key.is_empty() {
+                self.err(
+                    format!("{rp}.response_mutation[{k}].key"),
+                    "must not be empty",
+                );
+            }
+        }
+        if r.timeout.is_some_and(|t| t.0.is_zero()) {
+            self.err(format!("{rp}.timeout"), "must be greater than 0");
+        }
+        if r.mirror.is_some() {
+            self.unsupported(format!("{rp}.mirror"), "traffic mirroring");
+        }
+        if r.retry.is_some() {
+            self.unsupported(format!("{rp}.retry"), "retries");
+        }
+        if !r.hash_policy.is_empty() {
+            self.unsupported(format!("{rp}.hash_policy"), "consistent hashing");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: { id: consumer-1, cluster: demo, locality: { region: bj, zone: "800002" } }
+admin: { address: 127.0.0.1:15000 }
+listeners:
+  - name: dubbo-out
+    address: 127.0.0.1:20880
+    protocol: test
+    route_config: dubbo-routes
+routes:
+  - name: dubbo-routes
+    routes:
+      - name: batchjob
+        match:
+          attributes:
+            interface: { exact: org.apache.dubbo.samples.DemoService }
+            batchjob: { exact: "true" }
+        route: [{ cluster: demo-batchjob }]
+        request_mutation: [{ key: x-tier, value: batch }]
+        response_mutation: [{ key: x-served-by, value: metamesh }]
+        timeout: 2s
+      - name: default
+        route: [{ cluster: demo-user, weight: 3 }, { cluster: demo-batchjob, weight: 1 }]
+clusters:
+  - name: demo-batchjob
+    connect_timeout: 250ms
+    endpoints:
+      - address: 127.0.0.1:20881
+        locality: { region: bj, zone: "800002" }
+        labels: { service_group: batchjob }
+  - name: demo-user
+    endpoints: [{ address: 127.0.0.1:20882 }]
+"#;
+
+    fn registry() -> ProtocolRegistry {
+        crate::testing::registry()
+    }
+
+    #[test]
+    fn parses_and_validates_the_design_example() {
+        let b = Bootstrap::load(GOOD, &registry()).expect("valid");
+        assert_eq!(b.listeners[0].name, "dubbo-out");
+        let r = &b.routes[0].routes[0];
+        assert_eq!(r.timeout, Some(ConfigDuration(Duration::from_secs(2))));
+        assert_eq!(
+            r.match_.attributes["batchjob"].exact.as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            b.clusters[0].connect_timeout,
+            Some(ConfigDuration(Duration::from_millis(250)))
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_path() {
+        let bad = GOOD.replace("timeout: 2s", "timeout: soon");
+        let err = Bootstrap::from_yaml(&bad).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("routes[0].routes[0].timeout:"), "{text}");
+        assert!(text.contains("invalid duration"), "{text}");
+
+        let bad = GOOD.replace("connect_timeout", "connect_timout");
+        let text = Bootstrap::from_yaml(&bad).unwrap_err().to_string();
+        assert!(text.contains("clusters[0]"), "{text}");
+        assert!(text.contains("connect_timout"), "{text}");
+    }
+
+    #[test]
+    fn validation_collects_every_problem_with_paths() {
+        let bad = GOOD
+            .replace("protocol: test", "protocol: smtp")
+            .replace(
+                "cluster: demo-user, weight: 3",
+                "cluster: nowhere, weight: 3",
+            )
+            .replace("{ exact: \"true\" }", "{ regex: \"(\" }")
+            .replace("127.0.0.1:20882", "localhost");
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"listeners[dubbo-out].protocol"), "{err}");
+        assert!(
+            paths.contains(&"routes[dubbo-routes].routes[default].route[0].cluster"),
+            "{err}"
+        );
+        assert!(
+            paths
+                .contains(&"routes[dubbo-routes].routes[batchjob].match.attributes.batchjob.regex"),
+            "{err}"
+        );
+        assert!(
+            paths.contains(&"clusters[demo-user].endpoints[0].address"),
+            "{err}"
+        );
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn match_needs_exactly_one_kind_and_unique_keys() {
+        let bad = GOOD.replace(
+            "batchjob: { exact: \"true\" }",
+            "batchjob: { exact: \"true\", prefix: t }\n            BatchJob: { present: true }",
+        );
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err().to_string();
+        assert!(err.contains("exactly one of exact"), "{err}");
+        assert!(err.contains("attribute given twice"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_unsupported_features_are_reported() {
+        let bad = GOOD.replace("name: default", "name: batchjob").replace(
+            "timeout: 2s",
+            "timeout: 2s\n        mirror: { cluster: demo-user, percentage: 10 }",
+        );
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err().to_string();
+        assert!(err.contains("duplicate route \"batchjob\""), "{err}");
+        assert!(
+            err.contains("mirror: traffic mirroring is not supported"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Downstream connections: accept, decode requests, route them through the current
+//! snapshot, forward them upstream and write the answers back. Multiplexing protocols
+//! handle a connection's requests concurrently; others one at a time, in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, Side};
+use crate::io::{FrameWriter, FLUSH_AT};
+use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
+use crate::router::Mutation;
+use crate::snapshot::ConfigStore;
+use crate::stats::ListenerStats;
+
+/// Deadline of a route that sets none (as Envoy's default route timeout).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a downstream writer is asked to write.
+enum Outgoing {
+    /// A message to encode with this request id.
+    Message(Message, u64),
+    /// Close the connection after what is queued.
+    Close,
+}
+
+/// Everything a listener's connections share.
+pub(crate) struct ListenerContext {
+    pub(crate) name: Arc<str>,
+    pub(crate) protocol: Arc<dyn Protocol>,
+    pub(crate) route_config: String,
+    pub(crate) store: Arc<ConfigStore>,
+    pub(crate) stats: ListenerStats,
+    pub(crate) max_frame_size: usize,
+}
+
+/// Accepts connections until `shutdown` fires; connection tasks join `tracker`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(listener = %ctx.name, %peer, "accepted");
+                    tracker.spawn(serve_connection(stream, ctx.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors and similar: back off briefly instead of spinning.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+struct ActiveConnection(ListenerStats);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.cx_active.dec();
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
+    ctx.stats.cx_total.inc();
+    ctx.stats.cx_active.inc();
+    let _active = ActiveConnection(ctx.stats.clone());
+    let (mut rd, wr) = stream.into_split();
+    let options = CodecOptions {
+        side: Side::Downstream,
+        max_frame_size: ctx.max_frame_size,
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let writer = tokio::spawn(write_loop(
+        FrameWriter::new(wr),
+        ctx.protocol.codec(&options),
+        rx,
+    ));
+    let mut codec = ctx.protocol.codec(&options);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let in_flight = TaskTracker::new();
+    let multiplexing = ctx.protocol.multiplexing();
+
+    'conn: loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(msg)) => {
+                    if !dispatch(&ctx, msg, &tx, &in_flight, multiplexing).await {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.stats.protocol_error(e.reason);
+                    tracing::info!(listener = %ctx.name, error = %e, "undecodable downstream frame");
+                    match e.action {
+                        ErrorAction::Close => break 'conn,
+                        ErrorAction::Reply(m) => {
+                            let id = m.request_id;
+                            ctx.stats.local_reply(LocalReplyKind::BadRequest);
+                            if tx.send(Outgoing::Message(m, id)).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        ErrorAction::ReplyAndClose(m) => {
+                            let id = m.request_id;
+                            ctx.stats.local_reply(LocalReplyKind::BadRequest);
+                            let _ = tx.send(Outgoing::Message(m, id)).await;
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        ctx.stats.protocol_error("truncated_frame");
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    // Drain: requests already read are answered before the connection closes.
+    in_flight.close();
+    in_flight.wait().await;
+    let _ = tx.send(Outgoing::Close).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Handles one decoded message; false when the connection must close.
+async fn dispatch(
+    ctx: &Arc<ListenerContext>,
+    msg: Message,
+    tx: &mpsc::Sender<Outgoing>,
+    in_flight: &TaskTracker,
+    multiplexing: bool,
+) -> bool {
+    match msg.kind {
+        MessageKind::Request | MessageKind::OnewayRequest => {
+            ctx.stats.rq_total.inc();
+            if multiplexing {
+                let ctx = ctx.clone();
+                let tx = tx.clone();
+                in_flight.spawn(async move {
+                    if let Some(out) = handle_request(&ctx, msg).await {
+                        let _ = tx.send(out).await;
+                    }
+                });
+                true
+            } else {
+                match handle_request(ctx, msg).await {
+                    Some(out) => tx.send(out).await.is_ok(),
+                    None => true,
+                }
+            }
+        }
+        MessageKind::Heartbeat | MessageKind::Event => {
+            if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
+                ctx.stats.heartbeats.inc();
+                let id = reply.request_id;
+                return tx.send(Outgoing::Message(reply, id)).await.is_ok();
+            }
+            true
+        }
+        MessageKind::Response | MessageKind::Error => {
+            ctx.stats.protocol_error("unexpected_response");
+            true
+        }
+    }
+}
+
+fn local_reply(
+    ctx: &ListenerContext,
+    req: &Message,
+    kind: LocalReplyKind,
+    message: &str,
+) -> Option<Outgoing> {
+    ctx.stats.local_reply(kind);
+    tracing::debug!(listener = %ctx.name, reason = kind.as_str(), message, "local reply");
+    if req.kind == MessageKind::OnewayRequest {
+        return None;
+    }
+    let reply = ctx.protocol.local_reply(req, LocalReply { kind, message });
+    Some(Outgoing::Message(reply, req.request_id))
+}
+
+/// Routes one request and produces what goes back to the client.
+async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgoing> {
+    let downstream_id = req.request_id;
+    let snapshot = ctx.store.load();
+    let Some(table) = snapshot.route_table(&ctx.route_config) else {
+        return local_reply(
+            ctx,
+            &req,
+            LocalReplyKind::NoRoute,
+            "route configuration not found",
+        );
+    };
+    let Some(route) = table.route(&req.metadata) else {
+        return local_reply(
+            ctx,
+            &req,
+            LocalReplyKind::NoRoute,
+            "no route matched the request",
+        );
+    };
+    Mutation::apply_all(&route.request_mutation, &mut req.metadata);
+    let Some(cluster) = snapshot.cluster(route.pick_cluster()) else {
+        return local_reply(
+            ctx,
+            &req,
+            LocalReplyKind::NoHealthyUpstream,
+            "cluster not found",
+        );
+    };
+    let Some(endpoint) = cluster.pick() else {
+        let text = format!("no healthy upstream in cluster {}", cluster.name);
+        return local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text);
+    };
+    let expect_response = req.kind != MessageKind::OnewayRequest;
+    let req = Arc::new(req);
+    let deadline = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    let call = endpoint.pool.call(req.clone(), expect_response);
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(Some(mut resp))) => {
+            Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
+            Some(Outgoing::Message(resp, downstream_id))
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            let text = format!("{} ({})", e, cluster.name);
+            local_reply(ctx, &req, e.local_reply_kind(), &text)
+        }
+        Err(_) => {
+            cluster.stats.rq_error("timeout");
+            let text = format!(
+                "upstream request timeout after {}ms ({})",
+                deadline.as_millis(),
+                cluster.name
+            );
+            local_reply(ctx, &req, LocalReplyKind::Timeout, &text)
+        }
+    }
+}
+
+async fn write_loop(
+    mut out: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut codec: Box<dyn crate::codec::Codec>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Message(msg, id) => {
+                    let mut frame = EncodedFrame::new();
+                    match codec.encode(&msg, id, &mut frame) {
+                        Ok(()) => {
+                            if out.push(frame).await.is_err() {
+                                break 'outer;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot encode a reply; dropped"),
+                    }
+                }
+                Outgoing::Close => break 'outer,
+            }
+            if out.pending() < FLUSH_AT {
+                next = rx.try_recv().ok();
+            }
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}

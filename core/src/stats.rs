@@ -1,0 +1,255 @@
+//! Proxy metrics through prometheus-client. Families are created once; listeners and
+//! clusters resolve their labelled handles when they are built, so the request path only
+//! increments atomics.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::message::LocalReplyKind;
+
+/// Labels of per-listener metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Labels of per-listener metrics with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels of per-cluster metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Cluster name.
+    pub cluster: String,
+}
+
+/// Labels of per-cluster metrics with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReasonLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels of per-route metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Route name.
+    pub route: String,
+}
+
+/// All metric families of one proxy.
+pub struct Stats {
+    registry: Registry,
+    downstream_cx_total: Family<ListenerLabels, Counter>,
+    downstream_cx_active: Family<ListenerLabels, Gauge>,
+    downstream_rq_total: Family<ListenerLabels, Counter>,
+    downstream_protocol_error_total: Family<ListenerReasonLabels, Counter>,
+    local_reply_total: Family<ListenerReasonLabels, Counter>,
+    heartbeat_total: Family<ListenerLabels, Counter>,
+    route_rq_total: Family<RouteLabels, Counter>,
+    upstream_rq_total: Family<ClusterLabels, Counter>,
+    upstream_rq_error_total: Family<ClusterReasonLabels, Counter>,
+    upstream_cx_total: Family<ClusterLabels, Counter>,
+    upstream_cx_connect_fail_total: Family<ClusterLabels, Counter>,
+    upstream_protocol_error_total: Family<ClusterReasonLabels, Counter>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("metamesh");
+        macro_rules! family {
+            ($name:literal, $help:literal) => {{
+                let f = Family::default();
+                registry.register($name, $help, f.clone());
+                f
+            }};
+        }
+        Self {
+            downstream_cx_total: family!("downstream_cx", "Downstream connections accepted"),
+            downstream_cx_active: family!("downstream_cx_active", "Open downstream connections"),
+            downstream_rq_total: family!("downstream_rq", "Downstream requests decoded"),
+            downstream_protocol_error_total: family!(
+                "downstream_protocol_error",
+                "Downstream frames that could not be decoded, by reason"
+            ),
+            local_reply_total: family!(
+                "local_reply",
+                "Requests answered by the proxy itself, by reason"
+            ),
+            heartbeat_total: family!("downstream_heartbeat", "Heartbeats answered locally"),
+            route_rq_total: family!("route_rq", "Requests matched per route"),
+            upstream_rq_total: family!("upstream_rq", "Requests sent to a cluster"),
+            upstream_rq_error_total: family!(
+                "upstream_rq_error",
+                "Upstream requests that got no response, by reason"
+            ),
+            upstream_cx_total: family!("upstream_cx", "Upstream connections established"),
+            upstream_cx_connect_fail_total: family!(
+                "upstream_cx_connect_fail",
+                "Upstream connection attempts that failed"
+            ),
+            upstream_protocol_error_total: family!(
+                "upstream_protocol_error",
+                "Upstream frames that could not be decoded, by reason"
+            ),
+            registry,
+        }
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one listener.
+    pub fn listener(self: &Arc<Self>, name: &str) -> ListenerStats {
+        let l = ListenerLabels {
+            listener: name.to_owned(),
+        };
+        let local_replies = LocalReplyKind::ALL.map(|k| {
+            self.local_reply_total
+                .get_or_create(&ListenerReasonLabels {
+                    listener: name.to_owned(),
+                    reason: k.as_str().to_owned(),
+                })
+                .clone()
+        });
+        ListenerStats {
+            name: name.into(),
+            cx_total: self.downstream_cx_total.get_or_create(&l).clone(),
+            cx_active: self.downstream_cx_active.get_or_create(&l).clone(),
+            rq_total: self.downstream_rq_total.get_or_create(&l).clone(),
+            heartbeats: self.heartbeat_total.get_or_create(&l).clone(),
+            local_replies,
+            stats: self.clone(),
+        }
+    }
+
+    /// Handles for one cluster.
+    pub fn cluster(self: &Arc<Self>, name: &str) -> ClusterStats {
+        let l = ClusterLabels {
+            cluster: name.to_owned(),
+        };
+        ClusterStats {
+            name: name.into(),
+            rq_total: self.upstream_rq_total.get_or_create(&l).clone(),
+            cx_total: self.upstream_cx_total.get_or_create(&l).clone(),
+            cx_connect_fail: self
+                .upstream_cx_connect_fail_total
+                .get_or_create(&l)
+                .clone(),
+            stats: self.clone(),
+        }
+    }
+
+    /// The per-route request counter.
+    pub fn route(&self, listener: &str, route: &str) -> Counter {
+        self.route_rq_total
+            .get_or_create(&RouteLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+            })
+            .clone()
+    }
+}
+
+/// Metric handles of one listener.
+#[derive(Clone)]
+pub struct ListenerStats {
+    name: Arc<str>,
+    /// Connections accepted.
+    pub cx_total: Counter,
+    /// Connections open.
+    pub cx_active: Gauge,
+    /// Requests decoded.
+    pub rq_total: Counter,
+    /// Heartbeats answered.
+    pub heartbeats: Counter,
+    local_replies: [Counter; 10],
+    stats: Arc<Stats>,
+}
+
+impl ListenerStats {
+    /// Counts a local reply.
+    pub fn local_reply(&self, kind: LocalReplyKind) {
+        let i = LocalReplyKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.local_replies[i].inc();
+    }
+
+    /// Counts a frame that could not be decoded.
+    pub fn protocol_error(&self, reason: &str) {
+        self.stats
+            .downstream_protocol_error_total
+            .get_or_create(&ListenerReasonLabels {
+                listener: self.name.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Metric handles of one cluster.
+#[derive(Clone)]
+pub struct ClusterStats {
+    name: Arc<str>,
+    /// Requests sent.
+    pub rq_total: Counter,
+    /// Connections established.
+    pub cx_total: Counter,
+    /// Connection attempts that failed.
+    pub cx_connect_fail: Counter,
+    stats: Arc<Stats>,
+}
+
+impl ClusterStats {
+    /// Counts an upstream request that got no response.
+    pub fn rq_error(&self, reason: &str) {
+        self.stats
+            .upstream_rq_error_total
+            .get_or_create(&ClusterReasonLabels {
+                cluster: self.name.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an upstream frame that could not be decoded.
+    pub fn protocol_error(&self, reason: &str) {
+        self.stats
+            .upstream_protocol_error_total
+            .get_or_create(&ClusterReasonLabels {
+                cluster: self.name.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,404 @@
+//! Upstream connection pools. For multiplexing protocols an endpoint keeps a few shared
+//! connections; every request gets a fresh request id on the connection it is sent on,
+//! so requests from many downstream connections (which may reuse the same ids) never
+//! collide, and the response is handed back to the caller that owns the id.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{CodecOptions, EncodedFrame, Protocol, Side};
+use crate::io::{FrameWriter, FLUSH_AT};
+use crate::message::{LocalReplyKind, Message, MessageKind};
+use crate::stats::ClusterStats;
+
+/// Why an upstream request got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connection could not be established.
+    #[error("connect to {0} failed: {1}")]
+    ConnectFailed(SocketAddr, String),
+    /// The connection closed before the response arrived.
+    #[error("upstream connection closed before the response")]
+    Reset,
+    /// The request could not be encoded.
+    #[error("request could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl UpstreamError {
+    /// The local reply this error becomes.
+    pub fn local_reply_kind(&self) -> LocalReplyKind {
+        match self {
+            UpstreamError::ConnectFailed(..) => LocalReplyKind::UpstreamConnectFailure,
+            UpstreamError::Reset => LocalReplyKind::UpstreamReset,
+            UpstreamError::Encode(_) => LocalReplyKind::Internal,
+        }
+    }
+
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::ConnectFailed(..) => "connect_failure",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Encode(_) => "encode",
+        }
+    }
+}
+
+type Reply = Result<Message, UpstreamError>;
+
+/// A request queued for an upstream writer.
+struct Outbound {
+    msg: Arc<Message>,
+    id: u64,
+}
+
+/// State shared by a connection's handle, reader and writer.
+struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
+        self.pending.lock().ok()?.remove(&id)
+    }
+
+    /// Marks the connection dead and fails everything still waiting on it.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let drained: Vec<_> = match self.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(_) => return,
+        };
+        for (_, tx) in drained {
+            let _ = tx.send(Err(UpstreamError::Reset));
+        }
+    }
+}
+
+/// One shared upstream connection.
+pub struct MuxConnection {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+/// Removes a pending entry when the caller stops waiting (timeout, cancellation).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            drop(self.shared.take(self.id));
+        }
+    }
+}
+
+impl MuxConnection {
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `msg` and waits for its response (none when `expect_response` is false).
+    async fn call(
+        &self,
+        msg: Arc<Message>,
+        expect_response: bool,
+    ) -> Result<Option<Message>, UpstreamError> {
+        // Ids stay below 2^31 so that every protocol's id field (Thrift's is an i32) holds them.
+        let id = (self.next_id.fetch_add(1, Ordering::Relaxed) % 0x7fff_fffe) + 1;
+        let (rx, guard) = if expect_response {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .pending
+                .lock()
+                .map_err(|_| UpstreamError::Reset)?
+                .insert(id, tx);
+            let guard = PendingGuard {
+                shared: &self.shared,
+                id,
+                armed: true,
+            };
+            // `close` flags before it drains: an entry added after the drain sees the flag.
+            if self.is_closed() {
+                return Err(UpstreamError::Reset);
+            }
+            (Some(rx), Some(guard))
+        } else {
+            (None, None)
+        };
+        if self.tx.send(Outbound { msg, id }).await.is_err() {
+            return Err(UpstreamError::Reset);
+        }
+        let Some(rx) = rx else { return Ok(None) };
+        let result = rx.await;
+        if let Some(mut g) = guard {
+            g.armed = false;
+        }
+        match result {
+            Ok(Ok(m)) => Ok(Some(m)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Reset),
+        }
+    }
+}
+
+/// A connection slot of an endpoint pool.
+#[derive(Default)]
+struct Slot {
+    conn: ArcSwapOption<MuxConnection>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// Settings of the connections to one endpoint.
+#[derive(Clone)]
+pub struct PoolSettings {
+    /// How long a connect may take.
+    pub connect_timeout: Duration,
+    /// Shared connections per endpoint.
+    pub connections: usize,
+    /// Largest response frame.
+    pub max_frame_size: usize,
+}
+
+/// Connections to one endpoint of one cluster.
+pub struct EndpointPool {
+    address: SocketAddr,
+    protocol: Arc<dyn Protocol>,
+    settings: PoolSettings,
+    slots: Box<[Slot]>,
+    next_slot: AtomicUsize,
+    active: AtomicUsize,
+    stats: ClusterStats,
+}
+
+impl EndpointPool {
+    /// A pool with no connections yet.
+    pub fn new(
+        address: SocketAddr,
+        protocol: Arc<dyn Protocol>,
+        settings: PoolSettings,
+        stats: ClusterStats,
+    ) -> Self {
+        let n = settings.connections.max(1);
+        Self {
+            address,
+            protocol,
+            settings,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            next_slot: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            stats,
+        }
+    }
+
+    /// The endpoint address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The settings the pool was built with.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Requests in flight to this endpoint.
+    pub fn active_requests(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
+            .count()
+    }
+
+    /// Sends `msg` to the endpoint and waits for the response.
+    pub async fn call(
+        &self,
+        msg: Arc<Message>,
+        expect_response: bool,
+    ) -> Result<Option<Message>, UpstreamError> {
+        self.stats.rq_total.inc();
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = ActiveGuard(&self.active);
+        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let conn = self.connection(slot).await?;
+        let r = conn.call(msg, expect_response).await;
+        if let Err(e) = &r {
+            self.stats.rq_error(e.reason());
+        }
+        r
+    }
+
+    async fn connection(&self, slot: &Slot) -> Result<Arc<MuxConnection>, UpstreamError> {
+        if let Some(c) = slot.conn.load_full() {
+            if !c.is_closed() {
+                return Ok(c);
+            }
+        }
+        let _lock = slot.connecting.lock().await;
+        if let Some(c) = slot.conn.load_full() {
+            if !c.is_closed() {
+                return Ok(c);
+            }
+        }
+        let c = self.connect().await.inspect_err(|e| {
+            self.stats.cx_connect_fail.inc();
+            self.stats.rq_error(e.reason());
+        })?;
+        slot.conn.store(Some(c.clone()));
+        Ok(c)
+    }
+
+    async fn connect(&self) -> Result<Arc<MuxConnection>, UpstreamError> {
+        let fail = |e: String| UpstreamError::ConnectFailed(self.address, e);
+        let stream = tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(self.address),
+        )
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        self.stats.cx_total.inc();
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let options = CodecOptions {
+            side: Side::Upstream,
+            max_frame_size: self.settings.max_frame_size,
+        };
+        tokio::spawn(write_loop(
+            FrameWriter::new(wr),
+            self.protocol.codec(&options),
+            rx,
+            shared.clone(),
+        ));
+        tokio::spawn(read_loop(
+            rd,
+            self.protocol.clone(),
+            options,
+            shared.clone(),
+            tx.downgrade(),
+            self.stats.clone(),
+        ));
+        tracing::debug!(cluster_endpoint = %self.address, "upstream connection established");
+        Ok(Arc::new(MuxConnection {
+            tx,
+            shared,
+            next_id: AtomicU64::new(0),
+        }))
+    }
+}
+
+struct ActiveGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn write_loop(
+    mut out: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut codec: Box<dyn crate::codec::Codec>,
+    mut rx: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
+) {
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(ob) = next.take() {
+            let mut frame = EncodedFrame::new();
+            match codec.encode(&ob.msg, ob.id, &mut frame) {
+                Ok(()) => {
+                    if out.push(frame).await.is_err() {
+                        break 'outer;
+                    }
+                }
+                Err(e) => {
+                    if let Some(tx) = shared.take(ob.id) {
+                        let _ = tx.send(Err(UpstreamError::Encode(e.to_string())));
+                    }
+                }
+            }
+            if out.pending() < FLUSH_AT {
+                next = rx.try_recv().ok();
+            }
+        }
+        if out.flush().await.is_err() {
+            break;
+        }
+    }
+    shared.close();
+    let _ = out.shutdown().await;
+}
+
+async fn read_loop(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    protocol: Arc<dyn Protocol>,
+    options: CodecOptions,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Outbound>,
+    stats: ClusterStats,
+) {
+    let mut codec = protocol.codec(&options);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    'read: loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(msg)) => match msg.kind {
+                    MessageKind::Response | MessageKind::Error => {
+                        if let Some(waiter) = shared.take(msg.request_id) {
+                            let _ = waiter.send(Ok(msg));
+                        }
+                    }
+                    MessageKind::Heartbeat | MessageKind::Event => {
+                        if let (Some(reply), Some(tx)) =
+                            (protocol.heartbeat_reply(&msg), tx.upgrade())
+                        {
+                            let id = reply.request_id;
+                            let _ = tx.try_send(Outbound {
+                                msg: Arc::new(reply),
+                                id,
+                            });
+                        }
+                    }
+                    MessageKind::Request | MessageKind::OnewayRequest => {
+                        stats.protocol_error("unexpected_request");
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    stats.protocol_error(e.reason);
+                    tracing::warn!(error = %e, "upstream sent an undecodable frame; closing");
+                    break 'read;
+                }
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    shared.close();
+}
