@@ -48,9 +48,9 @@ pub enum ErrorAction {
     /// The stream cannot be resynchronised: close the connection.
     Close,
     /// The bad frame was consumed; send this reply and keep the connection.
-    Reply(Message),
+    Reply(Box<Message>),
     /// Send this reply, then close the connection.
-    ReplyAndClose(Message),
+    ReplyAndClose(Box<Message>),
 }
 
 /// A frame that could not be decoded.

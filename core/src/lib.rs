@@ -19,6 +19,8 @@ pub mod upstream;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, Protocol,

@@ -23,6 +23,9 @@ use crate::stats::ListenerStats;
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What a downstream writer is asked to write.
+// Nearly every item is a message; boxing it to shrink the rare `Close` would cost an
+// allocation per response.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing {
     /// A message to encode with this request id.
     Message(Message, u64),
@@ -115,14 +118,14 @@ async fn serve_connection(
                         ErrorAction::Reply(m) => {
                             let id = m.request_id;
                             ctx.stats.local_reply(LocalReplyKind::BadRequest);
-                            if tx.send(Outgoing::Message(m, id)).await.is_err() {
+                            if tx.send(Outgoing::Message(*m, id)).await.is_err() {
                                 break 'conn;
                             }
                         }
                         ErrorAction::ReplyAndClose(m) => {
                             let id = m.request_id;
                             ctx.stats.local_reply(LocalReplyKind::BadRequest);
-                            let _ = tx.send(Outgoing::Message(m, id)).await;
+                            let _ = tx.send(Outgoing::Message(*m, id)).await;
                             break 'conn;
                         }
                     }
@@ -229,6 +232,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
             "no route matched the request",
         );
     };
+    route.requests.inc();
     Mutation::apply_all(&route.request_mutation, &mut req.metadata);
     let Some(cluster) = snapshot.cluster(route.pick_cluster()) else {
         return local_reply(

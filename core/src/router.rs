@@ -11,6 +11,8 @@ use regex::Regex;
 
 use crate::config;
 use crate::message::Metadata;
+use crate::stats::Stats;
+use prometheus_client::metrics::counter::Counter;
 
 /// One attribute condition.
 #[derive(Debug)]
@@ -70,6 +72,8 @@ pub struct Route {
     pub response_mutation: Vec<Mutation>,
     /// Deadline for the whole request.
     pub timeout: Option<Duration>,
+    /// Requests this route matched.
+    pub requests: Counter,
 }
 
 impl Route {
@@ -111,6 +115,7 @@ impl RouteTable {
     pub(crate) fn compile(
         rc: &config::RouteConfig,
         cluster_index: impl Fn(&str) -> Option<usize>,
+        stats: &Stats,
     ) -> Result<Self, config::ConfigError> {
         let mut routes = Vec::with_capacity(rc.routes.len());
         for r in &rc.routes {
@@ -169,6 +174,7 @@ impl RouteTable {
                 request_mutation: mutations(&r.request_mutation),
                 response_mutation: mutations(&r.response_mutation),
                 timeout: r.timeout.map(|t| t.0),
+                requests: stats.route(&rc.name, &r.name),
             });
         }
         Ok(Self {
@@ -195,7 +201,8 @@ mod tests {
     fn table(yaml: &str) -> RouteTable {
         let rc: config::RouteConfig = serde_yaml_ng::from_str(yaml).expect("yaml");
         let names = ["a", "b", "c"];
-        RouteTable::compile(&rc, |n| names.iter().position(|x| *x == n)).expect("compile")
+        RouteTable::compile(&rc, |n| names.iter().position(|x| *x == n), &Stats::new())
+            .expect("compile")
     }
 
     fn md(pairs: &[(&str, &str)]) -> Metadata {

@@ -245,7 +245,7 @@ impl ConfigStore {
             .collect();
         let mut route_tables = HashMap::new();
         for rc in &b.routes {
-            match RouteTable::compile(rc, |n| index.get(n).copied()) {
+            match RouteTable::compile(rc, |n| index.get(n).copied(), &self.stats) {
                 Ok(t) => {
                     route_tables.insert(rc.name.clone(), Arc::new(t));
                 }

@@ -47,8 +47,8 @@ pub struct ClusterReasonLabels {
 /// Labels of per-route metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    /// Listener name.
-    pub listener: String,
+    /// Route configuration name.
+    pub route_config: String,
     /// Route name.
     pub route: String,
 }
@@ -169,10 +169,10 @@ impl Stats {
     }
 
     /// The per-route request counter.
-    pub fn route(&self, listener: &str, route: &str) -> Counter {
+    pub fn route(&self, route_config: &str, route: &str) -> Counter {
         self.route_rq_total
             .get_or_create(&RouteLabels {
-                listener: listener.to_owned(),
+                route_config: route_config.to_owned(),
                 route: route.to_owned(),
             })
             .clone()
