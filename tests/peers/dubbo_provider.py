@@ -47,7 +47,8 @@ def parse_args(argv):
     p.add_argument("--interfaces", default="",
                    help="comma-separated interfaces to serve (default: every interface; a "
                         "request for another one gets no reply, as dubbo-py does)")
-    p.add_argument("--app", default="metamesh-test-provider", help="application name")
+    p.add_argument("--stable-reply", action="store_true",
+                   help="leave pid and port out of replies (reproducible byte captures)")
     p.add_argument("--log-level", default="WARNING", help="python logging level (stderr)")
     return p.parse_args(argv)
 
@@ -120,6 +121,8 @@ def main(argv=None):
         }
         # ASCII only: dubbo-py writes the hessian string length as len(str), so keep
         # characters and bytes equal.
+        if args.stable_reply:
+            del reply["pid"], reply["port"]
         return json.dumps(reply, ensure_ascii=True, sort_keys=True)
 
     def return_null(*_):
