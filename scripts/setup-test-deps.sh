@@ -5,6 +5,7 @@
 #   scripts/setup-test-deps.sh            # idempotent; a second run only checks a stamp
 #   FORCE=1 scripts/setup-test-deps.sh    # reinstall even if the stamp matches
 #   PYTHON=python3.12 scripts/setup-test-deps.sh
+#   SETUP_TEST_DEPS_NO_ENSUREPIP=1 ...      # exercise the no-ensurepip path (Debian without python3-venv)
 #
 # Non-interactive, callable from any directory. Needs python3 (>= 3.8) with venv or pip, and
 # network access to PyPI on the first run only.
@@ -58,16 +59,20 @@ else
         || die "$PY is older than 3.8"
     log "creating virtualenv $VENV with $("$PY" --version 2>&1)"
     rm -rf "$VENV"
-    if ! "$PY" -m venv "$VENV" 2>/tmp/setup-test-deps-venv.$$; then
-        cat /tmp/setup-test-deps-venv.$$ >&2 || true
+    ERR="$(mktemp)"
+    if [ -z "${SETUP_TEST_DEPS_NO_ENSUREPIP:-}" ] && "$PY" -m venv "$VENV" 2>"$ERR"; then
+        :
+    else
+        # Debian's python3 without python3-venv has no ensurepip: make the venv without
+        # pip and let the interpreter's own pip install pip into it.
+        cat "$ERR" >&2 || true
+        log "'$PY -m venv' without ensurepip; bootstrapping pip into the venv with $PY's pip"
         rm -rf "$VENV"
-        log "'$PY -m venv' failed (python3-venv missing?); falling back to virtualenv from PyPI"
-        "$PY" -m pip install --quiet --user virtualenv 2>/dev/null \
-            || "$PY" -m pip install --quiet virtualenv \
-            || die "cannot install virtualenv"
-        "$PY" -m virtualenv --quiet "$VENV" || die "virtualenv failed"
+        "$PY" -m venv --without-pip "$VENV" || die "cannot create $VENV"
+        "$PY" -m pip --python "$VENV_PY" install --quiet pip \
+            || die "cannot install pip into $VENV (install python3-venv, or pip >= 22.3)"
     fi
-    rm -f /tmp/setup-test-deps-venv.$$
+    rm -f "$ERR"
 fi
 
 # 2. requirement set; skip when the stamp says it is already installed
@@ -80,7 +85,6 @@ if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && 
 fi
 
 log "installing $(grep -v '^\s*#' "$REQ" | grep -v '^\s*$' | tr '\n' ' ')into $VENV"
-"$VENV_PY" -m pip install --quiet --upgrade pip
 "$VENV_PY" -m pip install --quiet -r "$REQ"
 
 log "installing $(grep -v '^\s*#' "$REQ_DP" | grep -v '^\s*$' | tr '\n' ' ')into $DP_LIB (--no-deps)"

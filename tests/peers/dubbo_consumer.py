@@ -18,10 +18,12 @@ Prints one JSON object to stdout at the end and exits 0 whatever the numbers are
                                "added_attachments": {"x-tier=batch": 40}}, ...},
      "samples": [<first few full replies as strings>], "elapsed_s": 0.41}
 
-``mismatched`` counts replies that echo another request's key/argument (a reply delivered to
-the wrong caller). ``by_group`` is keyed by the group the provider reports; replies that are
-not JSON count under "unknown". ``added_attachments`` counts attachments the provider saw
-that this consumer did not send (e.g. one added by a proxy), as "key=value".
+``mismatched`` counts replies that echo another request's key/argument, or are not the
+provider's JSON echo at all (a reply delivered to the wrong caller). ``by_group`` counts the
+other replies (including those with attachment errors) by the group the provider reports,
+split by whether this request carried batchjob=true. ``added_attachments`` counts
+attachments the provider saw that this consumer did not send (e.g. one added by a proxy),
+as "key=value".
 
 Exit status is 2 only for bad command-line arguments or a missing library.
 """
@@ -128,7 +130,6 @@ class Results:
             if not isinstance(reply, dict):
                 raise ValueError("not an object")
         except (TypeError, ValueError):
-            self._count_group("unknown", req, {})
             self.error("req %s: reply is not the provider's JSON echo: %r"
                        % (req["key"], reply_text[:200] if isinstance(reply_text, str) else reply_text),
                        "mismatch")
@@ -137,7 +138,6 @@ class Results:
         got_args = reply.get("args") or []
         group = str(reply.get("group", "unknown"))
         if got_att.get("req-key") != req["key"] or not got_args or got_args[0] != req["arg"]:
-            self._count_group(group, req, {})
             self.error("req %s: reply belongs to another request (req-key=%r, arg=%r)"
                        % (req["key"], got_att.get("req-key"), got_args[:1]), "mismatch")
             return
