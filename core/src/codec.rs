@@ -47,6 +47,8 @@ impl CodecOptions {
 pub enum ErrorAction {
     /// The stream cannot be resynchronised: close the connection.
     Close,
+    /// The bad frame was consumed and needs no answer; keep the connection.
+    Drop,
     /// The bad frame was consumed; send this reply and keep the connection.
     Reply(Box<Message>),
     /// Send this reply, then close the connection.
@@ -188,6 +190,13 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// The answer to a heartbeat (or other event) that expects one; `None` otherwise.
     fn heartbeat_reply(&self, heartbeat: &Message) -> Option<Message>;
+
+    /// Called with every upstream response before response mutation and encoding, with
+    /// the request it answers, so the codec can note what the client can take (for
+    /// example whether a Dubbo client understands response attachments).
+    fn finish_response(&self, request: &Message, response: &mut Message) {
+        let _ = (request, response);
+    }
 }
 
 /// Protocols by name.

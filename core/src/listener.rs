@@ -115,6 +115,7 @@ async fn serve_connection(
                     tracing::info!(listener = %ctx.name, error = %e, "undecodable downstream frame");
                     match e.action {
                         ErrorAction::Close => break 'conn,
+                        ErrorAction::Drop => {}
                         ErrorAction::Reply(m) => {
                             let id = m.request_id;
                             ctx.stats.local_reply(LocalReplyKind::BadRequest);
@@ -252,6 +253,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
     let call = endpoint.pool.call(req.clone(), expect_response);
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(Some(mut resp))) => {
+            ctx.protocol.finish_response(&req, &mut resp);
             Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
             Some(Outgoing::Message(resp, downstream_id))
         }

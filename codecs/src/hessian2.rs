@@ -1,1 +1,0 @@
-//! Hessian 2.0 serialization (placeholder until the full implementation lands).

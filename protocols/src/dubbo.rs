@@ -1,0 +1,820 @@
+//! Dubbo2 over TCP: the 16-byte header, hessian2 request and response bodies, events.
+//!
+//! Metadata of a request: `interface` (the service path), `method`, `version` (the service
+//! version), and every attachment under its own name (`group` is the `group` attachment).
+//! Metadata of a response: its attachments (response flags 3 to 5). Arguments and return
+//! values are walked without being decoded. A frame whose serialization is not hessian2
+//! is routed on its header alone (no attributes) and passed through unchanged.
+//!
+//! Changing metadata rewrites only the attachment map; `interface`, `method` and
+//! `version` live in the body and are not rewritten.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use metamesh_codecs::hessian2::{Decoder, Encoder, Error as HessianError, MapStart, Value};
+use metamesh_core::{
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
+    LocalReplyKind, Message, MessageKind, Metadata, Protocol,
+};
+
+/// Magic bytes at the start of every frame.
+pub const MAGIC: [u8; 2] = [0xda, 0xbb];
+/// Header length.
+pub const HEADER_LEN: usize = 16;
+/// Flag bit: the frame is a request.
+pub const FLAG_REQUEST: u8 = 0x80;
+/// Flag bit: the request expects a response.
+pub const FLAG_TWO_WAY: u8 = 0x40;
+/// Flag bit: the frame is an event (heartbeat, read-only notice).
+pub const FLAG_EVENT: u8 = 0x20;
+/// Mask of the serialization id in the flag byte.
+pub const SERIALIZATION_MASK: u8 = 0x1f;
+/// Serialization id of hessian2.
+pub const HESSIAN2: u8 = 2;
+
+/// Response status codes.
+pub mod status {
+    /// Success.
+    pub const OK: u8 = 20;
+    /// The client timed out.
+    pub const CLIENT_TIMEOUT: u8 = 30;
+    /// The server timed out.
+    pub const SERVER_TIMEOUT: u8 = 31;
+    /// The request could not be decoded.
+    pub const BAD_REQUEST: u8 = 40;
+    /// The response could not be decoded.
+    pub const BAD_RESPONSE: u8 = 50;
+    /// No such service.
+    pub const SERVICE_NOT_FOUND: u8 = 60;
+    /// The service failed.
+    pub const SERVICE_ERROR: u8 = 70;
+    /// The server failed.
+    pub const SERVER_ERROR: u8 = 80;
+    /// The client failed.
+    pub const CLIENT_ERROR: u8 = 90;
+    /// The server has no thread to run the request.
+    pub const SERVER_THREADPOOL_EXHAUSTED: u8 = 100;
+}
+
+/// Response body flags.
+pub mod response_flag {
+    /// An exception.
+    pub const EXCEPTION: i32 = 0;
+    /// A value.
+    pub const VALUE: i32 = 1;
+    /// A null value.
+    pub const NULL_VALUE: i32 = 2;
+    /// An exception, then attachments.
+    pub const EXCEPTION_WITH_ATTACHMENTS: i32 = 3;
+    /// A value, then attachments.
+    pub const VALUE_WITH_ATTACHMENTS: i32 = 4;
+    /// Attachments only.
+    pub const NULL_VALUE_WITH_ATTACHMENTS: i32 = 5;
+}
+
+// Positions in `Message::layout`.
+const ATTACH_START: usize = 0; // offset of the attachment map in the frame; 0 = none
+const ATTACH_END: usize = 1; // offset just past it
+const BITS: usize = 2; // the bit flags below
+const FLAG_END: usize = 3; // responses: offset just past the response-flag int
+
+const BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS: u32 = 1;
+const BIT_RESPONSE_ATTACHMENTS_ALLOWED: u32 = 2;
+// Body fields that also appeared as attachments; their attachment copies are kept.
+const BIT_ATTACHED_INTERFACE: u32 = 1 << 8;
+const BIT_ATTACHED_METHOD: u32 = 1 << 9;
+const BIT_ATTACHED_VERSION: u32 = 1 << 10;
+
+/// Maximum nesting of hessian values inside a frame.
+const MAX_DEPTH: usize = 64;
+
+/// The Dubbo2 protocol, registered as `dubbo`.
+#[derive(Debug, Default, Clone)]
+pub struct DubboProtocol;
+
+impl DubboProtocol {
+    /// A shareable instance.
+    pub fn shared() -> Arc<dyn Protocol> {
+        Arc::new(DubboProtocol)
+    }
+}
+
+/// The header fields of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The flag byte.
+    pub flags: u8,
+    /// Status (responses).
+    pub status: u8,
+    /// Request id.
+    pub request_id: i64,
+    /// Body length.
+    pub body_len: u32,
+}
+
+impl Header {
+    /// Parses the first 16 bytes; `None` when the magic is wrong.
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Option<Self> {
+        if b[..2] != MAGIC {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&b[4..12]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[12..16]);
+        Some(Self {
+            flags: b[2],
+            status: b[3],
+            request_id: i64::from_be_bytes(id),
+            body_len: u32::from_be_bytes(len),
+        })
+    }
+
+    /// Writes the header.
+    pub fn write(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&MAGIC);
+        out.put_u8(self.flags);
+        out.put_u8(self.status);
+        out.put_i64(self.request_id);
+        out.put_u32(self.body_len);
+    }
+
+    /// True for requests.
+    pub fn is_request(&self) -> bool {
+        self.flags & FLAG_REQUEST != 0
+    }
+
+    /// True for events.
+    pub fn is_event(&self) -> bool {
+        self.flags & FLAG_EVENT != 0
+    }
+
+    /// True for two-way requests.
+    pub fn is_two_way(&self) -> bool {
+        self.flags & FLAG_TWO_WAY != 0
+    }
+
+    /// The serialization id.
+    pub fn serialization(&self) -> u8 {
+        self.flags & SERIALIZATION_MASK
+    }
+}
+
+/// Counts the parameters in a JVM method descriptor such as `Ljava/lang/String;I[J`.
+pub fn count_parameters(descriptor: &str) -> Option<usize> {
+    let b = descriptor.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        while i < b.len() && b[i] == b'[' {
+            i += 1;
+        }
+        match b.get(i)? {
+            b'Z' | b'B' | b'C' | b'D' | b'F' | b'I' | b'J' | b'S' | b'V' => i += 1,
+            b'L' => i += b[i..].iter().position(|c| *c == b';')? + 1,
+            _ => return None,
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The numeric form of a Dubbo version string, as Dubbo compares them ("2.0.2" is 2000200).
+fn int_version(v: &str) -> Option<u32> {
+    let mut out = 0u32;
+    let mut parts = 0;
+    for p in v.split('.') {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        let n: u32 = digits.parse().ok()?;
+        out = out.checked_mul(100)?.checked_add(n.min(99))?;
+        parts += 1;
+        if parts == 4 {
+            break;
+        }
+    }
+    while parts < 4 {
+        out = out.checked_mul(100)?;
+        parts += 1;
+    }
+    Some(out)
+}
+
+/// True when a client of this Dubbo version understands response flags 3 to 5.
+pub fn supports_response_attachments(dubbo_version: &str) -> bool {
+    int_version(dubbo_version).is_some_and(|v| (2_000_200..=2_009_900).contains(&v))
+}
+
+struct DubboCodec {
+    max_frame_size: usize,
+}
+
+fn hessian_err(e: HessianError) -> String {
+    e.to_string()
+}
+
+fn slice_str(frame: &Bytes, s: &Cow<'_, str>) -> ByteString {
+    // A borrowed string points into `frame`: share its buffer instead of copying.
+    if let Cow::Borrowed(b) = s {
+        if !b.is_empty() && frame.as_ptr_range().contains(&b.as_ptr()) {
+            if let Ok(v) = ByteString::try_from(frame.slice_ref(b.as_bytes())) {
+                return v;
+            }
+        }
+    }
+    ByteString::from(&**s)
+}
+
+/// Text form of an attachment value for metadata (empty for null and containers).
+fn display(v: &Value) -> String {
+    v.to_display_string()
+        .map(Cow::into_owned)
+        .unwrap_or_default()
+}
+
+/// Reads one attachment value; strings are borrowed from the frame.
+fn read_attachment_value(frame: &Bytes, d: &mut Decoder<'_>) -> Result<ByteString, HessianError> {
+    match d.peek_tag() {
+        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => {
+            let s = d.read_str()?;
+            Ok(slice_str(frame, &s))
+        }
+        _ => Ok(ByteString::from(display(&d.read_value()?))),
+    }
+}
+
+/// Reads an attachment map into `metadata`; returns the bits of body fields it repeated.
+fn read_attachments(
+    frame: &Bytes,
+    d: &mut Decoder<'_>,
+    metadata: &mut Metadata,
+    skip_body_keys: bool,
+) -> Result<u32, HessianError> {
+    let mut bits = 0;
+    if matches!(d.read_map_start()?, MapStart::Null) {
+        return Ok(0);
+    }
+    while !d.at_end_marker()? {
+        let key = d.read_str()?;
+        let key = slice_str(frame, &key);
+        let value = read_attachment_value(frame, d)?;
+        if skip_body_keys {
+            let bit = match &*key {
+                "interface" => BIT_ATTACHED_INTERFACE,
+                "method" => BIT_ATTACHED_METHOD,
+                "version" => BIT_ATTACHED_VERSION,
+                _ => 0,
+            };
+            if bit != 0 {
+                bits |= bit;
+                continue;
+            }
+        }
+        metadata.push_decoded(key, value);
+    }
+    Ok(bits)
+}
+
+impl DubboCodec {
+    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, (String, Bytes)> {
+        let kind = if h.is_event() {
+            MessageKind::Heartbeat
+        } else if h.is_two_way() {
+            MessageKind::Request
+        } else {
+            MessageKind::OnewayRequest
+        };
+        let mut msg = Message::new(kind, h.request_id as u64, frame.clone());
+        if h.is_event() {
+            // Heartbeats carry a null body; any other event payload is an "other event".
+            if frame.get(HEADER_LEN..) != Some(b"N") && frame.len() > HEADER_LEN {
+                msg.kind = MessageKind::Event;
+            }
+            return Ok(msg);
+        }
+        if h.serialization() != HESSIAN2 {
+            return Ok(msg);
+        }
+        let body = &frame[HEADER_LEN..];
+        let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
+        let result = (|| -> Result<(), String> {
+            let dubbo_version = d.read_str().map_err(hessian_err)?;
+            let supports = supports_response_attachments(&dubbo_version);
+            let path = d.read_str().map_err(hessian_err)?;
+            let version = match d.peek_tag() {
+                Some(b'N') => {
+                    d.skip_value().map_err(hessian_err)?;
+                    ByteString::new()
+                }
+                _ => slice_str(&frame, &d.read_str().map_err(hessian_err)?),
+            };
+            let method = d.read_str().map_err(hessian_err)?;
+            let descriptor = d.read_str().map_err(hessian_err)?;
+            let n = count_parameters(&descriptor)
+                .ok_or_else(|| format!("invalid parameter descriptor {descriptor:?}"))?;
+            msg.metadata
+                .push_decoded("interface", slice_str(&frame, &path));
+            msg.metadata
+                .push_decoded("method", slice_str(&frame, &method));
+            msg.metadata.push_decoded("version", version);
+            for i in 0..n {
+                d.skip_value()
+                    .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
+            }
+            let mut bits = if supports {
+                BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS
+            } else {
+                0
+            };
+            if !d.is_empty() {
+                let start = HEADER_LEN + d.position();
+                bits |= read_attachments(&frame, &mut d, &mut msg.metadata, true)
+                    .map_err(|e| format!("attachments: {}", hessian_err(e)))?;
+                msg.layout[ATTACH_START] = start as u32;
+                msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
+            }
+            msg.layout[BITS] = bits;
+            Ok(())
+        })();
+        result.map(|()| msg).map_err(|e| (e, frame))
+    }
+
+    fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Message, String> {
+        let kind = if h.is_event() {
+            MessageKind::Heartbeat
+        } else if h.status == status::OK {
+            MessageKind::Response
+        } else {
+            MessageKind::Error
+        };
+        let mut msg = Message::new(kind, h.request_id as u64, frame.clone());
+        msg.status = Some(u32::from(h.status));
+        if h.is_event() || h.status != status::OK || h.serialization() != HESSIAN2 {
+            return Ok(msg);
+        }
+        let body = &frame[HEADER_LEN..];
+        let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
+        let flag = d.read_i32().map_err(|e| format!("response flag: {e}"))?;
+        msg.layout[FLAG_END] = (HEADER_LEN + d.position()) as u32;
+        match flag {
+            response_flag::EXCEPTION | response_flag::VALUE => {
+                d.skip_value().map_err(|e| format!("response value: {e}"))?
+            }
+            response_flag::NULL_VALUE => {}
+            response_flag::EXCEPTION_WITH_ATTACHMENTS
+            | response_flag::VALUE_WITH_ATTACHMENTS
+            | response_flag::NULL_VALUE_WITH_ATTACHMENTS => {
+                if flag != response_flag::NULL_VALUE_WITH_ATTACHMENTS {
+                    d.skip_value().map_err(|e| format!("response value: {e}"))?;
+                }
+                let start = HEADER_LEN + d.position();
+                read_attachments(&frame, &mut d, &mut msg.metadata, false)
+                    .map_err(|e| format!("response attachments: {e}"))?;
+                msg.layout[ATTACH_START] = start as u32;
+                msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
+            }
+            other => return Err(format!("unknown response flag {other}")),
+        }
+        Ok(msg)
+    }
+}
+
+impl Codec for DubboCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        if buf.len() < HEADER_LEN {
+            if buf.len() >= 2 && buf[..2] != MAGIC || buf.len() == 1 && buf[0] != MAGIC[0] {
+                return Err(DecodeError::close("bad_magic", "not a Dubbo frame"));
+            }
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&buf[..HEADER_LEN]);
+        let Some(h) = Header::parse(&head) else {
+            return Err(DecodeError::close(
+                "bad_magic",
+                format!("bad magic {:02x}{:02x}", head[0], head[1]),
+            ));
+        };
+        let total = HEADER_LEN as u64 + u64::from(h.body_len);
+        if h.body_len > i32::MAX as u32 || total > self.max_frame_size as u64 {
+            let detail = format!(
+                "frame of {total} bytes is over the limit of {} bytes",
+                self.max_frame_size
+            );
+            let action = if h.is_request() && h.is_two_way() && !h.is_event() {
+                ErrorAction::ReplyAndClose(Box::new(error_response(
+                    &h,
+                    status::BAD_REQUEST,
+                    &detail,
+                )))
+            } else {
+                ErrorAction::Close
+            };
+            return Err(DecodeError {
+                reason: "frame_too_large",
+                detail,
+                action,
+            });
+        }
+        let total = total as usize;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        let frame = buf.split_to(total).freeze();
+        if h.is_request() {
+            match self.decode_request(&h, frame) {
+                Ok(m) => Ok(Some(m)),
+                Err((detail, _)) => {
+                    let action = if h.is_two_way() {
+                        ErrorAction::Reply(Box::new(error_response(
+                            &h,
+                            status::BAD_REQUEST,
+                            &format!("malformed request: {detail}"),
+                        )))
+                    } else {
+                        ErrorAction::Drop
+                    };
+                    Err(DecodeError {
+                        reason: "malformed_body",
+                        detail,
+                        action,
+                    })
+                }
+            }
+        } else {
+            self.decode_response(&h, frame)
+                .map(Some)
+                .map_err(|detail| DecodeError::close("malformed_body", detail))
+        }
+    }
+
+    fn encode(
+        &mut self,
+        msg: &Message,
+        request_id: u64,
+        out: &mut EncodedFrame,
+    ) -> Result<(), EncodeError> {
+        let frame = &msg.frame;
+        if frame.len() < HEADER_LEN {
+            return Err(EncodeError {
+                what: "dubbo frame",
+                detail: "shorter than a header".into(),
+            });
+        }
+        let rewrite = msg.metadata.is_dirty() && can_rewrite(msg);
+        if !rewrite {
+            if request_id == msg.request_id {
+                out.push(frame.clone());
+            } else {
+                let mut head = BytesMut::with_capacity(HEADER_LEN);
+                head.extend_from_slice(&frame[..4]);
+                head.put_i64(request_id as i64);
+                head.extend_from_slice(&frame[12..HEADER_LEN]);
+                out.push(head.freeze());
+                out.push(frame.slice(HEADER_LEN..));
+            }
+            return Ok(());
+        }
+        let (prefix, flag_patch) = rewrite_split(msg);
+        let attachments = encode_attachments(msg).map_err(|e| EncodeError {
+            what: "dubbo attachments",
+            detail: e,
+        })?;
+        let mut head = BytesMut::with_capacity(HEADER_LEN + 8);
+        let body_len =
+            prefix.len() + flag_patch.as_ref().map_or(0, |f| f.len()) + attachments.len();
+        let h = Header {
+            flags: frame[2],
+            status: frame[3],
+            request_id: request_id as i64,
+            body_len: body_len as u32,
+        };
+        h.write(&mut head);
+        match flag_patch {
+            Some(flag) => {
+                head.extend_from_slice(&flag);
+                out.push(head.freeze());
+            }
+            None => out.push(head.freeze()),
+        }
+        out.push(prefix);
+        out.push(attachments);
+        Ok(())
+    }
+}
+
+/// True when a dirty message's attachments can be written back.
+fn can_rewrite(msg: &Message) -> bool {
+    let frame = &msg.frame;
+    if frame[2] & SERIALIZATION_MASK != HESSIAN2 || frame[2] & FLAG_EVENT != 0 {
+        return false;
+    }
+    match msg.kind {
+        MessageKind::Request | MessageKind::OnewayRequest => msg.layout[ATTACH_START] != 0,
+        MessageKind::Response => {
+            msg.layout[ATTACH_START] != 0
+                || (msg.layout[BITS] & BIT_RESPONSE_ATTACHMENTS_ALLOWED != 0
+                    && msg.layout[FLAG_END] != 0)
+        }
+        _ => false,
+    }
+}
+
+/// The body bytes kept before the new attachment map, and a replacement response flag
+/// when a response gains attachments.
+fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
+    let frame = &msg.frame;
+    if msg.layout[ATTACH_START] != 0 {
+        return (
+            frame.slice(HEADER_LEN..msg.layout[ATTACH_START] as usize),
+            None,
+        );
+    }
+    // A response without attachments: flags 0..2 become 3..5 and the map is appended.
+    let flag_end = msg.layout[FLAG_END] as usize;
+    let old = Decoder::new(&frame[HEADER_LEN..flag_end])
+        .read_i32()
+        .unwrap_or(1);
+    let mut enc = Encoder::new();
+    enc.write_i32(old + 3);
+    (frame.slice(flag_end..), Some(enc.into_inner()))
+}
+
+/// Writes the attachment map for `msg.metadata`: entries of the original map keep their
+/// bytes (and hessian types) unless their value changed; removed keys are left out; new
+/// keys are appended as strings.
+fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
+    let is_request = msg.kind.is_request();
+    let mut out = Vec::with_capacity(64 + msg.metadata.len() * 24);
+    out.push(b'H');
+    let mut written: smallvec::SmallVec<[&str; 16]> = smallvec::SmallVec::new();
+    let body_key = |k: &str| {
+        is_request
+            && (k.eq_ignore_ascii_case("interface")
+                || k.eq_ignore_ascii_case("method")
+                || k.eq_ignore_ascii_case("version"))
+    };
+    if msg.layout[ATTACH_START] != 0 {
+        let start = msg.layout[ATTACH_START] as usize;
+        let end = msg.layout[ATTACH_END] as usize;
+        // Walk the original body again so class definitions and type references made by
+        // the arguments are known when the map's values are walked.
+        let body = &msg.frame[HEADER_LEN..end];
+        let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
+        while HEADER_LEN + d.position() < start {
+            d.skip_value().map_err(hessian_err)?;
+        }
+        if !matches!(d.read_map_start().map_err(hessian_err)?, MapStart::Null) {
+            while !d.at_end_marker().map_err(hessian_err)? {
+                let key_at = d.position();
+                let key = d.read_str().map_err(hessian_err)?;
+                let value_at = d.position();
+                let original = read_attachment_value(&msg.frame, &mut d).map_err(hessian_err)?;
+                let value_end = d.position();
+                if body_key(&key) {
+                    // Kept as the client sent it: the body field is what routes.
+                    out.extend_from_slice(&body[key_at..value_end]);
+                    continue;
+                }
+                match msg.metadata.get(&key) {
+                    None => {}
+                    Some(v) if v == &*original => {
+                        out.extend_from_slice(&body[key_at..value_end]);
+                    }
+                    Some(v) => {
+                        out.extend_from_slice(&body[key_at..value_at]);
+                        let mut e = Encoder::new();
+                        e.write_str(v);
+                        out.extend_from_slice(&e.into_inner());
+                    }
+                }
+                if let Some((k, _)) = msg
+                    .metadata
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+                {
+                    written.push(k);
+                }
+            }
+        }
+    }
+    let mut e = Encoder::new();
+    for (k, v) in msg.metadata.iter() {
+        if body_key(k) || written.iter().any(|w| w.eq_ignore_ascii_case(k)) {
+            continue;
+        }
+        e.write_str(k);
+        e.write_str(v);
+    }
+    out.extend_from_slice(&e.into_inner());
+    out.push(b'Z');
+    Ok(Bytes::from(out))
+}
+
+/// A response with `status` and `message` as its hessian string body.
+fn error_response(h: &Header, status: u8, message: &str) -> Message {
+    let mut e = Encoder::new();
+    e.write_str(message);
+    let body = e.into_inner();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+    Header {
+        flags: HESSIAN2,
+        status,
+        request_id: h.request_id,
+        body_len: body.len() as u32,
+    }
+    .write(&mut out);
+    out.extend_from_slice(&body);
+    let mut msg = Message::new(MessageKind::Error, h.request_id as u64, out.freeze());
+    msg.status = Some(u32::from(status));
+    msg
+}
+
+fn header_of(msg: &Message) -> Header {
+    let mut head = [0u8; HEADER_LEN];
+    if let Some(b) = msg.frame.get(..HEADER_LEN) {
+        head.copy_from_slice(b);
+    }
+    Header::parse(&head).unwrap_or(Header {
+        flags: HESSIAN2,
+        status: 0,
+        request_id: msg.request_id as i64,
+        body_len: 0,
+    })
+}
+
+/// The Dubbo status a local reply carries.
+pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
+    match kind {
+        LocalReplyKind::NoRoute => status::SERVICE_NOT_FOUND,
+        LocalReplyKind::Timeout => status::SERVER_TIMEOUT,
+        LocalReplyKind::BadRequest => status::BAD_REQUEST,
+        LocalReplyKind::RateLimited | LocalReplyKind::Overloaded => {
+            status::SERVER_THREADPOOL_EXHAUSTED
+        }
+        LocalReplyKind::Rejected => status::SERVICE_ERROR,
+        LocalReplyKind::NoHealthyUpstream
+        | LocalReplyKind::UpstreamConnectFailure
+        | LocalReplyKind::UpstreamReset
+        | LocalReplyKind::Internal => status::SERVER_ERROR,
+    }
+}
+
+impl Protocol for DubboProtocol {
+    fn name(&self) -> &str {
+        "dubbo"
+    }
+
+    fn codec(&self, options: &CodecOptions) -> Box<dyn Codec> {
+        Box::new(DubboCodec {
+            max_frame_size: options.max_frame_size,
+        })
+    }
+
+    fn multiplexing(&self) -> bool {
+        true
+    }
+
+    fn local_reply(&self, request: &Message, reply: LocalReply<'_>) -> Message {
+        let h = header_of(request);
+        error_response(&h, local_reply_status(reply.kind), reply.message)
+    }
+
+    fn heartbeat_reply(&self, heartbeat: &Message) -> Option<Message> {
+        let h = header_of(heartbeat);
+        if !h.is_request() || !h.is_two_way() || heartbeat.kind != MessageKind::Heartbeat {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 1);
+        Header {
+            flags: FLAG_EVENT | h.serialization(),
+            status: status::OK,
+            request_id: h.request_id,
+            body_len: 1,
+        }
+        .write(&mut out);
+        out.put_u8(b'N');
+        let mut msg = Message::new(MessageKind::Heartbeat, heartbeat.request_id, out.freeze());
+        msg.status = Some(u32::from(status::OK));
+        Some(msg)
+    }
+
+    fn finish_response(&self, request: &Message, response: &mut Message) {
+        if request.layout[BITS] & BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS != 0 {
+            response.layout[BITS] |= BIT_RESPONSE_ATTACHMENTS_ALLOWED;
+        }
+    }
+}
+
+/// Builders for Dubbo frames, for clients, servers and tests written against this crate.
+pub mod build {
+    use super::*;
+
+    /// A request to encode.
+    #[derive(Clone, Debug)]
+    pub struct Request<'a> {
+        /// Dubbo protocol version string, e.g. `2.0.2`.
+        pub dubbo_version: &'a str,
+        /// Service path.
+        pub interface: &'a str,
+        /// Service version.
+        pub version: &'a str,
+        /// Method name.
+        pub method: &'a str,
+        /// Arguments with their JVM type descriptors.
+        pub args: &'a [(&'a str, Value)],
+        /// Attachments.
+        pub attachments: &'a [(&'a str, &'a str)],
+        /// Two-way (expects a response).
+        pub two_way: bool,
+    }
+
+    impl Request<'_> {
+        /// Encodes the request with `id`.
+        pub fn encode(&self, id: i64) -> Bytes {
+            let mut e = Encoder::new();
+            e.write_str(self.dubbo_version);
+            e.write_str(self.interface);
+            e.write_str(self.version);
+            e.write_str(self.method);
+            let descriptor: String = self.args.iter().map(|(d, _)| *d).collect();
+            e.write_str(&descriptor);
+            for (_, v) in self.args {
+                e.write_value(v);
+            }
+            e.write_map_start(None);
+            for (k, v) in self.attachments {
+                e.write_str(k);
+                e.write_str(v);
+            }
+            e.write_map_end();
+            let flags = FLAG_REQUEST | HESSIAN2 | if self.two_way { FLAG_TWO_WAY } else { 0 };
+            frame(flags, 0, id, &e.into_inner())
+        }
+    }
+
+    /// A successful response carrying `value` and, when given, attachments.
+    pub fn response(id: i64, value: &Value, attachments: &[(&str, &str)]) -> Bytes {
+        let mut e = Encoder::new();
+        if attachments.is_empty() {
+            e.write_i32(response_flag::VALUE);
+            e.write_value(value);
+        } else {
+            e.write_i32(response_flag::VALUE_WITH_ATTACHMENTS);
+            e.write_value(value);
+            e.write_map_start(None);
+            for (k, v) in attachments {
+                e.write_str(k);
+                e.write_str(v);
+            }
+            e.write_map_end();
+        }
+        frame(HESSIAN2, status::OK, id, &e.into_inner())
+    }
+
+    /// A heartbeat request.
+    pub fn heartbeat(id: i64) -> Bytes {
+        frame(
+            FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2,
+            0,
+            id,
+            b"N",
+        )
+    }
+
+    /// A frame around `body`.
+    pub fn frame(flags: u8, status: u8, id: i64, body: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+        Header {
+            flags,
+            status,
+            request_id: id,
+            body_len: body.len() as u32,
+        }
+        .write(&mut out);
+        out.extend_from_slice(body);
+        out.freeze()
+    }
+
+    /// The value of a successful response, or the error text of a failed one.
+    pub fn response_value(msg: &Message) -> Result<Value, String> {
+        let body = msg.frame.get(HEADER_LEN..).unwrap_or_default();
+        let mut d = Decoder::new(body);
+        if msg.kind == MessageKind::Error {
+            return Err(d.read_string().unwrap_or_else(|e| e.to_string()));
+        }
+        let flag = d.read_i32().map_err(|e| e.to_string())?;
+        match flag {
+            response_flag::NULL_VALUE | response_flag::NULL_VALUE_WITH_ATTACHMENTS => {
+                Ok(Value::Null)
+            }
+            response_flag::EXCEPTION | response_flag::EXCEPTION_WITH_ATTACHMENTS => Err(format!(
+                "exception: {:?}",
+                d.read_value().map_err(|e| e.to_string())?
+            )),
+            _ => d.read_value().map_err(|e| e.to_string()),
+        }
+    }
+}
