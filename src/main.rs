@@ -1,1 +1,163 @@
-fn main() {}
+//! The metamesh command line: run a proxy, validate a configuration, or run the demo.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metamesh_core::{Bootstrap, ProxyBuilder};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "metamesh",
+    version,
+    about = "A service-mesh proxy that any L7 protocol can join"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a bootstrap file.
+    Proxy {
+        /// Bootstrap YAML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long a shutdown waits for in-flight requests.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Check a bootstrap file and print every problem found.
+    Validate {
+        /// Bootstrap YAML file.
+        file: PathBuf,
+    },
+    /// Start a proxy, demo Dubbo providers and a consumer on loopback, and show live
+    /// which provider group serves which requests.
+    Demo(demo::DemoArgs),
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Reads and validates a bootstrap file; errors name the file and the field.
+fn load(path: &Path) -> anyhow::Result<Bootstrap> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Bootstrap::load(&text, &metamesh_protocols::builtin()).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
+        anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()> {
+    let bootstrap = load(config)?;
+    let proxy = ProxyBuilder::new()
+        .protocols(&metamesh_protocols::builtin())
+        .start(bootstrap)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    // One machine-readable line on stdout once every listener is bound.
+    let listeners: serde_json::Map<String, serde_json::Value> = proxy
+        .listeners()
+        .iter()
+        .map(|(name, addr)| (name.clone(), addr.to_string().into()))
+        .collect();
+    let ready = serde_json::json!({
+        "event": "ready",
+        "listeners": listeners,
+        "admin": proxy.admin_addr().map(|a| a.to_string()),
+    });
+    println!("{ready}");
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    if proxy.shutdown(drain_timeout).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!(timeout = ?drain_timeout, "drain timed out");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { file } => match load(&file) {
+            Ok(b) => {
+                println!(
+                    "{}: ok ({} listeners, {} route configurations, {} clusters)",
+                    file.display(),
+                    b.listeners.len(),
+                    b.routes.len(),
+                    b.clusters.len()
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Command::Proxy {
+            config,
+            drain_timeout,
+        } => {
+            init_tracing("info");
+            runtime().and_then(|rt| rt.block_on(run_proxy(&config, drain_timeout)))
+        }
+        Command::Demo(args) => {
+            init_tracing("warn");
+            runtime().and_then(|rt| rt.block_on(demo::run(args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
