@@ -65,7 +65,10 @@ fn pipeline(c: &mut Criterion) {
     let mut upstream = dubbo.codec(&CodecOptions::new(Side::Upstream));
 
     let mut group = c.benchmark_group("dubbo");
-    for (name, batchjob) in [("route_plain_zero_copy", false), ("route_batchjob_mutated", true)] {
+    for (name, batchjob) in [
+        ("route_plain_zero_copy", false),
+        ("route_batchjob_mutated", true),
+    ] {
         let frame = request(batchjob);
         group.throughput(Throughput::Elements(1));
         group.bench_function(name, |b| {

@@ -214,16 +214,14 @@ fn hessian_err(e: HessianError) -> String {
     e.to_string()
 }
 
-fn slice_str(frame: &Bytes, s: &Cow<'_, str>) -> ByteString {
-    // A borrowed string points into `frame`: share its buffer instead of copying.
-    if let Cow::Borrowed(b) = s {
-        if !b.is_empty() && frame.as_ptr_range().contains(&b.as_ptr()) {
-            if let Ok(v) = ByteString::try_from(frame.slice_ref(b.as_bytes())) {
-                return v;
-            }
+fn slice_str(frame: &Bytes, s: &str) -> ByteString {
+    // A string borrowed from `frame` shares its buffer instead of being copied.
+    if !s.is_empty() && frame.as_ptr_range().contains(&s.as_ptr()) {
+        if let Ok(v) = ByteString::try_from(frame.slice_ref(s.as_bytes())) {
+            return v;
         }
     }
-    ByteString::from(&**s)
+    ByteString::from(s)
 }
 
 /// Text form of an attachment value for metadata (empty for null and containers).
