@@ -1,0 +1,480 @@
+//! Helpers shared by the end-to-end tests: spawning the `metamesh` binary and the
+//! third-party Dubbo peers of `tests/peers`, waiting on their readiness lines, scraping
+//! the admin endpoint and reading Prometheus counters.
+//!
+//! Every child process is owned by a guard that kills it on drop, so a failing test never
+//! leaves a provider or a proxy behind.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a child gets to print its readiness line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a consumer run may take.
+pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (the root package's manifest directory).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The virtualenv interpreter the peers run on; fails when it was never installed.
+pub fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup-test-deps.sh once to install the third-party \
+         Dubbo peers the end-to-end tests talk to",
+        p.display()
+    );
+    p
+}
+
+/// A peer script under `tests/peers`.
+pub fn peer(script: &str) -> PathBuf {
+    repo().join("tests/peers").join(script)
+}
+
+/// The `metamesh` binary under test.
+pub fn metamesh_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_metamesh"))
+}
+
+/// A child process with its stdout delivered line by line and its stderr collected.
+/// Killed (and reaped) on drop.
+pub struct Spawned {
+    what: String,
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Spawned {
+    /// Starts `cmd` with stdin closed and stdout/stderr captured.
+    pub fn start(what: impl Into<String>, mut cmd: Command) -> Spawned {
+        let what = what.into();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let collected = Arc::new(Mutex::new(String::new()));
+        let sink = collected.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&line)),
+                }
+            }
+        });
+        Spawned {
+            what,
+            child,
+            lines,
+            stderr: collected,
+        }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Panics with the child's state and stderr.
+    pub fn fail(&mut self, why: &str) -> ! {
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => format!("exited with {s}"),
+            Ok(None) => "still running".to_owned(),
+            Err(e) => format!("state unknown: {e}"),
+        };
+        // Give the stderr reader a moment to catch the last words of a dying child.
+        if !status.contains("running") {
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{}: {why} ({status})\n--- stderr of {} ---\n{}",
+            self.what,
+            self.what,
+            self.stderr()
+        );
+    }
+
+    /// The next stdout line, waiting at most `timeout`; fails with the child's stderr.
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                self.fail(&format!("no stdout line within {timeout:?}"))
+            }
+            Err(RecvTimeoutError::Disconnected) => self.fail("stdout closed"),
+        }
+    }
+
+    /// Skips stdout lines until one satisfies `pred`; fails after `timeout`.
+    pub fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.next_line(left);
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for the child to exit; fails after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => self.fail(&format!("did not exit within {timeout:?}")),
+                Err(e) => self.fail(&format!("wait failed: {e}")),
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `tests/peers/dubbo_provider.py` process.
+pub struct Provider {
+    pub group: String,
+    pub port: u16,
+    pub proc: Spawned,
+}
+
+impl Provider {
+    /// Starts a provider; call [`Provider::ready`] to wait for it.
+    pub fn spawn(group: &str, extra: &[&str]) -> Spawned {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer("dubbo_provider.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--group", group])
+            .args(extra);
+        Spawned::start(format!("provider[{group}]"), cmd)
+    }
+
+    /// Waits for `READY <port>`.
+    pub fn ready(group: &str, mut proc: Spawned) -> Provider {
+        let line = proc.wait_line(READY_TIMEOUT, |l| l.starts_with("READY "));
+        let port = match line["READY ".len()..].trim().parse() {
+            Ok(p) => p,
+            Err(_) => proc.fail(&format!("bad readiness line {line:?}")),
+        };
+        Provider {
+            group: group.to_owned(),
+            port,
+            proc,
+        }
+    }
+
+    /// Starts one provider per entry of `groups` in parallel and waits for all of them.
+    pub fn start_all(groups: &[&str], extra: &[&str]) -> Vec<Provider> {
+        let spawned: Vec<_> = groups.iter().map(|g| Provider::spawn(g, extra)).collect();
+        groups
+            .iter()
+            .zip(spawned)
+            .map(|(g, p)| Provider::ready(g, p))
+            .collect()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Lines of its stderr containing `needle`.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.proc.stderr().matches(needle).count()
+    }
+}
+
+/// A file under the system temp directory, removed on drop.
+pub struct TempFile {
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `text` to a fresh file named after `stem`.
+    pub fn new(stem: &str, text: &str) -> TempFile {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "metamesh-e2e-{stem}-{}-{}-{nanos}.yaml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        TempFile { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A running `metamesh proxy`.
+pub struct Proxy {
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub proc: Spawned,
+    pub config: TempFile,
+}
+
+impl Proxy {
+    /// Writes `yaml` to a temp file, starts the proxy on it and waits for its ready line.
+    pub fn start(yaml: &str, extra: &[&str]) -> Proxy {
+        let config = TempFile::new("proxy", yaml);
+        let mut cmd = Command::new(metamesh_bin());
+        cmd.arg("proxy")
+            .arg("--config")
+            .arg(&config.path)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let mut proc = Spawned::start("metamesh proxy", cmd);
+        let line = proc.next_line(READY_TIMEOUT);
+        let ready: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => proc.fail(&format!("ready line {line:?} is not JSON: {e}")),
+        };
+        if ready["event"] != "ready" {
+            proc.fail(&format!("unexpected first line {line:?}"));
+        }
+        let mut listeners = HashMap::new();
+        if let Some(map) = ready["listeners"].as_object() {
+            for (name, addr) in map {
+                let addr = addr.as_str().and_then(|a| a.parse().ok());
+                match addr {
+                    Some(a) => listeners.insert(name.clone(), a),
+                    None => proc.fail(&format!("bad listener address in {line:?}")),
+                };
+            }
+        }
+        let Some(admin) = ready["admin"].as_str().and_then(|a| a.parse().ok()) else {
+            proc.fail(&format!("no admin address in {line:?}"))
+        };
+        Proxy {
+            listeners,
+            admin,
+            proc,
+            config,
+        }
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
+    }
+
+    /// GET `path` on the admin endpoint.
+    pub fn scrape(&self, path: &str) -> String {
+        scrape(self.admin, path)
+    }
+
+    /// Current value of a counter (summed over series whose labels include `labels`).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        counter(&self.scrape("/stats/prometheus"), name, labels)
+    }
+
+    /// Waits until the counter equals `want`; fails with the whole exposition otherwise.
+    pub fn wait_counter(&self, name: &str, labels: &[(&str, &str)], want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.scrape("/stats/prometheus");
+            let got = counter(&text, name, labels);
+            if got == want {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{name}{labels:?} is {got}, want {want}\n--- /stats/prometheus ---\n{text}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A consumer running in the background.
+pub struct Consumer {
+    proc: Spawned,
+}
+
+impl Consumer {
+    /// Starts `tests/peers/dubbo_consumer.py` with `args`.
+    pub fn spawn(args: &[&str]) -> Consumer {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer("dubbo_consumer.py")).args(args);
+        Consumer {
+            proc: Spawned::start(format!("consumer {}", args.join(" ")), cmd),
+        }
+    }
+
+    /// Waits for its JSON summary.
+    pub fn finish(mut self) -> serde_json::Value {
+        let line = self.proc.next_line(CONSUMER_TIMEOUT);
+        let status = self.proc.wait_exit(Duration::from_secs(10));
+        if !status.success() {
+            self.proc.fail(&format!("exited with {status}"));
+        }
+        match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => self
+                .proc
+                .fail(&format!("summary {line:?} is not JSON: {e}")),
+        }
+    }
+}
+
+/// Runs a consumer to completion and returns its JSON summary.
+pub fn run_consumer(args: &[&str]) -> serde_json::Value {
+    Consumer::spawn(args).finish()
+}
+
+/// A tiny HTTP/1.1 GET; returns the body of a 200 response and fails on anything else.
+pub fn scrape(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to admin {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read admin {path}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed HTTP response from admin {path}: {text:?}"));
+    let status = head.lines().next().unwrap_or_default();
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET {path}: {status}\n{body}"
+    );
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked admin responses are not handled by this helper"
+    );
+    body.to_owned()
+}
+
+/// Parses `name{k="v",...} value` lines of a Prometheus/OpenMetrics exposition and sums the
+/// series named `name` whose labels include every pair of `labels`. 0 when none does.
+pub fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let found: HashMap<&str, &str> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| found.get(k) == Some(v)) {
+            sum += value.trim().parse::<f64>().unwrap_or_else(|e| {
+                panic!("bad sample value in {line:?}: {e}");
+            });
+        }
+    }
+    sum as u64
+}
+
+/// Polls `f` every 20 ms until it returns `Some`; fails after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs `metamesh validate FILE`.
+pub fn validate(path: &Path) -> std::process::Output {
+    Command::new(metamesh_bin())
+        .arg("validate")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run metamesh validate")
+}
