@@ -66,31 +66,32 @@ fn load(path: &Path) -> anyhow::Result<Bootstrap> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. Handlers are installed when this is called, so call it
+/// before announcing readiness.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
 async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()> {
     let bootstrap = load(config)?;
+    let signal = shutdown_signal()?;
     let proxy = ProxyBuilder::new()
         .protocols(&metamesh_protocols::builtin())
         .start(bootstrap)
@@ -108,7 +109,7 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
         "admin": proxy.admin_addr().map(|a| a.to_string()),
     });
     println!("{ready}");
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down: draining in-flight requests");
     if proxy.shutdown(drain_timeout).await {
         tracing::info!("drained");

@@ -84,6 +84,17 @@ impl Metadata {
         self.entries.push((key.into(), value.into()));
     }
 
+    /// Adds or replaces an entry while decoding, without marking the map dirty: for wire
+    /// formats where a repeated key overrides the earlier one (as a Java map does).
+    pub fn insert_decoded(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
+        let key = key.into();
+        let value = value.into();
+        match self.position(&key) {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push((key, value)),
+        }
+    }
+
     /// Sets `key` to `value`, replacing an existing entry in place or appending a new one.
     pub fn set(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
         let key = key.into();

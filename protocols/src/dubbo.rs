@@ -269,7 +269,8 @@ fn read_attachments(
                 continue;
             }
         }
-        metadata.push_decoded(key, value);
+        // A repeated key overrides the earlier one, as it does in the provider's map.
+        metadata.insert_decoded(key, value);
     }
     Ok(bits)
 }

@@ -348,6 +348,27 @@ fn local_replies_are_dubbo_errors_the_codec_reads_back() {
 }
 
 #[test]
+fn a_repeated_attachment_key_keeps_the_last_value_through_mutation() {
+    let f = build::Request {
+        dubbo_version: "2.0.2",
+        interface: "svc",
+        version: "1",
+        method: "m",
+        args: &[],
+        attachments: &[("d", ""), ("d", " ")],
+        two_way: true,
+    }
+    .encode(1);
+    let mut m = decode_one(Side::Downstream, &f);
+    assert_eq!(m.metadata.get("d"), Some(" "));
+    assert_eq!(m.metadata.len(), 4);
+    m.metadata.set("a", "");
+    let again = decode_one(Side::Upstream, &encode(&m, 2));
+    assert_eq!(again.metadata.get("d"), Some(" "));
+    assert_eq!(again.metadata.get("a"), Some(""));
+}
+
+#[test]
 fn builder_round_trip() {
     let f = build::Request {
         dubbo_version: "2.0.2",
