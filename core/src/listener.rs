@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,10 @@ use crate::stats::ListenerStats;
 
 /// Deadline of a route that sets none (as Envoy's default route timeout).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Requests one downstream connection may have in flight; past this the connection is
+/// not read until one finishes, so a client cannot pile up unbounded work.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
 /// What a downstream writer is asked to write.
 // Nearly every item is a message; boxing it to shrink the rare `Close` would cost an
@@ -99,13 +103,14 @@ async fn serve_connection(
     let mut codec = ctx.protocol.codec(&options);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let in_flight = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let multiplexing = ctx.protocol.multiplexing();
 
     'conn: loop {
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(msg)) => {
-                    if !dispatch(&ctx, msg, &tx, &in_flight, multiplexing).await {
+                    if !dispatch(&ctx, msg, &tx, &in_flight, &permits, multiplexing).await {
                         break 'conn;
                     }
                 }
@@ -162,15 +167,20 @@ async fn dispatch(
     msg: Message,
     tx: &mpsc::Sender<Outgoing>,
     in_flight: &TaskTracker,
+    permits: &Arc<Semaphore>,
     multiplexing: bool,
 ) -> bool {
     match msg.kind {
         MessageKind::Request | MessageKind::OnewayRequest => {
             ctx.stats.rq_total.inc();
             if multiplexing {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return false;
+                };
                 let ctx = ctx.clone();
                 let tx = tx.clone();
                 in_flight.spawn(async move {
+                    let _permit = permit;
                     if let Some(out) = handle_request(&ctx, msg).await {
                         let _ = tx.send(out).await;
                     }

@@ -472,3 +472,31 @@ fn encode_is_zero_copy_when_nothing_changed() {
         "the original buffer is reused"
     );
 }
+
+#[tokio::test]
+async fn a_connection_has_a_bounded_number_of_requests_in_flight() {
+    use crate::listener::MAX_IN_FLIGHT_PER_CONNECTION as CAP;
+    let proxy = start("").await;
+    let mut c = Client::connect(proxy.listener_addr("in").expect("listener")).await;
+    let total = CAP as u64 + 100;
+    for i in 0..total {
+        c.send(i, &[("user", "u"), ("delay-ms", "400")], b"x").await;
+    }
+    let pool = proxy.store().load().clusters()[1].endpoints[0].pool.clone();
+    // The cap is reached, and while the first batch is held upstream it is not exceeded.
+    while pool.active_requests() < CAP {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        assert!(pool.active_requests() <= CAP, "{}", pool.active_requests());
+        tokio::task::yield_now().await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..total {
+        let r = c.recv().await.expect("reply");
+        assert_eq!(r.metadata.get("served-by"), Some("user"));
+        seen.insert(r.request_id);
+    }
+    assert_eq!(seen.len() as u64, total, "every request was answered once");
+    proxy.shutdown(Duration::from_secs(1)).await;
+}
