@@ -100,7 +100,6 @@ impl ConfigStore {
         protocols: ProtocolRegistry,
         stats: Arc<Stats>,
     ) -> Result<Self, ConfigErrors> {
-        bootstrap.validate(&protocols)?;
         let store = Self {
             current: ArcSwap::from_pointee(Snapshot {
                 version: 0,

@@ -276,7 +276,7 @@ fn read_attachments(
 }
 
 impl DubboCodec {
-    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, (String, Bytes)> {
+    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, String> {
         let kind = if h.is_event() {
             MessageKind::Heartbeat
         } else if h.is_two_way() {
@@ -336,7 +336,7 @@ impl DubboCodec {
             msg.layout[BITS] = bits;
             Ok(())
         })();
-        result.map(|()| msg).map_err(|e| (e, frame))
+        result.map(|()| msg)
     }
 
     fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Message, String> {
@@ -425,7 +425,7 @@ impl Codec for DubboCodec {
         if h.is_request() {
             match self.decode_request(&h, frame) {
                 Ok(m) => Ok(Some(m)),
-                Err((detail, _)) => {
+                Err(detail) => {
                     let action = if h.is_two_way() {
                         ErrorAction::Reply(Box::new(error_response(
                             &h,
