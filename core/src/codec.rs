@@ -2,7 +2,7 @@
 //! it. A [`Protocol`] is a shared factory and answers local replies; a [`Codec`] is the
 //! per-connection, per-direction decoder/encoder.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,6 +23,10 @@ pub enum Side {
     Upstream,
 }
 
+/// Protocol-specific settings of a listener or cluster (`protocol_options` in the
+/// bootstrap), checked by [`Protocol::validate_options`] before any codec sees them.
+pub type ProtocolOptions = BTreeMap<String, String>;
+
 /// Limits and settings handed to every codec instance.
 #[derive(Clone, Debug)]
 pub struct CodecOptions {
@@ -30,14 +34,42 @@ pub struct CodecOptions {
     pub side: Side,
     /// Largest frame the codec may buffer; larger ones are a decode error.
     pub max_frame_size: usize,
+    /// Protocol-specific settings, already accepted by [`Protocol::validate_options`].
+    pub protocol_options: Arc<ProtocolOptions>,
 }
 
 impl CodecOptions {
-    /// Options for `side` with the default frame limit.
+    /// Options for `side` with the default frame limit and no protocol options.
     pub fn new(side: Side) -> Self {
         Self {
             side,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            protocol_options: Arc::default(),
+        }
+    }
+
+    /// The protocol option `key`, if set.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.protocol_options.get(key).map(String::as_str)
+    }
+}
+
+/// A protocol option that [`Protocol::validate_options`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct OptionError {
+    /// The option's key.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl OptionError {
+    /// An error about option `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
         }
     }
 }
@@ -151,7 +183,17 @@ impl EncodedFrame {
     }
 }
 
-/// Per-connection, per-direction decoder and encoder of one protocol.
+/// Per-connection decoder and encoder of one protocol.
+///
+/// For protocols that multiplex, the engine may use separate instances to read and to
+/// write one connection. For protocols that do not, one instance per connection decodes
+/// and encodes every message on it, so it may carry state from a request to its response
+/// (for example that the answer to an HTTP `HEAD` has no body).
+///
+/// Streaming protocols decode a message head with [`crate::StreamState::More`] and then
+/// its body as [`crate::MessageKind::Data`] pieces (each decoded from whatever bytes have
+/// arrived, the last marked [`crate::StreamState::End`]); the engine forwards each piece
+/// as it comes, so a body is never held whole.
 pub trait Codec: Send + 'static {
     /// Decodes one frame from the front of `buf`, consuming exactly its bytes.
     ///
@@ -170,6 +212,29 @@ pub trait Codec: Send + 'static {
         request_id: u64,
         out: &mut EncodedFrame,
     ) -> Result<(), EncodeError>;
+
+    /// Called once when the peer closed its sending side, with whatever is left in `buf`.
+    /// A protocol whose last message may be delimited by the close itself (an HTTP/1.x
+    /// response body without a length) returns that message's final piece here; the
+    /// default treats leftover bytes as a truncated frame.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        if buf.is_empty() {
+            Ok(None)
+        } else {
+            Err(DecodeError::close(
+                "truncated_frame",
+                format!("connection closed inside a frame ({} bytes)", buf.len()),
+            ))
+        }
+    }
+
+    /// False once a message decoded or encoded on this connection said that the
+    /// connection ends after the current exchange (HTTP `Connection: close`, HTTP/1.0
+    /// without keep-alive, a body delimited by the close). Asked by the engine between
+    /// exchanges of protocols that do not multiplex.
+    fn keep_alive(&self) -> bool {
+        true
+    }
 }
 
 /// A protocol: names itself, makes codecs, and answers what the proxy must answer itself.
@@ -190,6 +255,26 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// The answer to a heartbeat (or other event) that expects one; `None` otherwise.
     fn heartbeat_reply(&self, heartbeat: &Message) -> Option<Message>;
+
+    /// Checks the `protocol_options` of a listener or cluster. The default accepts none.
+    fn validate_options(&self, options: &ProtocolOptions) -> Result<(), OptionError> {
+        match options.keys().next() {
+            Some(key) => Err(OptionError::new(
+                key.clone(),
+                format!("protocol {} has no options", self.name()),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// An interim answer the client waits for before it sends the rest of `request` (an
+    /// HTTP `100 Continue` for `Expect: 100-continue`). The proxy sends it once the
+    /// request is routed and an upstream connection is ready; a request answered locally
+    /// instead gets no interim answer and its connection closes after the reply.
+    fn continue_reply(&self, request: &Message) -> Option<Message> {
+        let _ = request;
+        None
+    }
 
     /// Called with every upstream response before response mutation and encoding, with
     /// the request it answers, so the codec can note what the client can take (for

@@ -108,6 +108,10 @@ pub struct Listener {
     /// Largest frame accepted from clients, in bytes (default 8 MiB).
     #[serde(default)]
     pub max_frame_size: Option<usize>,
+    /// Protocol-specific settings (for example Thrift's `transport` and `protocol`);
+    /// each protocol documents and checks its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protocol_options: BTreeMap<String, String>,
 }
 
 /// A token bucket.
@@ -275,6 +279,9 @@ pub struct Cluster {
     /// Largest frame accepted from endpoints, in bytes (default 8 MiB).
     #[serde(default)]
     pub max_frame_size: Option<usize>,
+    /// Protocol-specific settings for the connections to the endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protocol_options: BTreeMap<String, String>,
     /// Passive health checking.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
@@ -515,7 +522,11 @@ impl Validator {
                     format!("{:?} is not an ip:port address", l.address),
                 );
             }
-            if protocols.get(&l.protocol).is_none() {
+            if let Some(proto) = protocols.get(&l.protocol) {
+                if let Err(e) = proto.validate_options(&l.protocol_options) {
+                    self.err(format!("{p}.protocol_options.{}", e.key), e.message);
+                }
+            } else {
                 self.err(
                     format!("{p}.protocol"),
                     format!(
@@ -562,7 +573,11 @@ impl Validator {
         for (i, c) in b.clusters.iter().enumerate() {
             let p = named("clusters", &c.name, i);
             if let Some(proto) = &c.protocol {
-                if protocols.get(proto).is_none() {
+                if let Some(pr) = protocols.get(proto) {
+                    if let Err(e) = pr.validate_options(&c.protocol_options) {
+                        self.err(format!("{p}.protocol_options.{}", e.key), e.message);
+                    }
+                } else {
                     self.err(
                         format!("{p}.protocol"),
                         format!("unknown protocol {proto:?}"),

@@ -23,9 +23,9 @@ pub mod testing;
 mod tests;
 
 pub use codec::{
-    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, Protocol,
-    ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE,
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, OptionError,
+    Protocol, ProtocolOptions, ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE,
 };
 pub use config::{Bootstrap, ConfigError, ConfigErrors};
-pub use message::{LocalReply, LocalReplyKind, Message, MessageKind, Metadata};
+pub use message::{LocalReply, LocalReplyKind, Message, MessageKind, Metadata, StreamState};
 pub use proxy::{Proxy, ProxyBuilder, StartError};

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, Side};
+use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, ProtocolOptions, Side};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
 use crate::router::Mutation;
@@ -45,6 +45,7 @@ pub(crate) struct ListenerContext {
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) stats: ListenerStats,
     pub(crate) max_frame_size: usize,
+    pub(crate) protocol_options: Arc<ProtocolOptions>,
 }
 
 /// Accepts connections until `shutdown` fires; connection tasks join `tracker`.
@@ -93,6 +94,7 @@ async fn serve_connection(
     let options = CodecOptions {
         side: Side::Downstream,
         max_frame_size: ctx.max_frame_size,
+        protocol_options: ctx.protocol_options.clone(),
     };
     let (tx, rx) = mpsc::channel(1024);
     let writer = tokio::spawn(write_loop(
@@ -204,6 +206,11 @@ async fn dispatch(
         MessageKind::Response | MessageKind::Error => {
             ctx.stats.protocol_error("unexpected_response");
             true
+        }
+        MessageKind::Data => {
+            // A multiplexing protocol has no bodies that stream apart from their head.
+            ctx.stats.protocol_error("unexpected_data");
+            false
         }
     }
 }

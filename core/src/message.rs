@@ -21,6 +21,26 @@ pub enum MessageKind {
     Event,
     /// A response whose transport status reports a failure.
     Error,
+    /// A piece of the body of the request or response before it on the same connection
+    /// (an HTTP body chunk). Never routed: it follows its message to the same peer, in
+    /// order, and is written through unchanged.
+    Data,
+}
+
+/// How a message continues on its connection. Frame-at-a-time protocols (Dubbo, Thrift)
+/// always decode complete messages; streaming protocols (HTTP/1.1) hand over a head first
+/// and the body in [`MessageKind::Data`] pieces, so a large body never sits in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StreamState {
+    /// Nothing follows: the message (or the last body piece) ends its stream.
+    #[default]
+    End,
+    /// [`MessageKind::Data`] pieces follow; the last one is marked [`StreamState::End`].
+    More,
+    /// After this response the connection stops carrying messages and becomes an opaque
+    /// byte tunnel in both directions (an HTTP `101 Switching Protocols` or a `CONNECT`
+    /// answered with success).
+    Upgrade,
 }
 
 impl MessageKind {
@@ -139,6 +159,8 @@ pub struct Message {
     pub frame: Bytes,
     /// Positions inside `frame` that the codec recorded for its own use when encoding.
     pub layout: [u32; 4],
+    /// Whether body pieces or a tunnel follow this message.
+    pub stream: StreamState,
 }
 
 impl Message {
@@ -151,6 +173,7 @@ impl Message {
             status: None,
             frame,
             layout: [0; 4],
+            stream: StreamState::End,
         }
     }
 }

@@ -99,6 +99,7 @@ impl ProxyBuilder {
                 store: store.clone(),
                 stats: stats.listener(&l.name),
                 max_frame_size: l.max_frame_size(),
+                protocol_options: Arc::new(l.protocol_options.clone()),
             });
             bound.push((l.name.clone(), addr, tcp, ctx));
         }

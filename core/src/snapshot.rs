@@ -200,6 +200,7 @@ impl ConfigStore {
                 connect_timeout: c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
                 connections: c.connections_per_endpoint.unwrap_or(1) as usize,
                 max_frame_size: c.max_frame_size.unwrap_or(DEFAULT_MAX_FRAME_SIZE),
+                protocol_options: Arc::new(c.protocol_options.clone()),
             };
             let mut endpoints = Vec::new();
             if let (Some(protocol), Some(pname)) = (&protocol, proto_name) {
@@ -268,4 +269,5 @@ fn same_settings(pool: &EndpointPool, settings: &PoolSettings) -> bool {
     pool.settings().connect_timeout == settings.connect_timeout
         && pool.settings().connections == settings.connections
         && pool.settings().max_frame_size == settings.max_frame_size
+        && pool.settings().protocol_options == settings.protocol_options
 }

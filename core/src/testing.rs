@@ -31,7 +31,7 @@ fn kind_byte(kind: MessageKind) -> u8 {
         MessageKind::Request => 0,
         MessageKind::OnewayRequest => 1,
         MessageKind::Response => 2,
-        MessageKind::Heartbeat | MessageKind::Event => 3,
+        MessageKind::Heartbeat | MessageKind::Event | MessageKind::Data => 3,
         MessageKind::Error => 4,
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{CodecOptions, EncodedFrame, Protocol, Side};
+use crate::codec::{CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReplyKind, Message, MessageKind};
 use crate::stats::ClusterStats;
@@ -173,6 +173,8 @@ pub struct PoolSettings {
     pub connections: usize,
     /// Largest response frame.
     pub max_frame_size: usize,
+    /// Protocol-specific settings of the cluster.
+    pub protocol_options: Arc<ProtocolOptions>,
 }
 
 /// Connections to one endpoint of one cluster.
@@ -287,6 +289,7 @@ impl EndpointPool {
         let options = CodecOptions {
             side: Side::Upstream,
             max_frame_size: self.settings.max_frame_size,
+            protocol_options: self.settings.protocol_options.clone(),
         };
         tokio::spawn(write_loop(
             FrameWriter::new(wr),
@@ -385,6 +388,11 @@ async fn read_loop(
                     }
                     MessageKind::Request | MessageKind::OnewayRequest => {
                         stats.protocol_error("unexpected_request");
+                    }
+                    MessageKind::Data => {
+                        // A multiplexing protocol has no bodies that stream apart.
+                        stats.protocol_error("unexpected_data");
+                        break 'read;
                     }
                 },
                 Ok(None) => break,
