@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Installs the third-party peers the end-to-end tests talk to (see tests/peers/README.md)
-# into a virtualenv at <repo>/.venv.
+# Installs the third-party peers the end-to-end tests talk to (see tests/peers/README.md):
+# Debian packages (thrift-compiler, nginx-light), and Python libraries in a virtualenv at
+# <repo>/.venv, and Python stubs generated from tests/peers/thrift/echo.thrift.
 #
-#   scripts/setup-test-deps.sh            # idempotent; a second run only checks a stamp
-#   FORCE=1 scripts/setup-test-deps.sh    # reinstall even if the stamp matches
+#   scripts/setup-test-deps.sh            # idempotent; a second run only checks stamps
+#   FORCE=1 scripts/setup-test-deps.sh    # reinstall the Python side even if the stamps match
 #   PYTHON=python3.12 scripts/setup-test-deps.sh
 #   SETUP_TEST_DEPS_NO_ENSUREPIP=1 ...      # exercise the no-ensurepip path (Debian without python3-venv)
+#   SETUP_TEST_DEPS_NO_APT=1 ...            # never call apt-get (fail if a package is missing)
 #
-# Non-interactive, callable from any directory. Needs python3 (>= 3.8) with venv or pip, and
-# network access to PyPI on the first run only.
+# Non-interactive, callable from any directory. Needs python3 (>= 3.8) with venv or pip,
+# network access to PyPI and the Debian mirror on the first run only, and root (or
+# password-less sudo) when a Debian package is missing.
 #
 # Layout it produces:
-#   .venv/                       virtualenv: dubbo-py, kazoo, nacos-sdk-python
+#   /usr/bin/thrift              Debian thrift-compiler (0.17): generates the Thrift test stubs
+#   /usr/sbin/nginx              Debian nginx-light: an HTTP backend; its service is left
+#                                stopped and disabled (tests run their own nginx)
+#   .venv/                       virtualenv: dubbo-py, kazoo, nacos-sdk-python, thrift
 #   .venv/dubbo-python-lib/      dubbo-python alone (it ships the same top-level package name
 #                                "dubbo" as dubbo-py, so it cannot share site-packages with it)
+#   .venv/thrift-gen/            `thrift --gen py` output for tests/peers/thrift/echo.thrift
 #   .venv/.metamesh-test-deps    stamp: hash of the requirement set that was installed
+#   .venv/thrift-gen/.stamp      stamp: hash of the IDL and the compiler version
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +33,9 @@ DP_LIB="$VENV/dubbo-python-lib"
 STAMP="$VENV/.metamesh-test-deps"
 # Bump when the install procedure changes in a way the requirement files do not show.
 LAYOUT_VERSION=1
+IDL="$REPO/tests/peers/thrift/echo.thrift"
+THRIFT_GEN="$VENV/thrift-gen"
+THRIFT_STAMP="$THRIFT_GEN/.stamp"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore
 
@@ -33,6 +44,58 @@ die() { printf '[setup-test-deps] error: %s\n' "$*" >&2; exit 1; }
 
 [ -f "$REQ" ] || die "missing $REQ"
 [ -f "$REQ_DP" ] || die "missing $REQ_DP"
+[ -f "$IDL" ] || die "missing $IDL"
+
+# 0. Debian packages. Checked on every run (cheap); apt-get runs only when one is missing.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo -n "$@"
+    else die "need root to run: $* (install the packages by hand or run as root)"
+    fi
+}
+
+APT_MISSING=()
+if ! command -v thrift >/dev/null 2>&1; then APT_MISSING+=(thrift-compiler); fi
+if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then APT_MISSING+=(nginx-light); fi
+
+if [ "${#APT_MISSING[@]}" -gt 0 ]; then
+    [ -z "${SETUP_TEST_DEPS_NO_APT:-}" ] || die "missing Debian packages: ${APT_MISSING[*]}"
+    command -v apt-get >/dev/null 2>&1 || die "missing ${APT_MISSING[*]} and no apt-get on this machine"
+    log "installing Debian packages: ${APT_MISSING[*]}"
+    # Keep maintainer scripts from starting services (nginx) while installing: a
+    # policy-rc.d that denies every action, unless the machine already has one.
+    POLICY=/usr/sbin/policy-rc.d
+    OWN_POLICY=
+    if [ ! -e "$POLICY" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
+        OWN_POLICY=1
+    fi
+    restore_policy() { if [ -n "$OWN_POLICY" ]; then as_root rm -f "$POLICY"; OWN_POLICY=; fi; }
+    trap restore_policy EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    APT_OPTS=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" "${APT_MISSING[@]}" >/dev/null 2>&1; then
+        log "apt-get install failed with the current package lists; running apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null \
+            || die "apt-get update failed"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" "${APT_MISSING[@]}" \
+            || die "apt-get install ${APT_MISSING[*]} failed"
+    fi
+    restore_policy
+    trap - EXIT
+    # The package's own nginx service must not keep port 80 or start at boot: the tests
+    # start nginx with their own configuration.
+    if [[ " ${APT_MISSING[*]} " == *" nginx-light "* ]]; then
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            as_root systemctl disable --now nginx >/dev/null 2>&1 || true
+        else
+            if [ -x /etc/init.d/nginx ]; then as_root /etc/init.d/nginx stop >/dev/null 2>&1 || true; fi
+            if command -v update-rc.d >/dev/null 2>&1; then as_root update-rc.d nginx disable >/dev/null 2>&1 || true; fi
+        fi
+    fi
+fi
+command -v thrift >/dev/null 2>&1 || die "thrift (Debian thrift-compiler) is not on PATH"
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || die "nginx (Debian nginx-light) is not installed"
 
 pick_python() {
     if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
@@ -80,27 +143,44 @@ WANT="$( { echo "layout=$LAYOUT_VERSION"; "$VENV_PY" -c 'import sys; print(sys.v
            cat "$REQ"; echo '--- dubbo-python-lib'; cat "$REQ_DP"; } | hash_stdin )"
 
 if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -d "$DP_LIB/dubbo" ]; then
-    log "requirements already installed (stamp $STAMP matches); nothing to do"
-    exit 0
+    log "requirements already installed (stamp $STAMP matches)"
+else
+    rm -f "$STAMP"
+    log "installing $(grep -v '^\s*#' "$REQ" | grep -v '^\s*$' | tr '\n' ' ')into $VENV"
+    "$VENV_PY" -m pip install --quiet -r "$REQ"
+
+    log "installing $(grep -v '^\s*#' "$REQ_DP" | grep -v '^\s*$' | tr '\n' ' ')into $DP_LIB (--no-deps)"
+    rm -rf "$DP_LIB"
+    "$VENV_PY" -m pip install --quiet --no-deps --target "$DP_LIB" -r "$REQ_DP"
+
+    # 3. smoke-import the libraries the way the peer programs use them
+    log "checking imports"
+    "$VENV_PY" -c 'import dubbo.server, dubbo.client, dubbo.codec.hessian2, kazoo, nacos' \
+        || die "dubbo-py import failed"
+    PYTHONPATH="$DP_LIB" "$VENV_PY" -W ignore -c \
+        'import dubbo.connection.connections, dubbo.codec.encoder, dubbo.client' \
+        || die "dubbo-python import failed"
+    "$VENV_PY" -c 'import thrift.server.TServer, thrift.transport.THeaderTransport, thrift.protocol.TCompactProtocol' \
+        || die "thrift import failed"
+
+    echo "$WANT" > "$STAMP"
+    log "installed:"
+    "$VENV_PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(dubbo-py|kazoo|nacos-sdk-python|thrift)==' | sed 's/^/    /'
+    ( cd "$DP_LIB" && ls -d dubbo_python-*.dist-info 2>/dev/null | sed 's/\.dist-info$//; s/^/    /; s/-/==/' )
 fi
 
-log "installing $(grep -v '^\s*#' "$REQ" | grep -v '^\s*$' | tr '\n' ' ')into $VENV"
-"$VENV_PY" -m pip install --quiet -r "$REQ"
-
-log "installing $(grep -v '^\s*#' "$REQ_DP" | grep -v '^\s*$' | tr '\n' ' ')into $DP_LIB (--no-deps)"
-rm -rf "$DP_LIB"
-"$VENV_PY" -m pip install --quiet --no-deps --target "$DP_LIB" -r "$REQ_DP"
-
-# 3. smoke-import both libraries the way the peer programs use them
-log "checking imports"
-"$VENV_PY" -c 'import dubbo.server, dubbo.client, dubbo.codec.hessian2, kazoo, nacos' \
-    || die "dubbo-py import failed"
-PYTHONPATH="$DP_LIB" "$VENV_PY" -W ignore -c \
-    'import dubbo.connection.connections, dubbo.codec.encoder, dubbo.client' \
-    || die "dubbo-python import failed"
-
-echo "$WANT" > "$STAMP"
-log "installed:"
-"$VENV_PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(dubbo-py|kazoo|nacos-sdk-python)==' | sed 's/^/    /'
-( cd "$DP_LIB" && ls -d dubbo_python-*.dist-info 2>/dev/null | sed 's/\.dist-info$//; s/^/    /; s/-/==/' )
+# 4. Python stubs for the Thrift test IDL, from the real compiler; regenerated when the IDL
+#    or the compiler changes (the peers add .venv/thrift-gen to sys.path).
+THRIFT_WANT="$( { thrift --version; cat "$IDL"; } | hash_stdin )"
+if [ -z "${FORCE:-}" ] && [ -f "$THRIFT_STAMP" ] && [ "$(cat "$THRIFT_STAMP")" = "$THRIFT_WANT" ]; then
+    log "thrift stubs up to date (stamp $THRIFT_STAMP matches)"
+else
+    log "generating Python stubs from ${IDL#"$REPO"/} with $(thrift --version)"
+    rm -rf "$THRIFT_GEN"
+    mkdir -p "$THRIFT_GEN"
+    thrift --gen py -out "$THRIFT_GEN" "$IDL" || die "thrift --gen py failed"
+    PYTHONPATH="$THRIFT_GEN" "$VENV_PY" -c 'from metamesh_echo import EchoService, ttypes' \
+        || die "generated stubs do not import"
+    echo "$THRIFT_WANT" > "$THRIFT_STAMP"
+fi
 log "done"

@@ -19,14 +19,15 @@ Everything stays on 127.0.0.1. Run with the virtualenv's python (scripts/setup-t
 import argparse
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from relay import RecordingRelay  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(REPO, "protocols", "tests", "fixtures", "dubbo")
 DUBBO_PYTHON_LIB = os.path.join(REPO, ".venv", "dubbo-python-lib")
@@ -44,97 +45,37 @@ IDLE_SCENARIOS = {
 
 # ------------------------------------------------------------------ recording relay
 
-class Recorder:
-    """TCP relay 127.0.0.1:<port> -> upstream that records frames per connection."""
+class Recorder(RecordingRelay):
+    """Cuts each direction into Dubbo frames (16-byte header, body length at offset 12)."""
 
     def __init__(self, upstream):
-        self.upstream = upstream
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.lock = threading.Lock()
-        self.conns = []  # list of {"frames": [(direction, bytes)], "closed": Event, "junk": []}
         # connection indexes on which server-to-client event requests (heartbeats) are
         # recorded but not forwarded, so that the client's own idle timer can fire
         self.swallow_server_events = set()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream)
 
-    def _accept(self):
-        while True:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.upstream)
-            with self.lock:
-                swallow = len(self.conns) in self.swallow_server_events
-                rec = {"frames": [], "closed": threading.Event(), "junk": [], "done": 0,
-                       "swallow": swallow}
-                self.conns.append(rec)
-            for src, dst, direction in ((down, up, "c2s"), (up, down, "s2c")):
-                threading.Thread(target=self._pump, args=(src, dst, direction, rec),
-                                 daemon=True).start()
+    def new_record(self, index):
+        return {"frames": [], "junk": [], "swallow": index in self.swallow_server_events}
 
-    def _pump(self, src, dst, direction, rec):
-        buf = b""
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            buf += data
-            out = b""
-            while len(buf) >= 16:
-                if buf[:2] != b"\xda\xbb":
-                    with self.lock:
-                        rec["junk"].append((direction, buf))
-                    out += buf
-                    buf = b""
-                    break
-                total = 16 + struct.unpack(">I", buf[12:16])[0]
-                if len(buf) < total:
-                    break
-                frame, buf = buf[:total], buf[total:]
-                swallowed = (rec["swallow"] and direction == "s2c"
-                             and frame[2] & 0xa0 == 0xa0)
+    def forward(self, rec, direction, buf):
+        out = b""
+        while len(buf) >= 16:
+            if buf[:2] != b"\xda\xbb":
                 with self.lock:
-                    rec["frames"].append((direction + (" (not forwarded)" if swallowed else ""),
-                                          frame))
-                if not swallowed:
-                    out += frame
-            try:
-                if out:
-                    dst.sendall(out)
-            except OSError:
+                    rec["junk"].append((direction, buf))
+                return out + buf, b""
+            total = 16 + struct.unpack(">I", buf[12:16])[0]
+            if len(buf) < total:
                 break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        with self.lock:
-            rec["done"] += 1
-            if rec["done"] == 2:
-                rec["closed"].set()
-
-    def connection_count(self):
-        with self.lock:
-            return len(self.conns)
-
-    def wait_connection(self, index, timeout=10):
-        deadline = time.time() + timeout
-        while self.connection_count() <= index:
-            if time.time() > deadline:
-                raise RuntimeError("no connection %d reached the recorder" % index)
-            time.sleep(0.01)
-        rec = self.conns[index]
-        if not rec["closed"].wait(timeout):
-            raise RuntimeError("connection %d did not close" % index)
-        return rec
+            frame, buf = buf[:total], buf[total:]
+            swallowed = (rec["swallow"] and direction == "s2c"
+                         and frame[2] & 0xa0 == 0xa0)
+            with self.lock:
+                rec["frames"].append((direction + (" (not forwarded)" if swallowed else ""),
+                                      frame))
+            if not swallowed:
+                out += frame
+        return out, buf
 
 
 # ------------------------------------------------------------------ client scenarios
