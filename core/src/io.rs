@@ -45,6 +45,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// The socket, for writing past the batching (tunnels); flush first.
+    pub(crate) fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Bytes gathered and not yet written.
     pub(crate) fn pending(&self) -> usize {
         self.buf.len()

@@ -8,6 +8,7 @@
 mod admin;
 pub mod codec;
 pub mod config;
+mod exchange;
 mod io;
 pub mod listener;
 pub mod message;
@@ -17,6 +18,8 @@ pub mod snapshot;
 pub mod stats;
 pub mod upstream;
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testing;
 #[cfg(test)]

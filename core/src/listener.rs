@@ -1,6 +1,7 @@
 //! Downstream connections: accept, decode requests, route them through the current
 //! snapshot, forward them upstream and write the answers back. Multiplexing protocols
-//! handle a connection's requests concurrently; others one at a time, in order.
+//! handle a connection's requests concurrently here; others go to [`crate::exchange`],
+//! one exchange at a time with streamed bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, ProtocolOptions, Side};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
-use crate::router::Mutation;
-use crate::snapshot::ConfigStore;
+use crate::router::{Mutation, Route};
+use crate::snapshot::{ClusterRuntime, ConfigStore, EndpointRuntime, Snapshot};
 use crate::stats::ListenerStats;
 
 /// Deadline of a route that sets none (as Envoy's default route timeout).
@@ -90,6 +91,10 @@ async fn serve_connection(
     ctx.stats.cx_total.inc();
     ctx.stats.cx_active.inc();
     let _active = ActiveConnection(ctx.stats.clone());
+    if !ctx.protocol.multiplexing() {
+        crate::exchange::serve(stream, ctx, shutdown).await;
+        return;
+    }
     let (mut rd, wr) = stream.into_split();
     let options = CodecOptions {
         side: Side::Downstream,
@@ -106,13 +111,12 @@ async fn serve_connection(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let in_flight = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let multiplexing = ctx.protocol.multiplexing();
 
     'conn: loop {
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(msg)) => {
-                    if !dispatch(&ctx, msg, &tx, &in_flight, &permits, multiplexing).await {
+                    if !dispatch(&ctx, msg, &tx, &in_flight, &permits).await {
                         break 'conn;
                     }
                 }
@@ -170,30 +174,22 @@ async fn dispatch(
     tx: &mpsc::Sender<Outgoing>,
     in_flight: &TaskTracker,
     permits: &Arc<Semaphore>,
-    multiplexing: bool,
 ) -> bool {
     match msg.kind {
         MessageKind::Request | MessageKind::OnewayRequest => {
             ctx.stats.rq_total.inc();
-            if multiplexing {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return false;
-                };
-                let ctx = ctx.clone();
-                let tx = tx.clone();
-                in_flight.spawn(async move {
-                    let _permit = permit;
-                    if let Some(out) = handle_request(&ctx, msg).await {
-                        let _ = tx.send(out).await;
-                    }
-                });
-                true
-            } else {
-                match handle_request(ctx, msg).await {
-                    Some(out) => tx.send(out).await.is_ok(),
-                    None => true,
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return false;
+            };
+            let ctx = ctx.clone();
+            let tx = tx.clone();
+            in_flight.spawn(async move {
+                let _permit = permit;
+                if let Some(out) = handle_request(&ctx, msg).await {
+                    let _ = tx.send(out).await;
                 }
-            }
+            });
+            true
         }
         MessageKind::Heartbeat | MessageKind::Event => {
             if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
@@ -230,39 +226,64 @@ fn local_reply(
     Some(Outgoing::Message(reply, req.request_id))
 }
 
-/// Routes one request and produces what goes back to the client.
-async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgoing> {
-    let downstream_id = req.request_id;
-    let snapshot = ctx.store.load();
+/// Where the router sent a request.
+pub(crate) struct Routed<'s> {
+    pub(crate) route: &'s Route,
+    pub(crate) cluster: &'s ClusterRuntime,
+    pub(crate) endpoint: &'s EndpointRuntime,
+}
+
+/// Matches `req` against the listener's routes, applies the request mutation and picks
+/// the cluster and endpoint; or says which local reply to send instead.
+pub(crate) fn route_request<'s>(
+    ctx: &ListenerContext,
+    snapshot: &'s Snapshot,
+    req: &mut Message,
+) -> Result<Routed<'s>, (LocalReplyKind, String)> {
     let Some(table) = snapshot.route_table(&ctx.route_config) else {
-        return local_reply(
-            ctx,
-            &req,
+        return Err((
             LocalReplyKind::NoRoute,
-            "route configuration not found",
-        );
+            "route configuration not found".into(),
+        ));
     };
     let Some(route) = table.route(&req.metadata) else {
-        return local_reply(
-            ctx,
-            &req,
+        return Err((
             LocalReplyKind::NoRoute,
-            "no route matched the request",
-        );
+            "no route matched the request".into(),
+        ));
     };
     route.requests.inc();
     Mutation::apply_all(&route.request_mutation, &mut req.metadata);
     let Some(cluster) = snapshot.cluster(route.pick_cluster()) else {
-        return local_reply(
-            ctx,
-            &req,
+        return Err((
             LocalReplyKind::NoHealthyUpstream,
-            "cluster not found",
-        );
+            "cluster not found".into(),
+        ));
     };
     let Some(endpoint) = cluster.pick() else {
-        let text = format!("no healthy upstream in cluster {}", cluster.name);
-        return local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text);
+        return Err((
+            LocalReplyKind::NoHealthyUpstream,
+            format!("no healthy upstream in cluster {}", cluster.name),
+        ));
+    };
+    Ok(Routed {
+        route,
+        cluster,
+        endpoint,
+    })
+}
+
+/// Routes one request and produces what goes back to the client.
+async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgoing> {
+    let downstream_id = req.request_id;
+    let snapshot = ctx.store.load();
+    let Routed {
+        route,
+        cluster,
+        endpoint,
+    } = match route_request(ctx, &snapshot, &mut req) {
+        Ok(r) => r,
+        Err((kind, text)) => return local_reply(ctx, &req, kind, &text),
     };
     let expect_response = req.kind != MessageKind::OnewayRequest;
     let req = Arc::new(req);

@@ -11,16 +11,17 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, Protocol, ProtocolRegistry,
 };
-use crate::message::{LocalReply, Message, MessageKind, Metadata};
+use crate::message::{LocalReply, Message, MessageKind, Metadata, StreamState};
 
 /// The test protocol, registered as `test`.
 #[derive(Debug, Default)]
 pub struct TestProtocol;
 
-/// A registry holding only [`TestProtocol`].
+/// A registry holding [`TestProtocol`] and [`StreamTestProtocol`].
 pub fn registry() -> ProtocolRegistry {
     let mut r = ProtocolRegistry::new();
     r.register(Arc::new(TestProtocol));
+    r.register(Arc::new(StreamTestProtocol));
     r
 }
 
@@ -220,5 +221,135 @@ impl Protocol for TestProtocol {
             b"",
         );
         Some(Message::new(MessageKind::Response, heartbeat.request_id, f))
+    }
+}
+
+/// A streaming, non-multiplexing variant of the test protocol, registered as `stest`:
+/// every head is a test frame whose payload is a big-endian `u64` body length, and that
+/// many raw body bytes follow it, decoded as [`MessageKind::Data`] pieces. A response
+/// head with length `u64::MAX` upgrades the connection to a byte tunnel. A head with
+/// attribute `connection: close` ends the connection after its exchange; a request with
+/// `expect: continue` gets an interim `continue` frame before it is forwarded.
+#[derive(Debug, Default)]
+pub struct StreamTestProtocol;
+
+/// Length value of a response head that upgrades the connection.
+pub const STREAM_UPGRADE: u64 = u64::MAX;
+
+/// A stream-test head announcing a body of `body_len` bytes.
+pub fn stream_head(kind: MessageKind, id: u64, headers: &[(&str, &str)], body_len: u64) -> Bytes {
+    frame(kind, id, 0, headers, &body_len.to_be_bytes())
+}
+
+struct StreamTestCodec {
+    head: TestCodec,
+    body_left: u64,
+    keep_alive: bool,
+}
+
+impl Codec for StreamTestCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        if self.body_left > 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = usize::try_from(self.body_left).map_or(buf.len(), |left| left.min(buf.len()));
+            self.body_left -= n as u64;
+            let mut piece = Message::new(MessageKind::Data, 0, buf.split_to(n).freeze());
+            piece.stream = if self.body_left == 0 {
+                StreamState::End
+            } else {
+                StreamState::More
+            };
+            return Ok(Some(piece));
+        }
+        let Some(mut msg) = self.head.decode(buf)? else {
+            return Ok(None);
+        };
+        let len = match payload(&msg) {
+            [a, b, c, d, e, f, g, h] => u64::from_be_bytes([*a, *b, *c, *d, *e, *f, *g, *h]),
+            _ => 0,
+        };
+        if msg.metadata.get("connection") == Some("close") {
+            self.keep_alive = false;
+        }
+        if len == STREAM_UPGRADE && msg.kind.is_response() {
+            msg.stream = StreamState::Upgrade;
+        } else if len > 0 {
+            self.body_left = len;
+            msg.stream = StreamState::More;
+        }
+        Ok(Some(msg))
+    }
+
+    fn encode(
+        &mut self,
+        msg: &Message,
+        request_id: u64,
+        out: &mut EncodedFrame,
+    ) -> Result<(), EncodeError> {
+        if msg.kind == MessageKind::Data {
+            out.push(msg.frame.clone());
+            return Ok(());
+        }
+        if msg.metadata.get("connection") == Some("close") {
+            self.keep_alive = false;
+        }
+        self.head.encode(msg, request_id, out)
+    }
+
+    fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+}
+
+impl Protocol for StreamTestProtocol {
+    fn name(&self) -> &str {
+        "stest"
+    }
+
+    fn codec(&self, options: &CodecOptions) -> Box<dyn Codec> {
+        Box::new(StreamTestCodec {
+            head: TestCodec {
+                max: options.max_frame_size,
+            },
+            body_left: 0,
+            keep_alive: true,
+        })
+    }
+
+    fn multiplexing(&self) -> bool {
+        false
+    }
+
+    fn local_reply(&self, request: &Message, reply: LocalReply<'_>) -> Message {
+        let f = stream_head(
+            MessageKind::Error,
+            request.request_id,
+            &[("reason", reply.kind.as_str()), ("message", reply.message)],
+            0,
+        );
+        let mut codec = TestCodec { max: usize::MAX };
+        let mut buf = BytesMut::from(&f[..]);
+        match codec.decode(&mut buf) {
+            Ok(Some(m)) => m,
+            _ => Message::new(MessageKind::Error, request.request_id, f),
+        }
+    }
+
+    fn heartbeat_reply(&self, _heartbeat: &Message) -> Option<Message> {
+        None
+    }
+
+    fn continue_reply(&self, request: &Message) -> Option<Message> {
+        (request.metadata.get("expect") == Some("continue")).then(|| {
+            let f = stream_head(
+                MessageKind::Heartbeat,
+                request.request_id,
+                &[("continue", "")],
+                0,
+            );
+            Message::new(MessageKind::Event, request.request_id, f)
+        })
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
+use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReplyKind, Message, MessageKind};
 use crate::stats::ClusterStats;
@@ -177,11 +177,36 @@ pub struct PoolSettings {
     pub protocol_options: Arc<ProtocolOptions>,
 }
 
+/// Idle connections an endpoint keeps for protocols that do not multiplex.
+pub const MAX_IDLE_EXCLUSIVE: usize = 64;
+
+/// An upstream connection that carries one exchange at a time (protocols that do not
+/// multiplex). Checked out of its endpoint's pool for an exchange and checked back in
+/// when the exchange left it reusable.
+pub(crate) struct ExclusiveConnection {
+    pub(crate) rd: tokio::net::tcp::OwnedReadHalf,
+    pub(crate) wr: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    pub(crate) buf: BytesMut,
+    /// One codec for both directions, so it can carry state from request to response.
+    pub(crate) codec: Mutex<Box<dyn Codec>>,
+    /// True when the connection served an earlier exchange.
+    pub(crate) reused: bool,
+}
+
+impl ExclusiveConnection {
+    /// True when an idle connection is still open and has sent nothing unasked.
+    fn usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.rd.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 /// Connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
     protocol: Arc<dyn Protocol>,
     settings: PoolSettings,
+    idle: Mutex<Vec<ExclusiveConnection>>,
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     active: AtomicUsize,
@@ -201,6 +226,7 @@ impl EndpointPool {
             address,
             protocol,
             settings,
+            idle: Mutex::new(Vec::new()),
             slots: (0..n).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -223,12 +249,83 @@ impl EndpointPool {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Live connections.
+    /// Live shared connections, plus idle exclusive ones.
     pub fn connections(&self) -> usize {
-        self.slots
+        let idle = self.idle.lock().map_or(0, |v| v.len());
+        idle + self
+            .slots
             .iter()
             .filter(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
             .count()
+    }
+
+    /// Takes an idle exclusive connection that is still open, or connects a new one.
+    pub(crate) async fn checkout(&self) -> Result<ExclusiveConnection, UpstreamError> {
+        loop {
+            let Some(conn) = self.idle.lock().ok().and_then(|mut v| v.pop()) else {
+                break;
+            };
+            if conn.usable() {
+                return Ok(conn);
+            }
+        }
+        let stream = self.open().await.inspect_err(|e| {
+            self.stats.cx_connect_fail.inc();
+            self.stats.rq_error(e.reason());
+        })?;
+        let (rd, wr) = stream.into_split();
+        let options = self.codec_options();
+        Ok(ExclusiveConnection {
+            rd,
+            wr: FrameWriter::new(wr),
+            buf: BytesMut::with_capacity(16 * 1024),
+            codec: Mutex::new(self.protocol.codec(&options)),
+            reused: false,
+        })
+    }
+
+    /// Returns a connection whose exchange finished cleanly and left it reusable.
+    pub(crate) fn checkin(&self, mut conn: ExclusiveConnection) {
+        conn.reused = true;
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_EXCLUSIVE {
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// Counts a request sent to this endpoint; the guard counts it finished.
+    pub(crate) fn begin_request(&self) -> ActiveGuard<'_> {
+        self.stats.rq_total.inc();
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(&self.active)
+    }
+
+    /// The metric handles of the endpoint's cluster.
+    pub(crate) fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    fn codec_options(&self) -> CodecOptions {
+        CodecOptions {
+            side: Side::Upstream,
+            max_frame_size: self.settings.max_frame_size,
+            protocol_options: self.settings.protocol_options.clone(),
+        }
+    }
+
+    async fn open(&self) -> Result<TcpStream, UpstreamError> {
+        let fail = |e: String| UpstreamError::ConnectFailed(self.address, e);
+        let stream = tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(self.address),
+        )
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        self.stats.cx_total.inc();
+        Ok(stream)
     }
 
     /// Sends `msg` to the endpoint and waits for the response.
@@ -237,9 +334,7 @@ impl EndpointPool {
         msg: Arc<Message>,
         expect_response: bool,
     ) -> Result<Option<Message>, UpstreamError> {
-        self.stats.rq_total.inc();
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let _active = ActiveGuard(&self.active);
+        let _active = self.begin_request();
         let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let conn = self.connection(slot).await?;
         let r = conn.call(msg, expect_response).await;
@@ -270,27 +365,14 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<Arc<MuxConnection>, UpstreamError> {
-        let fail = |e: String| UpstreamError::ConnectFailed(self.address, e);
-        let stream = tokio::time::timeout(
-            self.settings.connect_timeout,
-            TcpStream::connect(self.address),
-        )
-        .await
-        .map_err(|_| fail("timed out".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        self.stats.cx_total.inc();
+        let stream = self.open().await?;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         });
-        let options = CodecOptions {
-            side: Side::Upstream,
-            max_frame_size: self.settings.max_frame_size,
-            protocol_options: self.settings.protocol_options.clone(),
-        };
+        let options = self.codec_options();
         tokio::spawn(write_loop(
             FrameWriter::new(wr),
             self.protocol.codec(&options),
@@ -314,7 +396,8 @@ impl EndpointPool {
     }
 }
 
-struct ActiveGuard<'a>(&'a AtomicUsize);
+/// Counts a request in flight to an endpoint until dropped.
+pub(crate) struct ActiveGuard<'a>(&'a AtomicUsize);
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {

@@ -1,0 +1,551 @@
+//! Downstream connections of protocols that do not multiplex (HTTP/1.1): one exchange at
+//! a time, each on an upstream connection of its own. Heads are routed like any other
+//! request; bodies stream through piece by piece in both directions at once, so a large
+//! upload or download never sits in memory; an upgrade turns both connections into a
+//! byte tunnel.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Codec, CodecOptions, DecodeError, EncodedFrame, ErrorAction, Side};
+use crate::io::FrameWriter;
+use crate::listener::{route_request, ListenerContext, Routed, DEFAULT_ROUTE_TIMEOUT};
+use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind, StreamState};
+use crate::router::Mutation;
+use crate::upstream::{EndpointPool, ExclusiveConnection, UpstreamError};
+
+/// How long a body may go without a byte in either direction before the exchange is
+/// abandoned (Envoy's default stream idle timeout).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Body bytes of a locally answered request that the proxy reads and discards to keep
+/// the connection usable; past this it closes the connection instead.
+pub const MAX_DISCARDED_BODY: usize = 1024 * 1024;
+
+/// What the caller should do with the downstream connection after an exchange.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Locks a codec; a poisoned lock (a panic elsewhere) still yields the codec.
+fn lock(codec: &Mutex<Box<dyn Codec>>) -> MutexGuard<'_, Box<dyn Codec>> {
+    codec.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What reading the next message produced.
+// Nearly every result is a message; boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Message(Message),
+    /// The peer closed cleanly between messages.
+    Closed,
+    /// The peer sent something undecodable.
+    Bad(DecodeError),
+    /// The connection failed or closed inside a message.
+    Broken,
+}
+
+/// Decodes the next message from `buf`, reading from `rd` as needed.
+async fn next_message(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    codec: &Mutex<Box<dyn Codec>>,
+) -> Next {
+    let mut eof = false;
+    loop {
+        let decoded = if eof {
+            let r = lock(codec).decode_eof(buf);
+            match r {
+                Ok(Some(m)) => return Next::Message(m),
+                Ok(None) => return Next::Closed,
+                Err(e) if e.reason == "truncated_frame" => return Next::Broken,
+                Err(e) => return Next::Bad(e),
+            }
+        } else {
+            lock(codec).decode(buf)
+        };
+        match decoded {
+            Ok(Some(m)) => return Next::Message(m),
+            Ok(None) => {}
+            Err(e) => return Next::Bad(e),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(_) => return Next::Broken,
+        }
+    }
+}
+
+/// Encodes `msg` with `codec` and queues it on `out`.
+async fn send(
+    out: &mut FrameWriter<OwnedWriteHalf>,
+    codec: &Mutex<Box<dyn Codec>>,
+    msg: &Message,
+) -> Result<(), SendError> {
+    let mut frame = EncodedFrame::new();
+    lock(codec)
+        .encode(msg, msg.request_id, &mut frame)
+        .map_err(|e| SendError::Encode(e.to_string()))?;
+    out.push(frame).await.map_err(|_| SendError::Io)
+}
+
+#[derive(Debug)]
+enum SendError {
+    Encode(String),
+    Io,
+}
+
+/// Serves one downstream connection of a protocol that does not multiplex.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
+    let (rd, wr) = stream.into_split();
+    let options = CodecOptions {
+        side: Side::Downstream,
+        max_frame_size: ctx.max_frame_size,
+        protocol_options: ctx.protocol_options.clone(),
+    };
+    let codec = Mutex::new(ctx.protocol.codec(&options));
+    let mut down = Downstream {
+        rd,
+        buf: BytesMut::with_capacity(16 * 1024),
+        out: FrameWriter::new(wr),
+        codec,
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if down.buf.is_empty() => break,
+            n = next_message(&mut down.rd, &mut down.buf, &down.codec) => n,
+        };
+        let msg = match next {
+            Next::Message(m) => m,
+            Next::Closed | Next::Broken => break,
+            Next::Bad(e) => {
+                down.undecodable(&ctx, e).await;
+                break;
+            }
+        };
+        let flow = match msg.kind {
+            MessageKind::Request | MessageKind::OnewayRequest => {
+                exchange(&ctx, &mut down, msg).await
+            }
+            MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg)
+            {
+                Some(reply) => {
+                    ctx.stats.heartbeats.inc();
+                    down.reply(&reply).await
+                }
+                None => Flow::Continue,
+            },
+            MessageKind::Response | MessageKind::Error | MessageKind::Data => {
+                ctx.stats.protocol_error("unexpected_message");
+                Flow::Close
+            }
+        };
+        if flow == Flow::Close || !lock(&down.codec).keep_alive() || shutdown.is_cancelled() {
+            break;
+        }
+    }
+    let _ = down.out.shutdown().await;
+}
+
+/// The client side of an exchange.
+struct Downstream {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    out: FrameWriter<OwnedWriteHalf>,
+    codec: Mutex<Box<dyn Codec>>,
+}
+
+impl Downstream {
+    /// Writes `msg` and flushes.
+    async fn reply(&mut self, msg: &Message) -> Flow {
+        match send(&mut self.out, &self.codec, msg).await {
+            Ok(()) => match self.out.flush().await {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Close,
+            },
+            Err(SendError::Encode(e)) => {
+                tracing::warn!(error = %e, "cannot encode a reply; closing the connection");
+                Flow::Close
+            }
+            Err(SendError::Io) => Flow::Close,
+        }
+    }
+
+    /// Answers an undecodable frame as the codec asks; the connection closes after.
+    async fn undecodable(&mut self, ctx: &ListenerContext, e: DecodeError) {
+        ctx.stats.protocol_error(e.reason);
+        tracing::info!(listener = %ctx.name, error = %e, "undecodable downstream frame");
+        if let ErrorAction::Reply(m) | ErrorAction::ReplyAndClose(m) = e.action {
+            ctx.stats.local_reply(LocalReplyKind::BadRequest);
+            let _ = self.reply(&m).await;
+        }
+    }
+
+    /// Answers `req` locally. A body still on its way is read and dropped so the
+    /// connection stays usable, unless the client waits for a continue before sending it
+    /// or it is too large, in which case the connection closes after the reply.
+    async fn local_reply(
+        &mut self,
+        ctx: &ListenerContext,
+        req: &Message,
+        kind: LocalReplyKind,
+        text: &str,
+    ) -> Flow {
+        ctx.stats.local_reply(kind);
+        tracing::debug!(listener = %ctx.name, reason = kind.as_str(), message = text, "local reply");
+        let mut flow = Flow::Continue;
+        if req.kind != MessageKind::OnewayRequest {
+            let reply = ctx.protocol.local_reply(
+                req,
+                LocalReply {
+                    kind,
+                    message: text,
+                },
+            );
+            flow = self.reply(&reply).await;
+        }
+        if flow == Flow::Continue && req.stream == StreamState::More {
+            flow = if ctx.protocol.continue_reply(req).is_some() {
+                Flow::Close
+            } else {
+                self.discard_body().await
+            };
+        }
+        flow
+    }
+
+    /// Reads the rest of a request body and drops it.
+    async fn discard_body(&mut self) -> Flow {
+        let mut seen = 0usize;
+        loop {
+            let next = next_message(&mut self.rd, &mut self.buf, &self.codec);
+            let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, next).await;
+            match next {
+                Ok(Next::Message(m)) if m.kind == MessageKind::Data => {
+                    seen = seen.saturating_add(m.frame.len());
+                    if m.stream == StreamState::End {
+                        return Flow::Continue;
+                    }
+                    if seen > MAX_DISCARDED_BODY {
+                        return Flow::Close;
+                    }
+                }
+                _ => return Flow::Close,
+            }
+        }
+    }
+}
+
+/// Why forwarding a request body stopped early.
+enum BodyError {
+    /// The client broke off or sent garbage.
+    Downstream,
+    /// The upstream connection failed.
+    Upstream,
+}
+
+/// Why no complete response came back.
+enum ResponseError {
+    /// Nothing of the response reached the client yet: a local reply can still be sent.
+    BeforeHead(LocalReplyKind, String),
+    /// The response head was already forwarded; the client connection must close.
+    AfterHead,
+}
+
+/// How the response ended.
+struct ResponseDone {
+    upgrade: bool,
+}
+
+/// One request from head to the end of its response.
+async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message) -> Flow {
+    ctx.stats.rq_total.inc();
+    let snapshot = ctx.store.load();
+    let Routed {
+        route,
+        cluster,
+        endpoint,
+    } = match route_request(ctx, &snapshot, &mut req) {
+        Ok(r) => r,
+        Err((kind, text)) => return down.local_reply(ctx, &req, kind, &text).await,
+    };
+    let pool: &EndpointPool = &endpoint.pool;
+    let _active = pool.begin_request();
+    let deadline = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+
+    // A pooled connection the server closed meanwhile fails at once; a request whose
+    // head alone makes it up is sent again on a fresh connection.
+    let mut attempt = 0;
+    let (mut up, resp, body) = loop {
+        attempt += 1;
+        let mut up = match pool.checkout().await {
+            Ok(c) => c,
+            Err(e) => {
+                let text = format!("{} ({})", e, cluster.name);
+                return down
+                    .local_reply(ctx, &req, e.local_reply_kind(), &text)
+                    .await;
+            }
+        };
+        if attempt == 1 {
+            if let Some(cont) = ctx.protocol.continue_reply(&req) {
+                if down.reply(&cont).await == Flow::Close {
+                    return Flow::Close;
+                }
+            }
+        }
+        match send(&mut up.wr, &up.codec, &req).await {
+            Ok(()) => {}
+            Err(SendError::Encode(e)) => {
+                pool.stats().rq_error("encode");
+                let text = format!("{} ({})", UpstreamError::Encode(e), cluster.name);
+                return down
+                    .local_reply(ctx, &req, LocalReplyKind::Internal, &text)
+                    .await;
+            }
+            Err(SendError::Io) if up.reused && attempt == 1 => continue,
+            Err(SendError::Io) => {
+                pool.stats().rq_error("reset");
+                let text = format!("{} ({})", UpstreamError::Reset, cluster.name);
+                return down
+                    .local_reply(ctx, &req, LocalReplyKind::UpstreamReset, &text)
+                    .await;
+            }
+        }
+        let (resp, body) = forward(ctx, down, &mut up, &req, route, deadline).await;
+        let retry = up.reused
+            && attempt == 1
+            && req.stream == StreamState::End
+            && matches!(
+                &resp,
+                Err(ResponseError::BeforeHead(LocalReplyKind::UpstreamReset, _))
+            )
+            && up.buf.is_empty();
+        if retry {
+            tracing::debug!(cluster = %cluster.name, "pooled connection was closed; retrying on a new one");
+            continue;
+        }
+        break (up, resp, body);
+    };
+
+    match resp {
+        Ok(done) if done.upgrade => {
+            tunnel(down, &mut up).await;
+            Flow::Close
+        }
+        Ok(_) => {
+            let body_ok = body.is_ok();
+            if body_ok && lock(&up.codec).keep_alive() {
+                pool.checkin(up);
+            }
+            if body_ok {
+                Flow::Continue
+            } else {
+                Flow::Close
+            }
+        }
+        Err(ResponseError::BeforeHead(kind, text)) => {
+            pool.stats().rq_error(match kind {
+                LocalReplyKind::Timeout => "timeout",
+                _ => "reset",
+            });
+            let text = format!("{text} ({})", cluster.name);
+            let flow = down.local_reply(ctx, &req, kind, &text).await;
+            // The body may have been cut off halfway: the connection is out of step.
+            if body.is_ok() || req.stream == StreamState::End {
+                flow
+            } else {
+                Flow::Close
+            }
+        }
+        Err(ResponseError::AfterHead) => {
+            pool.stats().rq_error("reset");
+            Flow::Close
+        }
+    }
+}
+
+/// Streams the request body up and the response down at the same time. Returns how the
+/// response ended and how the request body did (`Ok` when it was complete).
+async fn forward(
+    ctx: &ListenerContext,
+    down: &mut Downstream,
+    up: &mut ExclusiveConnection,
+    req: &Message,
+    route: &crate::router::Route,
+    deadline: Duration,
+) -> (Result<ResponseDone, ResponseError>, Result<(), BodyError>) {
+    let Downstream {
+        rd: down_rd,
+        buf: down_buf,
+        out: down_wr,
+        codec: down_codec,
+    } = down;
+    let ExclusiveConnection {
+        rd: up_rd,
+        wr: up_wr,
+        buf: up_buf,
+        codec: up_codec,
+        ..
+    } = up;
+
+    let body = async {
+        if req.stream != StreamState::More {
+            return up_wr.flush().await.map_err(|_| BodyError::Upstream);
+        }
+        up_wr.flush().await.map_err(|_| BodyError::Upstream)?;
+        pump_body(ctx, (down_rd, down_buf, down_codec), (up_wr, up_codec))
+            .await
+            .map_err(|e| match e {
+                Pump::Read => BodyError::Downstream,
+                Pump::Write => BodyError::Upstream,
+            })
+    };
+
+    let response = async {
+        let head = loop {
+            match tokio::time::timeout(deadline, next_message(up_rd, up_buf, up_codec)).await {
+                Err(_) => {
+                    return Err(ResponseError::BeforeHead(
+                        LocalReplyKind::Timeout,
+                        format!("upstream request timeout after {}ms", deadline.as_millis()),
+                    ))
+                }
+                Ok(Next::Message(m)) if m.kind.is_response() => break m,
+                Ok(Next::Message(m))
+                    if matches!(m.kind, MessageKind::Heartbeat | MessageKind::Event) => {}
+                Ok(Next::Bad(e)) => {
+                    ctx.stats.protocol_error(e.reason);
+                    return Err(ResponseError::BeforeHead(
+                        LocalReplyKind::UpstreamReset,
+                        format!("upstream protocol error: {e}"),
+                    ));
+                }
+                Ok(_) => {
+                    return Err(ResponseError::BeforeHead(
+                        LocalReplyKind::UpstreamReset,
+                        UpstreamError::Reset.to_string(),
+                    ))
+                }
+            }
+        };
+        let mut head = head;
+        ctx.protocol.finish_response(req, &mut head);
+        Mutation::apply_all(&route.response_mutation, &mut head.metadata);
+        let stream = head.stream;
+        let mut head_out = head;
+        head_out.request_id = req.request_id;
+        send(down_wr, down_codec, &head_out)
+            .await
+            .map_err(|_| ResponseError::AfterHead)?;
+        down_wr
+            .flush()
+            .await
+            .map_err(|_| ResponseError::AfterHead)?;
+        match stream {
+            StreamState::End => return Ok(ResponseDone { upgrade: false }),
+            StreamState::Upgrade => return Ok(ResponseDone { upgrade: true }),
+            StreamState::More => {}
+        }
+        pump_body(ctx, (up_rd, up_buf, up_codec), (down_wr, down_codec))
+            .await
+            .map_err(|_| ResponseError::AfterHead)?;
+        Ok(ResponseDone { upgrade: false })
+    };
+
+    tokio::pin!(body, response);
+    let mut body_result = None;
+    let resp_result = loop {
+        tokio::select! {
+            r = &mut response => break r,
+            b = &mut body, if body_result.is_none() => {
+                // A client that broke off mid-body will never see an answer: give up.
+                // An upstream that stopped taking the body may still answer it.
+                if matches!(b, Err(BodyError::Downstream)) {
+                    return (Err(ResponseError::AfterHead), b);
+                }
+                body_result = Some(b);
+            }
+        }
+    };
+    let body_result = match body_result {
+        Some(b) => b,
+        None if resp_result.is_ok() => body.await,
+        None => Err(BodyError::Downstream),
+    };
+    (resp_result, body_result)
+}
+
+/// Which side of a body pump failed.
+enum Pump {
+    Read,
+    Write,
+}
+
+/// Forwards body pieces from one connection to the other, each written as it arrives,
+/// until the piece that ends the body.
+async fn pump_body(
+    ctx: &ListenerContext,
+    (rd, buf, from): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
+    (wr, to): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
+) -> Result<(), Pump> {
+    loop {
+        let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
+        let piece = match next {
+            Ok(Next::Message(m)) if m.kind == MessageKind::Data => m,
+            Ok(Next::Bad(e)) => {
+                ctx.stats.protocol_error(e.reason);
+                return Err(Pump::Read);
+            }
+            _ => return Err(Pump::Read),
+        };
+        send(wr, to, &piece).await.map_err(|_| Pump::Write)?;
+        wr.flush().await.map_err(|_| Pump::Write)?;
+        if piece.stream == StreamState::End {
+            return Ok(());
+        }
+    }
+}
+
+/// After an upgrade: bytes flow unchanged both ways until both sides are done.
+async fn tunnel(down: &mut Downstream, up: &mut ExclusiveConnection) {
+    if down.out.flush().await.is_err() || up.wr.flush().await.is_err() {
+        return;
+    }
+    let to_up = pipe(&mut down.rd, &mut down.buf, up.wr.get_mut());
+    let to_down = pipe(&mut up.rd, &mut up.buf, down.out.get_mut());
+    let _ = tokio::join!(to_up, to_down);
+}
+
+/// Copies what is already buffered, then everything `rd` sends, into `wr`; shuts `wr`
+/// down when `rd` ends so the far side sees the close.
+async fn pipe<R, W>(rd: &mut R, buf: &mut BytesMut, wr: &mut W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while buf.has_remaining() {
+        let n = wr.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf.advance(n);
+    }
+    let r = tokio::io::copy(rd, wr).await;
+    let _ = wr.shutdown().await;
+    r.map(|_| ())
+}
