@@ -8,6 +8,8 @@
 mod admin;
 pub mod codec;
 pub mod config;
+#[cfg(any(test, feature = "testkit"))]
+pub mod conformance;
 mod exchange;
 mod io;
 pub mod listener;

@@ -538,7 +538,14 @@ fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
         .unwrap_or(1);
     let mut enc = Encoder::new();
     enc.write_i32(old + 3);
-    (frame.slice(flag_end..), Some(enc.into_inner()))
+    // Some servers write a stray null after NULL_VALUE; with attachments the map must
+    // follow the flag directly, so it is dropped (readers ignore it either way).
+    let kept = if old == response_flag::NULL_VALUE {
+        frame.slice(frame.len()..)
+    } else {
+        frame.slice(flag_end..)
+    };
+    (kept, Some(enc.into_inner()))
 }
 
 /// Writes the attachment map for `msg.metadata`: entries of the original map keep their

@@ -528,3 +528,51 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn dubbo_passes_the_conformance_kit() {
+    use metamesh_core::conformance::{Conformance, Sample};
+    // A client on Dubbo 2.0.2 takes response attachments, so responses to it can be mutated.
+    let modern = metamesh_protocols::dubbo::build::Request {
+        dubbo_version: "2.0.2",
+        interface: "org.apache.dubbo.samples.DemoService",
+        version: "1.0.0",
+        method: "sayHello",
+        args: &[("Ljava/lang/String;", Value::String("world".into()))],
+        attachments: &[
+            ("batchjob", "true"),
+            ("path", "org.apache.dubbo.samples.DemoService"),
+        ],
+        two_way: true,
+    }
+    .encode(42);
+    let mut kit = Conformance::new(std::sync::Arc::new(
+        metamesh_protocols::dubbo::DubboProtocol,
+    ))
+    .request(Sample::new("dubbo 2.0.2 request", modern.clone()));
+    for name in [
+        "dubbo_py_request_attachments",
+        "dubbo_py_request_mixed_args",
+        "dubbo_py_request_no_args",
+        "dubbo_py_request_no_attachments",
+        "dubbo_py_request_oneway",
+        "dubbo_py_request_py_str_arg",
+        "dubbo_python_request",
+        "dubbo_python_request_second",
+    ] {
+        kit = kit.request(Sample::new(name, fixture(name)));
+    }
+    for name in [
+        "provider_response_attachments",
+        "provider_response_dubbo_python",
+        "provider_response_no_attachments",
+        "provider_response_null",
+    ] {
+        kit = kit.response(Sample::new(name, fixture(name)).in_reply_to(modern.clone()));
+    }
+    // A response with an error status carries only the error text: no attachments.
+    let name = "provider_response_exception";
+    kit = kit.response(Sample::new(name, fixture(name)).no_metadata_section());
+    let report = kit.run();
+    assert_eq!(report.samples, 14);
+}
