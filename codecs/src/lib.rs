@@ -3,3 +3,4 @@
 #![forbid(unsafe_code)]
 
 pub mod hessian2;
+pub mod thrift;
