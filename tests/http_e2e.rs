@@ -1,0 +1,373 @@
+//! End-to-end HTTP/1.1 tests: curl as the client, the `metamesh proxy` binary, and Debian's
+//! nginx as the servers (two groups), all on loopback. Covers routing by header and by
+//! path, header mutation both ways, local replies, keep-alive reuse on both sides, and
+//! 50 MiB chunked uploads and downloads streamed with flat proxy memory.
+//!
+//! nginx and curl are installed by `scripts/setup-test-deps.sh`.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Proxy, Spawned, TempFile};
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(stem: &str) -> TempDir {
+        let f = TempFile::new(stem, "");
+        let dir = f.path.with_extension("d");
+        drop(f);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nginx_bin() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx is missing: run scripts/setup-test-deps.sh once to install nginx-light");
+}
+
+/// Two nginx servers (groups `a` and `b`) in one nginx process.
+struct Nginx {
+    _proc: Spawned,
+    dir: TempDir,
+    ports: [u16; 2],
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// True when the child `pid` has exited (it is a zombie until reaped, or gone).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+fn server_block(group: &str, port: u16, root: &Path) -> String {
+    let root = root.display();
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 10000;
+        client_max_body_size 0;
+        add_header x-group {group} always;
+        location / {{
+            return 200 "group={group} method=$request_method uri=$request_uri tier=$http_x_tier conn=$connection\n";
+        }}
+        location /files/ {{
+            root {root}/{group};
+            dav_methods PUT;
+            create_full_put_path on;
+        }}
+        location /chunked/ {{
+            root {root}/{group};
+            sub_filter_types *;
+            sub_filter_once on;
+            sub_filter '@@never-present@@' 'x';
+        }}
+    }}"#
+    )
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = TempDir::new("nginx");
+        for sub in ["a/files", "b/files", "a/chunked", "b/chunked", "tmp"] {
+            std::fs::create_dir_all(dir.0.join(sub)).expect("mkdir");
+        }
+        // A port can be taken between choosing it and nginx binding it: try again then.
+        for _ in 0..5 {
+            let ports = [free_port(), free_port()];
+            let d = dir.0.display();
+            let conf = format!(
+                r#"
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log stderr warn;
+user root;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    default_type application/octet-stream;
+{a}
+{b}
+}}
+"#,
+                a = server_block("a", ports[0], &dir.0),
+                b = server_block("b", ports[1], &dir.0),
+            );
+            let conf_path = dir.0.join("nginx.conf");
+            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            let mut cmd = Command::new(nginx_bin());
+            cmd.arg("-e").arg("stderr").arg("-p").arg(&dir.0).arg("-c").arg(&conf_path);
+            let mut proc = Spawned::start("nginx", cmd);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let up = loop {
+                if ports
+                    .iter()
+                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                {
+                    break true;
+                }
+                if exited(proc.pid()) || Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                return Nginx {
+                    _proc: proc,
+                    dir,
+                    ports,
+                };
+            }
+            eprintln!("nginx did not come up, retrying: {}", proc.stderr());
+        }
+        panic!("nginx failed to start five times");
+    }
+
+    fn root(&self, group: &str) -> PathBuf {
+        self.dir.0.join(group)
+    }
+}
+
+fn proxy_for(nginx: &Nginx) -> Proxy {
+    let [a, b] = nginx.ports;
+    let yaml = format!(
+        r#"
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: web, address: 127.0.0.1:0, protocol: http, route_config: web }}
+routes:
+  - name: web
+    routes:
+      - name: by-header
+        match: {{ attributes: {{ x-group: {{ exact: b }} }} }}
+        route: [{{ cluster: b }}]
+        request_mutation: [{{ key: x-tier, value: batch }}]
+        response_mutation: [{{ key: x-served-by, value: metamesh }}]
+      - name: by-path
+        match: {{ attributes: {{ ":path": {{ prefix: /b/ }} }} }}
+        route: [{{ cluster: b }}]
+      - name: dead
+        match: {{ attributes: {{ ":path": {{ prefix: /dead }} }} }}
+        route: [{{ cluster: dead }}]
+      - name: default
+        match: {{ attributes: {{ x-nowhere: {{ present: false }} }} }}
+        route: [{{ cluster: a }}]
+        response_mutation: [{{ key: x-served-by, value: metamesh }}]
+clusters:
+  - {{ name: a, endpoints: [{{ address: "127.0.0.1:{a}" }}] }}
+  - {{ name: b, endpoints: [{{ address: "127.0.0.1:{b}" }}] }}
+  - {{ name: dead, connect_timeout: 300ms, endpoints: [{{ address: "127.0.0.1:{closed}" }}] }}
+"#,
+        closed = common::closed_port()
+    );
+    Proxy::start(&yaml, &[])
+}
+
+fn curl(args: &[&str]) -> Output {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("curl is missing: run scripts/setup-test-deps.sh");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs curl with `-i` and splits the answer into status, lower-cased headers and body.
+fn get(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let mut args = vec!["-i"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn routes_by_header_and_path_and_mutates_headers_both_ways() {
+    let nginx = Nginx::start();
+    let proxy = proxy_for(&nginx);
+    let base = format!("http://{}", proxy.listener("web"));
+
+    let (status, h, body) = get(&format!("{base}/hello?x=1"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("group=a method=GET uri=/hello?x=1 tier= "), "{body}");
+    assert_eq!(header(&h, "x-group"), Some("a"));
+    assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
+
+    let (status, h, body) = get(&format!("{base}/hello"), &["-H", "x-group: b"]);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("group=b method=GET uri=/hello tier=batch "), "{body}");
+    assert_eq!(header(&h, "x-group"), Some("b"));
+    assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
+
+    let (status, h, body) = get(&format!("{base}/b/by-path"), &["-X", "DELETE"]);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("group=b method=DELETE uri=/b/by-path tier= "), "{body}");
+    assert_eq!(header(&h, "x-served-by"), None, "by-path has no response mutation");
+
+    let (status, h, _) = get(&format!("{base}/dead"), &[]);
+    assert_eq!(status, 503);
+    assert_eq!(header(&h, "x-metamesh-local-reply"), Some("upstream_connect_failure"));
+
+    let (status, h, _) = get(&format!("{base}/x"), &["-H", "x-nowhere: 1"]);
+    assert_eq!(status, 404);
+    assert_eq!(header(&h, "x-metamesh-local-reply"), Some("no_route"));
+
+    // HEAD gets the head of the answer and no body, through the same route.
+    let (status, h, body) = get(&format!("{base}/hello"), &["-I"]);
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-group"), Some("a"));
+    assert!(body.is_empty(), "{body:?}");
+}
+
+#[test]
+fn keep_alive_reuses_the_client_and_the_upstream_connection() {
+    let nginx = Nginx::start();
+    let proxy = proxy_for(&nginx);
+    let url = format!("http://{}/reuse", proxy.listener("web"));
+    let out = curl(&["-w", "connects=%{num_connects}\n", &url, &url, &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let connects: Vec<&str> = text.lines().filter(|l| l.starts_with("connects=")).collect();
+    assert_eq!(connects, ["connects=1", "connects=0", "connects=0"], "{text}");
+    let conns: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("conn=").nth(1))
+        .collect();
+    assert_eq!(conns.len(), 3, "{text}");
+    assert!(conns.iter().all(|c| *c == conns[0]), "nginx saw several connections: {text}");
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+fn same_file(a: &Path, b: &Path) {
+    let x = std::fs::read(a).expect("read");
+    let y = std::fs::read(b).expect("read");
+    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    assert!(x == y, "{} and {} differ", a.display(), b.display());
+}
+
+#[test]
+fn streams_50_mib_chunked_both_ways_with_flat_memory() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let nginx = Nginx::start();
+    let proxy = proxy_for(&nginx);
+    let base = format!("http://{}", proxy.listener("web"));
+
+    let src = nginx.root("a").join("chunked/big.bin");
+    let mut data = Vec::with_capacity(SIZE);
+    let mut x: u32 = 0x9e37_79b9;
+    while data.len() < SIZE {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&src, &data).expect("write source");
+    drop(data);
+
+    get(&format!("{base}/warm-up"), &[]);
+    let before = peak_rss_kib(proxy.proc.pid());
+
+    // Upload: curl sends the file chunked (and asks for 100-continue first).
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-T",
+        src.to_str().expect("utf-8 path"),
+        &format!("{base}/files/up.bin"),
+    ]);
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(code == "201" || code == "204", "upload answered {code}");
+    same_file(&src, &nginx.root("a").join("files/up.bin"));
+
+    // Download: nginx's substitution filter drops the length, so the body comes chunked.
+    let dst = nginx.dir.0.join("downloaded.bin");
+    let headers = nginx.dir.0.join("headers.txt");
+    curl(&[
+        "-o",
+        dst.to_str().expect("utf-8 path"),
+        "-D",
+        headers.to_str().expect("utf-8 path"),
+        &format!("{base}/chunked/big.bin"),
+    ]);
+    let head = std::fs::read_to_string(&headers).expect("headers").to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    same_file(&src, &dst);
+
+    let after = peak_rss_kib(proxy.proc.pid());
+    let grown_mib = (after.saturating_sub(before)) / 1024;
+    assert!(
+        grown_mib < 16,
+        "proxy peak memory grew by {grown_mib} MiB moving 2 x 50 MiB ({before} KiB -> {after} KiB)"
+    );
+}
