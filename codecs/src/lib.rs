@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod hessian2;
+pub mod http1;
 pub mod thrift;

@@ -1,0 +1,641 @@
+//! Request and response heads: a resumable line-by-line parser whose start-line and field
+//! grammars are nom parsers over one complete line. A head that arrives in pieces is
+//! scanned once: complete lines are parsed and remembered, and only the unfinished line
+//! is looked at again when more bytes come.
+
+use nom::bytes::complete::{tag, take_while, take_while1, take_while_m_n};
+use nom::character::complete::char;
+use nom::combinator::{all_consuming, opt, recognize};
+use nom::{FindSubstring, IResult, Offset, Parser};
+use smallvec::SmallVec;
+
+use super::{is_field_byte, is_tchar, Limits, Span, Version};
+
+type Res<'a, O> = IResult<&'a [u8], O, ()>;
+
+/// Why a head was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// The head did not end within the size limit.
+    #[error("head is larger than the limit")]
+    TooLarge,
+    /// The head has more header fields than the limit.
+    #[error("head has more header fields than the limit")]
+    TooManyHeaders,
+    /// The request line does not follow `method SP request-target SP HTTP-version`.
+    #[error("malformed request line")]
+    BadRequestLine,
+    /// The status line does not follow `HTTP-version SP status-code [SP reason]`.
+    #[error("malformed status line")]
+    BadStatusLine,
+    /// An HTTP version other than 1.x.
+    #[error("unsupported HTTP version")]
+    UnsupportedVersion,
+    /// A header field that is not `token ":" OWS value OWS`.
+    #[error("malformed header field")]
+    BadHeader,
+    /// A line folded onto the previous one (obs-fold), which RFC 9112 lets us reject.
+    #[error("obsolete line folding")]
+    ObsFold,
+    /// A line ended by LF without CR.
+    #[error("line not ended by CRLF")]
+    BareLf,
+}
+
+impl HeadError {
+    /// Stable snake_case name, for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "head_too_large",
+            HeadError::TooManyHeaders => "too_many_headers",
+            HeadError::BadRequestLine => "bad_request_line",
+            HeadError::BadStatusLine => "bad_status_line",
+            HeadError::UnsupportedVersion => "unsupported_version",
+            HeadError::BadHeader => "bad_header",
+            HeadError::ObsFold => "obs_fold",
+            HeadError::BareLf => "bare_lf",
+        }
+    }
+
+    /// True for the errors about size limits (answered with `431`).
+    pub fn is_limit(self) -> bool {
+        matches!(self, HeadError::TooLarge | HeadError::TooManyHeaders)
+    }
+}
+
+/// One header field: spans of its name and (trimmed) value, and where its line ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The field name.
+    pub name: Span,
+    /// The field value without surrounding whitespace.
+    pub value: Span,
+    /// Offset just past the line's CRLF; the whole line is `name.start..end`.
+    pub end: u32,
+}
+
+impl Header {
+    /// The whole field line, CRLF included.
+    pub fn line(&self) -> Span {
+        Span {
+            start: self.name.start,
+            end: self.end,
+        }
+    }
+}
+
+/// The header fields of a head, in wire order.
+pub type Headers = SmallVec<[Header; 16]>;
+
+/// The form of a request target (RFC 9112 §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`.
+    Origin,
+    /// `scheme://authority/path?query`, with the spans of its parts.
+    Absolute {
+        /// The scheme, without `://`.
+        scheme: Span,
+        /// The authority (may include userinfo).
+        authority: Span,
+        /// Path and query (may be empty).
+        path: Span,
+    },
+    /// `host:port`, for `CONNECT`.
+    Authority,
+    /// `*`, for a server-wide `OPTIONS`.
+    Asterisk,
+}
+
+/// A parsed request line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLine {
+    /// The method.
+    pub method: Span,
+    /// The request target as sent.
+    pub target: Span,
+    /// Which form the target has.
+    pub form: TargetForm,
+    /// The HTTP version.
+    pub version: Version,
+    /// Offset just past the line's CRLF.
+    pub end: u32,
+}
+
+/// A parsed status line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusLine {
+    /// The HTTP version.
+    pub version: Version,
+    /// The status code (100 to 999).
+    pub code: u16,
+    /// The three digits of the status code.
+    pub code_span: Span,
+    /// The reason phrase (may be empty).
+    pub reason: Span,
+    /// Offset just past the line's CRLF.
+    pub end: u32,
+}
+
+/// The first line of a head: a request line or a status line.
+pub trait StartLine: Sized {
+    /// Parses `line` (without its CRLF), which starts at offset `at` of the input and
+    /// whose CRLF ends at offset `end`.
+    fn parse(line: &[u8], at: usize, end: usize) -> Result<Self, HeadError>;
+}
+
+/// A complete head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head<S> {
+    /// The start line.
+    pub start: S,
+    /// The header fields in wire order.
+    pub headers: Headers,
+    /// Length of the head in bytes, final empty line included.
+    pub len: usize,
+}
+
+/// A request head.
+pub type RequestHead = Head<RequestLine>;
+/// A response head.
+pub type ResponseHead = Head<StatusLine>;
+
+fn is_digit(b: u8) -> bool {
+    b.is_ascii_digit()
+}
+
+fn is_target_byte(b: u8) -> bool {
+    matches!(b, b'!'..=b'~' | 0x80..=0xff)
+}
+
+fn is_reason_byte(b: u8) -> bool {
+    is_field_byte(b)
+}
+
+fn is_scheme_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')
+}
+
+fn digit(d: &[u8]) -> u8 {
+    d.first().map_or(0, |b| b - b'0')
+}
+
+/// `HTTP/` DIGIT `.` DIGIT, as (major, minor).
+fn http_version(i: &[u8]) -> Res<'_, (u8, u8)> {
+    let (i, (_, major, _, minor)) = (
+        tag(&b"HTTP/"[..]),
+        take_while_m_n(1, 1, is_digit),
+        char('.'),
+        take_while_m_n(1, 1, is_digit),
+    )
+        .parse(i)?;
+    Ok((i, (digit(major), digit(minor))))
+}
+
+fn version_of((major, minor): (u8, u8)) -> Option<Version> {
+    match (major, minor) {
+        (1, 0) => Some(Version::Http10),
+        (1, _) => Some(Version::Http11),
+        _ => None,
+    }
+}
+
+type RequestParts<'a> = (&'a [u8], &'a [u8], (u8, u8));
+
+fn request_line(i: &[u8]) -> Res<'_, RequestParts<'_>> {
+    let (i, (method, _, target, _, version)) = (
+        take_while1(is_tchar),
+        char(' '),
+        take_while1(is_target_byte),
+        char(' '),
+        http_version,
+    )
+        .parse(i)?;
+    Ok((i, (method, target, version)))
+}
+
+type StatusParts<'a> = ((u8, u8), &'a [u8], Option<&'a [u8]>);
+
+fn status_line(i: &[u8]) -> Res<'_, StatusParts<'_>> {
+    let (i, (version, _, code, reason)) = (
+        http_version,
+        char(' '),
+        take_while_m_n(3, 3, is_digit),
+        opt((char(' '), take_while(is_reason_byte)).map(|(_, r)| r)),
+    )
+        .parse(i)?;
+    Ok((i, (version, code, reason)))
+}
+
+fn header_line(i: &[u8]) -> Res<'_, (&[u8], &[u8])> {
+    let (i, (name, _, _, value)) = (
+        take_while1(is_tchar),
+        char(':'),
+        take_while(|b| b == b' ' || b == b'\t'),
+        take_while(is_field_byte),
+    )
+        .parse(i)?;
+    Ok((i, (name, value)))
+}
+
+/// `scheme "://" authority rest`.
+fn absolute_uri(i: &[u8]) -> Res<'_, (&[u8], &[u8], &[u8])> {
+    let (rest, (scheme, _, authority)) = (
+        recognize((
+            take_while_m_n(1, 1, |b: u8| b.is_ascii_alphabetic()),
+            take_while(is_scheme_byte),
+        )),
+        tag(&b"://"[..]),
+        take_while(|b| !matches!(b, b'/' | b'?' | b'#')),
+    )
+        .parse(i)?;
+    Ok((&[], (scheme, authority, rest)))
+}
+
+/// True for `host:port` with a non-empty host and a numeric port.
+fn is_authority_form(t: &[u8]) -> bool {
+    let Some(colon) = t.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    let (host, port) = (&t[..colon], &t[colon + 1..]);
+    !host.is_empty()
+        && !port.is_empty()
+        && port.iter().all(u8::is_ascii_digit)
+        && !t.iter().any(|&b| matches!(b, b'/' | b'?' | b'#' | b'@'))
+}
+
+fn span_in(line: &[u8], part: &[u8], at: usize) -> Span {
+    let start = at + line.offset(part);
+    Span::new(start, start + part.len())
+}
+
+impl StartLine for RequestLine {
+    fn parse(line: &[u8], at: usize, end: usize) -> Result<Self, HeadError> {
+        let (_, (method, target, version)) = all_consuming(request_line)
+            .parse(line)
+            .map_err(|_| HeadError::BadRequestLine)?;
+        let version = version_of(version).ok_or(HeadError::UnsupportedVersion)?;
+        let form = if method == b"CONNECT" {
+            if !is_authority_form(target) {
+                return Err(HeadError::BadRequestLine);
+            }
+            TargetForm::Authority
+        } else if target == b"*" {
+            if method != b"OPTIONS" {
+                return Err(HeadError::BadRequestLine);
+            }
+            TargetForm::Asterisk
+        } else if target.first() == Some(&b'/') {
+            TargetForm::Origin
+        } else {
+            let (_, (scheme, authority, path)) =
+                absolute_uri(target).map_err(|_| HeadError::BadRequestLine)?;
+            TargetForm::Absolute {
+                scheme: span_in(line, scheme, at),
+                authority: span_in(line, authority, at),
+                path: span_in(line, path, at),
+            }
+        };
+        Ok(RequestLine {
+            method: span_in(line, method, at),
+            target: span_in(line, target, at),
+            form,
+            version,
+            end: end as u32,
+        })
+    }
+}
+
+impl StartLine for StatusLine {
+    fn parse(line: &[u8], at: usize, end: usize) -> Result<Self, HeadError> {
+        let (_, (version, code, reason)) = all_consuming(status_line)
+            .parse(line)
+            .map_err(|_| HeadError::BadStatusLine)?;
+        let version = version_of(version).ok_or(HeadError::BadStatusLine)?;
+        let value = code.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
+        if value < 100 {
+            return Err(HeadError::BadStatusLine);
+        }
+        let reason = match reason {
+            Some(r) => span_in(line, r, at),
+            None => Span::new(at + line.len(), at + line.len()),
+        };
+        Ok(StatusLine {
+            version,
+            code: value,
+            code_span: span_in(line, code, at),
+            reason,
+            end: end as u32,
+        })
+    }
+}
+
+fn parse_header(line: &[u8], at: usize, end: usize) -> Result<Header, HeadError> {
+    let (_, (name, value)) = all_consuming(header_line)
+        .parse(line)
+        .map_err(|_| HeadError::BadHeader)?;
+    let trimmed = value
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |p| p + 1);
+    Ok(Header {
+        name: span_in(line, name, at),
+        value: span_in(line, value.get(..trimmed).unwrap_or_default(), at),
+        end: end as u32,
+    })
+}
+
+/// A resumable head parser.
+///
+/// Call [`HeadParser::parse`] with the whole buffer each time more bytes arrived (the
+/// bytes already seen must not change); it returns `Ok(None)` until the head is complete.
+/// Size and field-count limits are enforced on the partial head too, so a peer cannot
+/// make the caller buffer an endless head.
+#[derive(Clone, Debug)]
+pub struct HeadParser<S> {
+    limits: Limits,
+    line_start: usize,
+    scanned: usize,
+    start: Option<S>,
+    headers: Headers,
+}
+
+/// A parser of request heads.
+pub type RequestParser = HeadParser<RequestLine>;
+/// A parser of response heads.
+pub type ResponseParser = HeadParser<StatusLine>;
+
+impl<S: StartLine> HeadParser<S> {
+    /// A parser enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            line_start: 0,
+            scanned: 0,
+            start: None,
+            headers: Headers::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Forgets a partial head, to parse a new one from the start of a buffer.
+    pub fn reset(&mut self) {
+        self.line_start = 0;
+        self.scanned = 0;
+        self.start = None;
+        self.headers.clear();
+    }
+
+    /// True when no byte of the buffer has been looked at since the last head.
+    pub fn is_fresh(&self) -> bool {
+        self.scanned == 0 && self.line_start == 0
+    }
+
+    /// Parses the head at the start of `buf`: `Ok(None)` when more bytes are needed.
+    /// After a complete head or an error the parser is ready for the next head.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Head<S>>, HeadError> {
+        let result = self.advance(buf);
+        if !matches!(result, Ok(None)) {
+            self.reset();
+        }
+        result
+    }
+
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<Head<S>>, HeadError> {
+        let limit = self.limits.max_head_bytes.min(u32::MAX as usize);
+        let window = buf.get(..limit).unwrap_or(buf);
+        loop {
+            let from = self.scanned.max(self.line_start);
+            let rest = window.get(from..).unwrap_or_default();
+            let Some(rel) = rest.find_substring(&b"\n"[..]) else {
+                self.scanned = window.len();
+                if buf.len() >= limit {
+                    return Err(HeadError::TooLarge);
+                }
+                return Ok(None);
+            };
+            let at = self.line_start;
+            let lf = from + rel;
+            let line = window.get(at..lf).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").ok_or(HeadError::BareLf)?;
+            self.line_start = lf + 1;
+            self.scanned = lf + 1;
+            if self.start.is_none() {
+                self.start = Some(S::parse(line, at, lf + 1)?);
+                continue;
+            }
+            if line.is_empty() {
+                return Ok(self.start.take().map(|start| Head {
+                    start,
+                    headers: std::mem::take(&mut self.headers),
+                    len: lf + 1,
+                }));
+            }
+            if matches!(line.first(), Some(b' ' | b'\t')) {
+                return Err(HeadError::ObsFold);
+            }
+            if self.headers.len() >= self.limits.max_headers {
+                return Err(HeadError::TooManyHeaders);
+            }
+            self.headers.push(parse_header(line, at, lf + 1)?);
+        }
+    }
+}
+
+/// Parses a request head from the start of `buf` in one go.
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<RequestHead>, HeadError> {
+    RequestParser::new(limits).parse(buf)
+}
+
+/// Parses a response head from the start of `buf` in one go.
+pub fn parse_response(buf: &[u8], limits: Limits) -> Result<Option<ResponseHead>, HeadError> {
+    ResponseParser::new(limits).parse(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(s.as_bytes(), Limits::default())
+    }
+
+    fn text(buf: &str, span: Span) -> &str {
+        std::str::from_utf8(span.of(buf.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn origin_form_request() {
+        let s =
+            "GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nX-Empty:\r\nAccept:  */* \t\r\n\r\nBODY";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(h.len, s.len() - 4);
+        assert_eq!(text(s, h.start.method), "GET");
+        assert_eq!(text(s, h.start.target), "/a/b?c=d");
+        assert_eq!(h.start.form, TargetForm::Origin);
+        assert_eq!(h.start.version, Version::Http11);
+        let fields: Vec<_> = h
+            .headers
+            .iter()
+            .map(|f| (text(s, f.name), text(s, f.value)))
+            .collect();
+        assert_eq!(
+            fields,
+            [("Host", "example.com"), ("X-Empty", ""), ("Accept", "*/*")]
+        );
+        assert_eq!(text(s, h.headers[2].line()), "Accept:  */* \t\r\n");
+    }
+
+    #[test]
+    fn target_forms() {
+        let s = "GET http://user@example.com:8080/x?y HTTP/1.0\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(h.start.version, Version::Http10);
+        let TargetForm::Absolute {
+            scheme,
+            authority,
+            path,
+        } = h.start.form
+        else {
+            panic!("{:?}", h.start.form)
+        };
+        assert_eq!(text(s, scheme), "http");
+        assert_eq!(text(s, authority), "user@example.com:8080");
+        assert_eq!(text(s, path), "/x?y");
+
+        let s = "GET http://example.com HTTP/1.1\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert!(matches!(h.start.form, TargetForm::Absolute { path, .. } if path.is_empty()));
+
+        let h = req("CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.start.form, TargetForm::Authority);
+        let h = req("OPTIONS * HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.start.form, TargetForm::Asterisk);
+
+        for bad in [
+            "GET * HTTP/1.1\r\n\r\n",
+            "CONNECT /x HTTP/1.1\r\n\r\n",
+            "CONNECT example.com HTTP/1.1\r\n\r\n",
+            "GET example.com HTTP/1.1\r\n\r\n",
+            "GET  / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1 \r\n\r\n",
+            "GET / HTTP/11\r\n\r\n",
+            "G(T / HTTP/1.1\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+            "\r\n",
+        ] {
+            assert_eq!(req(bad), Err(HeadError::BadRequestLine), "{bad:?}");
+        }
+        assert_eq!(
+            req("GET / HTTP/2.0\r\n\r\n"),
+            Err(HeadError::UnsupportedVersion)
+        );
+        assert_eq!(
+            req("GET / HTTP/1.2\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .start
+                .version,
+            Version::Http11
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        let s = "HTTP/1.1 404 Not Found\r\nServer: x\r\n\r\n";
+        let h = parse_response(s.as_bytes(), Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.start.code, 404);
+        assert_eq!(text(s, h.start.reason), "Not Found");
+        assert_eq!(text(s, h.start.code_span), "404");
+        for ok in ["HTTP/1.1 200\r\n\r\n", "HTTP/1.0 200 \r\n\r\n"] {
+            let h = parse_response(ok.as_bytes(), Limits::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(h.start.code, 200);
+            assert!(h.start.reason.is_empty());
+        }
+        for bad in [
+            "HTTP/1.1 20\r\n\r\n",
+            "HTTP/1.1 099 X\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 O\x00K\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(bad.as_bytes(), Limits::default()),
+                Err(HeadError::BadStatusLine),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_fields() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", HeadError::BadHeader),
+            ("GET / HTTP/1.1\r\n: x\r\n\r\n", HeadError::BadHeader),
+            ("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", HeadError::BadHeader),
+            ("GET / HTTP/1.1\r\nA: b\x00\r\n\r\n", HeadError::BadHeader),
+            ("GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", HeadError::ObsFold),
+            ("GET / HTTP/1.1\r\n\tA: b\r\n\r\n", HeadError::ObsFold),
+            ("GET / HTTP/1.1\nA: b\r\n\r\n", HeadError::BareLf),
+            ("GET / HTTP/1.1\r\nA: b\n\r\n", HeadError::BareLf),
+        ];
+        for (s, e) in cases {
+            assert_eq!(req(s), Err(e), "{s:?}");
+        }
+        // obs-text is tolerated in values.
+        let h = parse_request(b"GET / HTTP/1.1\r\nA: caf\xe9\r\n\r\n", Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers.len(), 1);
+    }
+
+    #[test]
+    fn incomplete_then_complete() {
+        let s = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut p = RequestParser::new(Limits::default());
+        for n in 0..s.len() {
+            assert_eq!(p.parse(&s[..n]), Ok(None), "{n}");
+        }
+        let h = p.parse(s).unwrap().unwrap();
+        assert_eq!(h.len, s.len());
+        assert!(p.is_fresh());
+    }
+
+    #[test]
+    fn limits_apply_while_incomplete() {
+        let limits = Limits {
+            max_head_bytes: 64,
+            max_headers: 2,
+            ..Limits::default()
+        };
+        let long = format!("GET /{} HTTP/1.1", "a".repeat(100));
+        assert_eq!(
+            parse_request(long.as_bytes(), limits),
+            Err(HeadError::TooLarge)
+        );
+        let three = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n";
+        assert_eq!(
+            parse_request(three.as_bytes(), limits),
+            Err(HeadError::TooManyHeaders)
+        );
+        // A head of exactly the limit is accepted.
+        let exact = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(64 - 18));
+        assert_eq!(exact.len(), 64);
+        assert!(parse_request(exact.as_bytes(), limits).unwrap().is_some());
+        let over = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(64 - 17));
+        assert_eq!(
+            parse_request(over.as_bytes(), limits),
+            Err(HeadError::TooLarge)
+        );
+    }
+}
