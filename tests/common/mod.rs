@@ -478,3 +478,62 @@ pub fn validate(path: &Path) -> std::process::Output {
         .output()
         .expect("run metamesh validate")
 }
+
+/// A `tests/peers/thrift_server.py` process (Apache Thrift's `TThreadedServer`).
+pub struct ThriftServer {
+    pub group: String,
+    pub port: u16,
+    pub proc: Spawned,
+}
+
+impl ThriftServer {
+    /// Starts a server of group `group`; `args` picks the wire format (`--transport`,
+    /// `--protocol`, `--multiplexed`, ...). Call [`ThriftServer::ready`] to wait for it.
+    pub fn spawn(group: &str, args: &[&str]) -> Spawned {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer("thrift_server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--group", group])
+            .args(args);
+        Spawned::start(format!("thrift server[{group}]"), cmd)
+    }
+
+    /// Waits for `READY <port>`.
+    pub fn ready(group: &str, proc: Spawned) -> ThriftServer {
+        // The readiness line is the same as the Dubbo provider's.
+        let Provider { group, port, proc } = Provider::ready(group, proc);
+        ThriftServer { group, port, proc }
+    }
+
+    /// Starts one server per `(group, args)` in parallel and waits for all of them.
+    pub fn start_all(servers: &[(&str, &[&str])]) -> Vec<ThriftServer> {
+        let spawned: Vec<_> = servers
+            .iter()
+            .map(|(g, args)| ThriftServer::spawn(g, args))
+            .collect();
+        servers
+            .iter()
+            .zip(spawned)
+            .map(|((g, _), p)| ThriftServer::ready(g, p))
+            .collect()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts `tests/peers/thrift_client.py` with `args` in the background; its
+/// [`Consumer::finish`] returns the JSON summary.
+pub fn spawn_thrift_client(args: &[&str]) -> Consumer {
+    let mut cmd = Command::new(python());
+    cmd.arg(peer("thrift_client.py")).args(args);
+    Consumer {
+        proc: Spawned::start(format!("thrift client {}", args.join(" ")), cmd),
+    }
+}
+
+/// Runs `tests/peers/thrift_client.py` to completion and returns its JSON summary.
+pub fn run_thrift_client(args: &[&str]) -> serde_json::Value {
+    spawn_thrift_client(args).finish()
+}

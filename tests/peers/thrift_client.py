@@ -5,6 +5,7 @@
         [--transport framed|buffered|header] [--protocol binary|compact] [--non-strict]
         [--service NAME] [--header k=v ...] [--tag-every K --tag k=v]
         [--method echo|fail|undeclared|fire|slow|unknown[,...]] [--delay-ms MS]
+        [--echo-delay-ms MS]
         [--seqid-start S] [--timeout SECONDS]
 
 Prints one JSON object on stdout when done (see tests/peers/README.md for every field) and
@@ -54,8 +55,8 @@ def parse_args(argv):
     p.add_argument("--tag", default="", metavar="K=V")
     p.add_argument("--method", default="echo",
                    help="comma-separated, used in turn: " + "|".join(METHODS))
-    p.add_argument("--delay-ms", type=int, default=0,
-                   help="echo: EchoRequest.delay_ms; slow: the ms argument")
+    p.add_argument("--delay-ms", type=int, default=0, help="slow: the ms argument")
+    p.add_argument("--echo-delay-ms", type=int, default=0, help="echo: EchoRequest.delay_ms")
     p.add_argument("--seqid-start", type=int, default=None)
     p.add_argument("--timeout", type=float, default=10.0, help="socket timeout, seconds")
     a = p.parse_args(argv)
@@ -183,7 +184,7 @@ def main(argv=None):
                 self.client._seqid = seqid
             self.calls += 1
             self.last_begin = None
-            req = EchoRequest(message=message, delay_ms=a.delay_ms if method == "echo" else 0)
+            req = EchoRequest(message=message, delay_ms=a.echo_delay_ms if method == "echo" else 0)
             with lock:
                 stats["sent"] += 1
             try:
