@@ -8,10 +8,12 @@ use std::sync::Arc;
 use metamesh_core::ProtocolRegistry;
 
 pub mod dubbo;
+pub mod thrift;
 
 /// A registry of every built-in protocol.
 pub fn builtin() -> ProtocolRegistry {
     let mut r = ProtocolRegistry::new();
     r.register(Arc::new(dubbo::DubboProtocol));
+    r.register(Arc::new(thrift::ThriftProtocol));
     r
 }

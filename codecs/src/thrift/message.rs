@@ -1,10 +1,13 @@
 //! The message header every Thrift message starts with: name, type and sequence id, with
-//! the positions an encoder needs to patch them.
+//! the positions an encoder needs to patch them; and the `TApplicationException` body.
 
 use std::ops::Range;
 
 use super::cursor::Cursor;
-use super::{Error, MessageType, Protocol, BINARY_VERSION_1, COMPACT_PROTOCOL_ID, COMPACT_VERSION};
+use super::skip::Walker;
+use super::{
+    Error, MessageType, Protocol, TType, BINARY_VERSION_1, COMPACT_PROTOCOL_ID, COMPACT_VERSION,
+};
 
 /// The header of one message, with positions relative to the start of the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,4 +119,66 @@ pub fn parse_message_header(protocol: Protocol, msg: &[u8]) -> Result<MessageHea
 
 fn message_type(code: u8) -> Result<MessageType, Error> {
     MessageType::from_code(code).ok_or(Error::BadMessageType(code))
+}
+
+/// The fields of a `TApplicationException`, as read by [`read_exception`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplicationException<'a> {
+    /// Field 1, `message` (empty when absent).
+    pub message: &'a [u8],
+    /// Field 2, `type` (0, UNKNOWN, when absent).
+    pub kind: i32,
+}
+
+/// Reads the `TApplicationException` struct at `body_at` in the complete message `msg`;
+/// other fields are skipped.
+pub fn read_exception(
+    protocol: Protocol,
+    msg: &[u8],
+    body_at: usize,
+) -> Result<ApplicationException<'_>, Error> {
+    let mut c = Cursor::new(msg, body_at);
+    let mut out = ApplicationException::default();
+    let mut last_fid = 0i16;
+    loop {
+        let b = c.u8()?;
+        let (code, id) = match protocol {
+            Protocol::Binary if b == 0 => return Ok(out),
+            Protocol::Binary => (b, i16::from_be_bytes(c.array()?)),
+            Protocol::Compact if b & 0x0f == 0 => return Ok(out),
+            Protocol::Compact => {
+                let id = match b >> 4 {
+                    0 => {
+                        let z = c.varint(3)?;
+                        ((z >> 1) as i16) ^ -((z & 1) as i16)
+                    }
+                    delta => last_fid.wrapping_add(i16::from(delta)),
+                };
+                last_fid = id;
+                (b & 0x0f, id)
+            }
+        };
+        let ty = match protocol {
+            Protocol::Binary => TType::from_binary(code),
+            Protocol::Compact if code <= 2 => continue, // a bool field: its value is the type
+            Protocol::Compact => TType::from_compact(code),
+        }
+        .ok_or(Error::BadType(code))?;
+        match (id, ty, protocol) {
+            (1, TType::Binary, Protocol::Binary) => {
+                let len = c.binary_size("string")?;
+                out.message = c.take(len)?;
+            }
+            (1, TType::Binary, Protocol::Compact) => {
+                let len = c.size("string")?;
+                out.message = c.take(len)?;
+            }
+            (2, TType::I32, Protocol::Binary) => out.kind = c.i32()?,
+            (2, TType::I32, Protocol::Compact) => {
+                let z = c.varint32()?;
+                out.kind = ((z >> 1) as i32) ^ -((z & 1) as i32);
+            }
+            _ => c.pos = Walker::new(protocol, ty, c.pos).walk(msg)?,
+        }
+    }
 }

@@ -14,7 +14,9 @@ mod skip;
 mod transport;
 mod write;
 
-pub use message::{detect_protocol, parse_message_header, MessageHeader};
+pub use message::{
+    detect_protocol, parse_message_header, read_exception, ApplicationException, MessageHeader,
+};
 pub use skip::{skip_message_body, Walker, MAX_DEPTH};
 pub use transport::{
     detect_transport, frame_len, parse_header_frame, HeaderFrame, InfoHeader, InfoHeaders,

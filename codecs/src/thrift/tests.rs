@@ -181,6 +181,7 @@ fn transports_are_told_apart() {
         Ok(Transport::Header)
     );
     assert_eq!(detect_transport(&[0x81, 0x01]), Err(Error::BadVersion));
+    assert_eq!(detect_transport(b"GET / HTTP/1.1"), Err(Error::BadVersion));
     assert_eq!(detect_transport(&[0x82, 0x02]), Err(Error::BadVersion));
     assert_eq!(
         detect_transport(&[0x00]),
@@ -314,6 +315,14 @@ fn exceptions_match_the_reference_bytes() {
         let mut out = Vec::new();
         write_exception(&mut out, &Framing::Unframed, protocol, true, &e).expect("write");
         assert_eq!(out, hex(bytes));
+        let h = parse_message_header(protocol, &out).expect("header");
+        assert_eq!(
+            read_exception(protocol, &out, h.body_at),
+            Ok(ApplicationException {
+                message: b"no route",
+                kind: exception_type::UNKNOWN_METHOD
+            })
+        );
         let mut framed = Vec::new();
         write_exception(&mut framed, &Framing::Framed, protocol, true, &e).expect("write");
         assert_eq!(frame_len(&framed), Ok(framed.len()));
@@ -441,6 +450,36 @@ fn malformed_bodies_are_reported() {
         parse_message_header(Protocol::Binary, &[0x80, 0x01, 0, 1, 0x80, 0, 0, 0]),
         Err(Error::BadLength("message name"))
     );
+}
+
+#[test]
+fn exceptions_skip_unknown_fields() {
+    for protocol in [Protocol::Binary, Protocol::Compact] {
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out, protocol);
+        w.struct_begin();
+        w.field_begin(TType::Bool, 9);
+        w.bool(true);
+        w.field_begin(TType::List, 10);
+        w.list_begin(TType::Binary, 1);
+        w.string("x");
+        w.field_begin(TType::I32, 2);
+        w.i32(-6);
+        w.field_begin(TType::I64, 1); // field 1 of the wrong type is skipped
+        w.i64(5);
+        w.field_stop();
+        w.struct_end();
+        assert_eq!(
+            read_exception(protocol, &out, 0),
+            Ok(ApplicationException {
+                message: b"",
+                kind: -6
+            })
+        );
+        assert!(read_exception(protocol, &out[..out.len() - 1], 0)
+            .unwrap_err()
+            .is_incomplete());
+    }
 }
 
 #[test]

@@ -18,7 +18,8 @@ pub const MAX_HEADER_SECTION: usize = 0xffff * 4;
 /// word is a length and the second word tells: THeader magic, a strict binary or compact
 /// message (framed), or a word whose two high bytes are zero (framed, an old non-strict
 /// binary message with a short name). Anything else is an unframed non-strict binary
-/// message. Needs up to eight bytes.
+/// message if its first word, the name length, is under 16 MiB, and no Thrift at all
+/// otherwise. Needs up to eight bytes.
 pub fn detect_transport(buf: &[u8]) -> Result<Transport, Error> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Err(Error::Incomplete { needed: 2 });
@@ -37,7 +38,9 @@ pub fn detect_transport(buf: &[u8]) -> Result<Transport, Error> {
         (0x80, 0x01) => Transport::Framed,
         (COMPACT_PROTOCOL_ID, v) if v & 0x1f == COMPACT_VERSION => Transport::Framed,
         (0, 0) => Transport::Framed,
-        _ => Transport::Unframed,
+        // A non-strict name length; one of 16 MiB or more is no method name.
+        _ if b0 == 0 => Transport::Unframed,
+        _ => return Err(Error::BadVersion),
     })
 }
 
