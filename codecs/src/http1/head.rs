@@ -390,9 +390,11 @@ impl<S: StartLine> HeadParser<S> {
         self.headers.clear();
     }
 
-    /// True when no byte of the buffer has been looked at since the last head.
-    pub fn is_fresh(&self) -> bool {
-        self.scanned == 0 && self.line_start == 0
+    /// True while no line of a head has been completed: the parser is at most part-way
+    /// through the first line, so the caller may still drop bytes from the buffer's front
+    /// (after a [`HeadParser::reset`]).
+    pub fn in_first_line(&self) -> bool {
+        self.line_start == 0
     }
 
     /// Parses the head at the start of `buf`: `Ok(None)` when more bytes are needed.
@@ -608,7 +610,7 @@ mod tests {
         }
         let h = p.parse(s).unwrap().unwrap();
         assert_eq!(h.len, s.len());
-        assert!(p.is_fresh());
+        assert!(p.in_first_line());
     }
 
     #[test]
