@@ -1,5 +1,6 @@
 //! The `kv-proxy` binary: starts from the shipped bootstrap file (with loopback
-//! addresses of real kv servers put in), announces itself, serves kv, and stops cleanly.
+//! addresses of real kv servers put in), announces itself, serves kv, and stops cleanly;
+//! `kv-peer` serves and calls through it as the guide shows.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,15 +22,20 @@ fn config_file(name: &str, text: &str) -> PathBuf {
 }
 
 fn kv_proxy(config: &PathBuf) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kv-proxy"))
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_kv-proxy"))
+            .arg("--config")
+            .arg(config),
+    )
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start kv-proxy")
+        .expect("start a binary of this crate")
 }
 
 /// Reads stdout lines until the ready line, and returns it parsed.
@@ -42,11 +48,11 @@ async fn ready(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
                 }
             }
         }
-        panic!("kv-proxy closed stdout before it was ready");
+        panic!("closed stdout before it was ready");
     };
     tokio::time::timeout(PATIENCE, wait)
         .await
-        .expect("kv-proxy did not get ready")
+        .expect("no ready line")
 }
 
 #[tokio::test]
@@ -55,14 +61,23 @@ async fn kv_proxy_serves_the_shipped_config() {
         Server::bind("batch-1", "127.0.0.1:0").await.expect("bind"),
         Server::bind("batch-2", "127.0.0.1:0").await.expect("bind"),
     ];
-    let user = Server::bind("user-1", "127.0.0.1:0").await.expect("bind");
+    let mut user = spawn(Command::new(env!("CARGO_BIN_EXE_kv-peer")).args([
+        "serve",
+        "--name",
+        "user-1",
+        "--address",
+        "127.0.0.1:0",
+    ]));
+    let mut user_lines = BufReader::new(user.stdout.take().expect("stdout")).lines();
+    let user_ready = ready(&mut user_lines).await;
+    let user_addr = user_ready["address"].as_str().expect("address").to_owned();
     let shipped = include_str!("../kv-proxy.yaml");
     let text = shipped
         .replace("127.0.0.1:7700", "127.0.0.1:0")
         .replace("127.0.0.1:15000", "127.0.0.1:0")
         .replace("127.0.0.1:7701", &batch[0].addr().to_string())
         .replace("127.0.0.1:7702", &batch[1].addr().to_string())
-        .replace("127.0.0.1:7711", &user.addr().to_string());
+        .replace("127.0.0.1:7711", &user_addr);
     let config = config_file("shipped", &text);
     let mut child = kv_proxy(&config);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -99,6 +114,28 @@ async fn kv_proxy_serves_the_shipped_config() {
         kv_protocol::Kind::Pong
     );
     drop(client);
+
+    // The guide's command line client, through the proxy.
+    let call = Command::new(env!("CARGO_BIN_EXE_kv-peer"))
+        .args([
+            "call",
+            "--address",
+            addr,
+            "-H",
+            "method=get",
+            "-H",
+            "batchjob=true",
+        ])
+        .args(["--body", "hello"])
+        .output()
+        .await
+        .expect("kv-peer call");
+    let out = String::from_utf8_lossy(&call.stdout);
+    assert!(call.status.success(), "{out}");
+    assert!(out.starts_with("Response id=1\n"), "{out}");
+    assert!(out.contains("\nx-tier: batch\n"), "{out}");
+    assert!(out.contains("\nx-served-by: metamesh\n"), "{out}");
+    assert!(out.ends_with("\n\nhello\n"), "{out}");
 
     // SIGTERM: the proxy drains and exits successfully.
     let pid = child.id().expect("running");
