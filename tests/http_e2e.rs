@@ -129,8 +129,13 @@ http {{
             let conf_path = dir.0.join("nginx.conf");
             std::fs::write(&conf_path, conf).expect("write nginx.conf");
             let mut cmd = Command::new(nginx_bin());
-            cmd.arg("-e").arg("stderr").arg("-p").arg(&dir.0).arg("-c").arg(&conf_path);
-            let mut proc = Spawned::start("nginx", cmd);
+            cmd.arg("-e")
+                .arg("stderr")
+                .arg("-p")
+                .arg(&dir.0)
+                .arg("-c")
+                .arg(&conf_path);
+            let proc = Spawned::start("nginx", cmd);
             let deadline = Instant::now() + Duration::from_secs(20);
             let up = loop {
                 if ports
@@ -247,24 +252,40 @@ fn routes_by_header_and_path_and_mutates_headers_both_ways() {
 
     let (status, h, body) = get(&format!("{base}/hello?x=1"), &[]);
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("group=a method=GET uri=/hello?x=1 tier= "), "{body}");
+    assert!(
+        body.starts_with("group=a method=GET uri=/hello?x=1 tier= "),
+        "{body}"
+    );
     assert_eq!(header(&h, "x-group"), Some("a"));
     assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
 
     let (status, h, body) = get(&format!("{base}/hello"), &["-H", "x-group: b"]);
     assert_eq!(status, 200);
-    assert!(body.starts_with("group=b method=GET uri=/hello tier=batch "), "{body}");
+    assert!(
+        body.starts_with("group=b method=GET uri=/hello tier=batch "),
+        "{body}"
+    );
     assert_eq!(header(&h, "x-group"), Some("b"));
     assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
 
     let (status, h, body) = get(&format!("{base}/b/by-path"), &["-X", "DELETE"]);
     assert_eq!(status, 200);
-    assert!(body.starts_with("group=b method=DELETE uri=/b/by-path tier= "), "{body}");
-    assert_eq!(header(&h, "x-served-by"), None, "by-path has no response mutation");
+    assert!(
+        body.starts_with("group=b method=DELETE uri=/b/by-path tier= "),
+        "{body}"
+    );
+    assert_eq!(
+        header(&h, "x-served-by"),
+        None,
+        "by-path has no response mutation"
+    );
 
     let (status, h, _) = get(&format!("{base}/dead"), &[]);
     assert_eq!(status, 503);
-    assert_eq!(header(&h, "x-metamesh-local-reply"), Some("upstream_connect_failure"));
+    assert_eq!(
+        header(&h, "x-metamesh-local-reply"),
+        Some("upstream_connect_failure")
+    );
 
     let (status, h, _) = get(&format!("{base}/x"), &["-H", "x-nowhere: 1"]);
     assert_eq!(status, 404);
@@ -284,14 +305,24 @@ fn keep_alive_reuses_the_client_and_the_upstream_connection() {
     let url = format!("http://{}/reuse", proxy.listener("web"));
     let out = curl(&["-w", "connects=%{num_connects}\n", &url, &url, &url]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let connects: Vec<&str> = text.lines().filter(|l| l.starts_with("connects=")).collect();
-    assert_eq!(connects, ["connects=1", "connects=0", "connects=0"], "{text}");
+    let connects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("connects="))
+        .collect();
+    assert_eq!(
+        connects,
+        ["connects=1", "connects=0", "connects=0"],
+        "{text}"
+    );
     let conns: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split("conn=").nth(1))
         .collect();
     assert_eq!(conns.len(), 3, "{text}");
-    assert!(conns.iter().all(|c| *c == conns[0]), "nginx saw several connections: {text}");
+    assert!(
+        conns.iter().all(|c| *c == conns[0]),
+        "nginx saw several connections: {text}"
+    );
 }
 
 /// Peak resident memory of a process, from /proc.
@@ -308,7 +339,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn same_file(a: &Path, b: &Path) {
     let x = std::fs::read(a).expect("read");
     let y = std::fs::read(b).expect("read");
-    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
     assert!(x == y, "{} and {} differ", a.display(), b.display());
 }
 
@@ -360,12 +397,15 @@ fn streams_50_mib_chunked_both_ways_with_flat_memory() {
         headers.to_str().expect("utf-8 path"),
         &format!("{base}/chunked/big.bin"),
     ]);
-    let head = std::fs::read_to_string(&headers).expect("headers").to_ascii_lowercase();
+    let head = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     same_file(&src, &dst);
 
     let after = peak_rss_kib(proxy.proc.pid());
     let grown_mib = (after.saturating_sub(before)) / 1024;
+    eprintln!("proxy peak RSS {before} KiB before, {after} KiB after 2 x 50 MiB");
     assert!(
         grown_mib < 16,
         "proxy peak memory grew by {grown_mib} MiB moving 2 x 50 MiB ({before} KiB -> {after} KiB)"
