@@ -6,7 +6,7 @@
         [--service NAME] [--header k=v ...] [--tag-every K --tag k=v]
         [--method echo|fail|undeclared|fire|slow|unknown[,...]] [--delay-ms MS]
         [--echo-delay-ms MS]
-        [--seqid-start S] [--timeout SECONDS]
+        [--seqid-start S] [--zlib] [--timeout SECONDS]
 
 Prints one JSON object on stdout when done (see tests/peers/README.md for every field) and
 exits 0 whatever the calls returned; 2 when the arguments are wrong.
@@ -20,6 +20,7 @@ drops that connection and opens a new one for the next call.
 --transport header: THeaderProtocol; every --header k=v is sent as a THeader info header on
 every call, plus ``x-req-key: <run>-<n>``; every K-th call (--tag-every) also sends the
 --tag header. The reply's info headers are collected as response_headers.
+--zlib adds the THeader zlib transform (the connection's every call is compressed).
 --service NAME wraps the output protocol in TMultiplexedProtocol (calls named NAME:method).
 --seqid-start S: call i of a connection (0-based) goes out with seqid S+i instead of the
 library's constant 0; replies whose seqid differs are counted in seqid_errors.
@@ -58,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--delay-ms", type=int, default=0, help="slow: the ms argument")
     p.add_argument("--echo-delay-ms", type=int, default=0, help="echo: EchoRequest.delay_ms")
     p.add_argument("--seqid-start", type=int, default=None)
+    p.add_argument("--zlib", action="store_true",
+                   help="header transport: compress every call's payload (THeader zlib transform)")
     p.add_argument("--timeout", type=float, default=10.0, help="socket timeout, seconds")
     a = p.parse_args(argv)
     a.methods = [m.strip() for m in a.method.split(",") if m.strip()]
@@ -82,8 +85,8 @@ def parse_args(argv):
         if not sep or not k:
             p.error("--tag-every needs --tag K=V")
         a.tag_kv = (k, v)
-    if (a.headers or a.tag_kv) and a.transport != "header":
-        p.error("--header and --tag need --transport header")
+    if (a.headers or a.tag_kv or a.zlib) and a.transport != "header":
+        p.error("--header, --tag and --zlib need --transport header")
     if a.count < 0 or a.connections < 1:
         p.error("--count >= 0 and --connections >= 1")
     return a
@@ -176,6 +179,9 @@ def main(argv=None):
                 self.proto.clear_headers()
                 for k, v in sent_headers.items():
                     self.proto.set_header(k.encode(), v.encode())
+                if a.zlib and not self.calls:
+                    from thrift.transport.THeaderTransport import THeaderTransformID
+                    self.proto.add_transform(THeaderTransformID.ZLIB)
             else:
                 tagged = False
             seqid = 0
