@@ -583,6 +583,39 @@ impl Validator {
                         format!("unknown protocol {proto:?}"),
                     );
                 }
+            } else if !c.protocol_options.is_empty() {
+                // The cluster speaks the protocol of the listeners routing to it.
+                let inferred: HashSet<&str> = b
+                    .listeners
+                    .iter()
+                    .filter(|l| {
+                        b.routes.iter().any(|rc| {
+                            rc.name == l.route_config
+                                && rc
+                                    .routes
+                                    .iter()
+                                    .flat_map(|r| r.route.iter())
+                                    .any(|d| d.cluster == c.name)
+                        })
+                    })
+                    .map(|l| l.protocol.as_str())
+                    .collect();
+                let mut inferred: Vec<&str> = inferred.into_iter().collect();
+                inferred.sort_unstable();
+                match inferred.as_slice() {
+                    [one] => {
+                        if let Some(Err(e)) = protocols
+                            .get(one)
+                            .map(|pr| pr.validate_options(&c.protocol_options))
+                        {
+                            self.err(format!("{p}.protocol_options.{}", e.key), e.message);
+                        }
+                    }
+                    _ => self.err(
+                        format!("{p}.protocol_options"),
+                        "set `protocol` on the cluster so its options can be checked",
+                    ),
+                }
             }
             if c.lb_policy != LbPolicy::RoundRobin {
                 self.unsupported(
@@ -832,6 +865,33 @@ clusters:
         assert!(err.contains("duplicate route \"batchjob\""), "{err}");
         assert!(
             err.contains("mirror: traffic mirroring is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn protocol_options_are_checked_by_the_protocol_even_when_inherited() {
+        let bad = GOOD
+            .replace(
+                "    route_config: dubbo-routes\n",
+                "    route_config: dubbo-routes\n    protocol_options: { speed: fast }\n",
+            )
+            .replace(
+                "  - name: demo-user\n",
+                "  - name: demo-user\n    protocol_options: { colour: red }\n",
+            );
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"listeners[dubbo-out].protocol_options.speed"),
+            "{err}"
+        );
+        assert!(
+            paths.contains(&"clusters[demo-user].protocol_options.colour"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("protocol test has no options"),
             "{err}"
         );
     }

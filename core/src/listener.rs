@@ -34,6 +34,9 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 enum Outgoing {
     /// A message to encode with this request id.
     Message(Message, u64),
+    /// An upstream response with the request it answers, so that a response that
+    /// cannot be encoded is replaced by an `internal` local reply.
+    Response(Message, u64, Arc<Message>),
     /// Close the connection after what is queued.
     Close,
 }
@@ -106,6 +109,7 @@ async fn serve_connection(
         FrameWriter::new(wr),
         ctx.protocol.codec(&options),
         rx,
+        ctx.clone(),
     ));
     let mut codec = ctx.protocol.codec(&options);
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -293,7 +297,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
         Ok(Ok(Some(mut resp))) => {
             ctx.protocol.finish_response(&req, &mut resp);
             Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
-            Some(Outgoing::Message(resp, downstream_id))
+            Some(Outgoing::Response(resp, downstream_id, req))
         }
         Ok(Ok(None)) => None,
         Ok(Err(e)) => {
@@ -316,6 +320,7 @@ async fn write_loop(
     mut out: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
     mut codec: Box<dyn crate::codec::Codec>,
     mut rx: mpsc::Receiver<Outgoing>,
+    ctx: Arc<ListenerContext>,
 ) {
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -330,6 +335,24 @@ async fn write_loop(
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot encode a reply; dropped"),
+                    }
+                }
+                Outgoing::Response(msg, id, req) => {
+                    let mut frame = EncodedFrame::new();
+                    if let Err(e) = codec.encode(&msg, id, &mut frame) {
+                        tracing::warn!(error = %e, "cannot encode a response; answering locally");
+                        frame = EncodedFrame::new();
+                        let text = format!("the response could not be encoded: {e}");
+                        if let Some(Outgoing::Message(reply, id)) =
+                            local_reply(&ctx, &req, LocalReplyKind::Internal, &text)
+                        {
+                            if let Err(e) = codec.encode(&reply, id, &mut frame) {
+                                tracing::warn!(error = %e, "cannot encode a local reply; dropped");
+                            }
+                        }
+                    }
+                    if !frame.is_empty() && out.push(frame).await.is_err() {
+                        break 'outer;
                     }
                 }
                 Outgoing::Close => break 'outer,

@@ -192,7 +192,7 @@ routes:
         route: [{{ cluster: echo }}]
         request_mutation: [{{ key: x-tier, value: batch }}]
         response_mutation: [{{ key: x-served-by, value: metamesh }}]
-        timeout: 300ms
+        timeout: 2s
 clusters:
   - {{ name: echo, endpoints: [{{ address: "{up}" }}] }}
   - {{ name: dead, connect_timeout: 200ms, endpoints: [{{ address: "127.0.0.1:1" }}] }}

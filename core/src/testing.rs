@@ -2,7 +2,7 @@
 //! `u32 length | u64 request id | u8 kind | u16 status | u16 header count |
 //! (u16 key length, key, u16 value length, value)* | payload`, all big-endian, where
 //! length counts everything after itself. Kinds: 0 request, 1 oneway, 2 response,
-//! 3 heartbeat, 4 error.
+//! 3 heartbeat, 4 error. A message with the attribute `unencodable` fails to encode.
 
 use std::sync::Arc;
 
@@ -140,6 +140,12 @@ impl Codec for TestCodec {
             return Err(EncodeError {
                 what: "test frame",
                 detail: "frame shorter than its fixed header".into(),
+            });
+        }
+        if msg.metadata.contains("unencodable") {
+            return Err(EncodeError {
+                what: "test frame",
+                detail: "attribute `unencodable` is set".into(),
             });
         }
         if !msg.metadata.is_dirty() {

@@ -120,7 +120,7 @@ routes:
         route: [{{ cluster: batch }}]
         request_mutation: [{{ key: x-tier, value: batch }}]
         response_mutation: [{{ key: x-served-by, value: metamesh }}]
-        timeout: 300ms
+        timeout: 2s
       - name: nothing-here
         match: {{ attributes: {{ dead: {{ present: true }} }} }}
         route: [{{ cluster: dead }}]
@@ -222,11 +222,11 @@ async fn local_replies_for_no_route_connect_failure_and_timeout() {
     assert_eq!(r.metadata.get("reason"), Some("upstream_connect_failure"));
 
     let r = c
-        .call(3, &[("batchjob", "true"), ("delay-ms", "2000")])
+        .call(3, &[("batchjob", "true"), ("delay-ms", "20000")])
         .await;
     assert_eq!(r.request_id, 3);
     assert_eq!(r.metadata.get("reason"), Some("timeout"));
-    assert!(String::from_utf8_lossy(payload(&r)).contains("timeout after 300ms"));
+    assert!(String::from_utf8_lossy(payload(&r)).contains("timeout after 2000ms"));
 
     // The connection is still usable after local replies.
     let r = c.call(4, &[("user", "u")]).await;
@@ -275,7 +275,7 @@ async fn many_clients_share_upstream_connections_without_crossed_replies() {
             let mut seen = HashMap::new();
             for _ in 0..n {
                 let r = c.recv().await.expect("reply");
-                assert_eq!(r.kind, MessageKind::Response);
+                assert_eq!(r.kind, MessageKind::Response, "{:?}", r.metadata);
                 let key = String::from_utf8(payload(&r).to_vec()).expect("utf8");
                 assert_eq!(
                     key,
@@ -499,4 +499,26 @@ async fn a_connection_has_a_bounded_number_of_requests_in_flight() {
     }
     assert_eq!(seen.len() as u64, total, "every request was answered once");
     proxy.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_response_that_cannot_be_encoded_becomes_an_internal_local_reply() {
+    let extra = r#"      - name: broken
+        match: { attributes: { broken: { present: true } } }
+        route: [{ cluster: user }]
+        response_mutation: [{ key: unencodable, value: "yes" }]"#;
+    let proxy = start(extra).await;
+    let addr = proxy.listener_addr("in").expect("listener");
+    let mut c = Client::connect(addr).await;
+    let r = c.call(9, &[("broken", "1")]).await;
+    assert_eq!(r.kind, MessageKind::Error);
+    assert_eq!(r.request_id, 9);
+    assert_eq!(r.metadata.get("reason"), Some("internal"));
+    // The connection carries on.
+    let r = c.call(10, &[("user", "u")]).await;
+    assert_eq!(r.kind, MessageKind::Response);
+    assert_eq!(
+        counter(&proxy, "metamesh_local_reply_total", "reason=\"internal\""),
+        1
+    );
 }
