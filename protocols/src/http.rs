@@ -245,11 +245,14 @@ fn field_name(frame: &Bytes, span: Span) -> ByteString {
     if !name.iter().any(u8::is_ascii_uppercase) {
         return text(frame, span);
     }
-    if let Some(k) = KNOWN_FIELDS
-        .iter()
-        .find(|k| k.len() == name.len() && k.as_bytes().eq_ignore_ascii_case(name))
-    {
-        return ByteString::from_static(k);
+    let mut lower = [0u8; 24];
+    if let Some(lower) = lower.get_mut(..name.len()) {
+        for (l, b) in lower.iter_mut().zip(name) {
+            *l = b.to_ascii_lowercase();
+        }
+        if let Some(k) = KNOWN_FIELDS.iter().find(|k| k.as_bytes() == lower) {
+            return ByteString::from_static(k);
+        }
     }
     // Names are tokens: ASCII.
     ByteString::from(

@@ -3,13 +3,13 @@
 //! scanned once: complete lines are parsed and remembered, and only the unfinished line
 //! is looked at again when more bytes come.
 
-use nom::bytes::complete::{tag, take_while, take_while1, take_while_m_n};
+use nom::bytes::complete::{tag, take_until, take_while, take_while1, take_while_m_n};
 use nom::character::complete::char;
-use nom::combinator::{all_consuming, opt, recognize};
-use nom::{FindSubstring, IResult, Offset, Parser};
+use nom::combinator::{all_consuming, opt, recognize, rest, verify};
+use nom::{FindSubstring, IResult, Parser};
 use smallvec::SmallVec;
 
-use super::{is_field_byte, is_tchar, Limits, Span, Version};
+use super::{all_field_bytes, is_field_byte, is_tchar, trim_ows, Limits, Span, Version};
 
 type Res<'a, O> = IResult<&'a [u8], O, ()>;
 
@@ -202,11 +202,15 @@ fn version_of((major, minor): (u8, u8)) -> Option<Version> {
 
 type RequestParts<'a> = (&'a [u8], &'a [u8], (u8, u8));
 
+fn is_target(t: &[u8]) -> bool {
+    !t.is_empty() && t.iter().fold(true, |ok, &b| ok & is_target_byte(b))
+}
+
 fn request_line(i: &[u8]) -> Res<'_, RequestParts<'_>> {
     let (i, (method, _, target, _, version)) = (
         take_while1(is_tchar),
         char(' '),
-        take_while1(is_target_byte),
+        verify(take_until(&b" "[..]), is_target),
         char(' '),
         http_version,
     )
@@ -227,12 +231,12 @@ fn status_line(i: &[u8]) -> Res<'_, StatusParts<'_>> {
     Ok((i, (version, code, reason)))
 }
 
+/// `field-name ":" OWS field-value OWS`; the value comes back trimmed.
 fn header_line(i: &[u8]) -> Res<'_, (&[u8], &[u8])> {
-    let (i, (name, _, _, value)) = (
+    let (i, (name, _, value)) = (
         take_while1(is_tchar),
         char(':'),
-        take_while(|b| b == b' ' || b == b'\t'),
-        take_while(is_field_byte),
+        verify(rest.map(trim_ows), all_field_bytes),
     )
         .parse(i)?;
     Ok((i, (name, value)))
@@ -264,9 +268,15 @@ fn is_authority_form(t: &[u8]) -> bool {
         && !t.iter().any(|&b| matches!(b, b'/' | b'?' | b'#' | b'@'))
 }
 
+/// The span of `part`, a sub-slice of `line`, where `line` starts at offset `at`.
 fn span_in(line: &[u8], part: &[u8], at: usize) -> Span {
-    let start = at + line.offset(part);
-    Span::new(start, start + part.len())
+    let offset = (part.as_ptr() as usize)
+        .checked_sub(line.as_ptr() as usize)
+        .filter(|o| o + part.len() <= line.len());
+    match offset {
+        Some(o) => Span::new(at + o, at + o + part.len()),
+        None => Span::new(at + line.len(), at + line.len()),
+    }
 }
 
 impl StartLine for RequestLine {
@@ -331,16 +341,10 @@ impl StartLine for StatusLine {
 }
 
 fn parse_header(line: &[u8], at: usize, end: usize) -> Result<Header, HeadError> {
-    let (_, (name, value)) = all_consuming(header_line)
-        .parse(line)
-        .map_err(|_| HeadError::BadHeader)?;
-    let trimmed = value
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(0, |p| p + 1);
+    let (_, (name, value)) = header_line(line).map_err(|_| HeadError::BadHeader)?;
     Ok(Header {
         name: span_in(line, name, at),
-        value: span_in(line, value.get(..trimmed).unwrap_or_default(), at),
+        value: span_in(line, value, at),
         end: end as u32,
     })
 }

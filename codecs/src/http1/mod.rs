@@ -115,16 +115,39 @@ impl Version {
     }
 }
 
-/// True for `tchar`: the bytes of a token (method, header name, transfer coding).
-pub fn is_tchar(b: u8) -> bool {
+const fn tchar(b: u8) -> bool {
     matches!(b,
         b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
         | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
 }
 
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = tchar(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// True for `tchar`: the bytes of a token (method, header name, transfer coding).
+#[inline]
+pub fn is_tchar(b: u8) -> bool {
+    TCHAR[b as usize]
+}
+
 /// True for bytes allowed in a field value: visible ASCII, space, tab and obs-text.
+#[inline]
 pub fn is_field_byte(b: u8) -> bool {
     matches!(b, b'\t' | b' '..=b'~' | 0x80..=0xff)
+}
+
+/// True when every byte of `s` may stand in a field value. Checks all bytes without
+/// stopping early, which lets the compiler vectorize it: values are short or valid.
+#[inline]
+pub fn all_field_bytes(s: &[u8]) -> bool {
+    s.iter().fold(true, |ok, &b| ok & is_field_byte(b))
 }
 
 /// True for a non-empty token.
@@ -133,13 +156,17 @@ pub fn is_token(s: &[u8]) -> bool {
 }
 
 /// Trims optional whitespace (spaces and tabs) from both ends.
+/// The result is always a part of `s` (empty at its end when `s` is all whitespace).
 pub fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b' ' && b != b'\t');
-    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t');
-    match (start, end) {
-        (Some(a), Some(b)) => s.get(a..=b).unwrap_or_default(),
-        _ => &[],
-    }
+    let start = s
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 /// The elements of a comma-separated field value, trimmed, empty elements skipped.
