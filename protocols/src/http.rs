@@ -27,6 +27,14 @@
 //! [`StreamState::Upgrade`]: after it the codec decodes nothing more and leaves the bytes in
 //! the buffer to the tunnel.
 //!
+//! Local replies are HTTP/1.1 `text/plain` responses (status by [`local_reply_status`])
+//! carrying `x-metamesh-local-reply: <reason>`, and `connection: close` when the request
+//! asked to close, came from an HTTP/1.0 client without keep-alive, or still has a body on
+//! its way that the client holds back for a `100 Continue`. A request head that cannot be
+//! accepted is answered the same way (400; 431 over the limits; 501 for an unknown
+//! transfer coding; 505 for a version other than 1.x) and the connection closes; a
+//! malformed response, or a chunked body that goes wrong midway, closes the connection.
+//!
 //! Protocol options: `max_header_bytes` (largest head, default 64 KiB) and `max_headers`
 //! (most header fields in a head, default 100).
 

@@ -721,6 +721,17 @@ fn authority_changes_move_host() {
 }
 
 #[test]
+fn obs_text_values_survive_a_mutation() {
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: caf\xe9 cr\xe8me\r\n\r\n";
+    let mut m = decode_all(Side::Downstream, req).remove(0);
+    assert_eq!(m.metadata.get("x-name"), Some("caf\u{fffd} cr\u{fffd}me"));
+    m.metadata.set("x-tier", "batch");
+    let wire = encode(&mut *codec(Side::Upstream), &m);
+    assert!(wire.windows(18).any(|w| w == b"X-Name: caf\xe9 cr\xe8me"));
+    assert!(wire.ends_with(b"x-tier: batch\r\n\r\n"));
+}
+
+#[test]
 fn response_mutation_and_injection() {
     let get = fixture("curl_get");
     let f = fixture("nginx_200_chunked_gzip");
