@@ -11,6 +11,10 @@ use smallvec::SmallVec;
 
 use crate::message::{LocalReply, Message};
 
+/// [`DecodeError::reason`] of a connection that closed inside a frame; the engine treats
+/// it as a broken connection rather than a protocol error.
+pub const TRUNCATED_FRAME: &str = "truncated_frame";
+
 /// Default maximum size of one frame: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 
@@ -222,7 +226,7 @@ pub trait Codec: Send + 'static {
             Ok(None)
         } else {
             Err(DecodeError::close(
-                "truncated_frame",
+                TRUNCATED_FRAME,
                 format!("connection closed inside a frame ({} bytes)", buf.len()),
             ))
         }

@@ -7,7 +7,8 @@
 //!   exactly its bytes, and re-encoding it unchanged gives back the same bytes;
 //! - **splits**: the sample split in two at every possible position, and fed one byte at
 //!   a time, decodes to the same head and the same body bytes;
-//! - **mutation**: setting and changing an attribute is visible after re-encoding and
+//! - **mutation**: adding an attribute (and changing the one a sample names with
+//!   [`Sample::changing`]) is visible after re-encoding and
 //!   decoding again, and nothing else changed (samples whose wire format has no place for
 //!   attributes are marked with [`Sample::no_metadata_section`]);
 //! - **request-id rewrite** (multiplexing protocols): a request encoded with another id
@@ -44,6 +45,7 @@ pub struct Sample {
     bytes: Bytes,
     mutable: bool,
     request: Option<Bytes>,
+    change: Option<String>,
 }
 
 impl Sample {
@@ -54,7 +56,16 @@ impl Sample {
             bytes: bytes.into(),
             mutable: true,
             request: None,
+            change: None,
         }
+    }
+
+    /// An attribute of the sample that the mutation check also changes (besides adding
+    /// one). Choose one the wire carries as an attribute of its own, not one derived
+    /// from a fixed header (Dubbo's `interface`) or tied to another (HTTP's `host`).
+    pub fn changing(mut self, key: impl Into<String>) -> Self {
+        self.change = Some(key.into());
+        self
     }
 
     /// For a response: the request it answers. The kit hands both to
@@ -314,13 +325,13 @@ impl Conformance {
             self.protocol.finish_response(&req.head, &mut changed.head);
         }
         changed.head.metadata.set("x-conformance", "added");
-        let existing = whole
-            .head
-            .metadata
-            .iter()
-            .map(|(k, _)| k.to_owned())
-            .find(|k| !k.starts_with(':') && !is_protocol_key(k));
+        let existing = s.change.clone();
         if let Some(k) = &existing {
+            assert!(
+                whole.head.metadata.contains(k),
+                "conformance/mutation: {}: the sample has no attribute {k:?} to change",
+                s.name
+            );
             changed.head.metadata.set(k.clone(), "changed");
         }
         let bytes = self.encode_all(
@@ -559,14 +570,6 @@ impl Conformance {
     }
 }
 
-/// Keys that protocols derive from their fixed header rather than an attribute section.
-fn is_protocol_key(k: &str) -> bool {
-    matches!(
-        k,
-        "interface" | "method" | "version" | "service" | "message_type" | "group" | "path"
-    )
-}
-
 impl Side {
     fn other(self) -> Side {
         match self {
@@ -682,7 +685,7 @@ mod tests {
             b"result",
         );
         let report = Conformance::new(Arc::new(TestProtocol))
-            .request(Sample::new("request", req))
+            .request(Sample::new("request", req).changing("batchjob"))
             .request(Sample::new("oneway", oneway))
             .response(Sample::new("response", resp))
             .random_inputs(500, 1)

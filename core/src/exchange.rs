@@ -66,7 +66,7 @@ async fn next_message(
             match r {
                 Ok(Some(m)) => return Next::Message(m),
                 Ok(None) => return Next::Closed,
-                Err(e) if e.reason == "truncated_frame" => return Next::Broken,
+                Err(e) if e.reason == crate::codec::TRUNCATED_FRAME => return Next::Broken,
                 Err(e) => return Next::Bad(e),
             }
         } else {

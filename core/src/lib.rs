@@ -29,7 +29,7 @@ mod tests;
 
 pub use codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, OptionError,
-    Protocol, ProtocolOptions, ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE,
+    Protocol, ProtocolOptions, ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE, TRUNCATED_FRAME,
 };
 pub use config::{Bootstrap, ConfigError, ConfigErrors};
 pub use message::{LocalReply, LocalReplyKind, Message, MessageKind, Metadata, StreamState};

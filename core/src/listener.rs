@@ -154,7 +154,7 @@ async fn serve_connection(
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        ctx.stats.protocol_error("truncated_frame");
+                        ctx.stats.protocol_error(crate::codec::TRUNCATED_FRAME);
                     }
                     break;
                 }

@@ -1040,7 +1040,7 @@ impl Codec for HttpCodec {
                 Ok(Some(msg))
             }
             State::Body { .. } => Err(self.fail(
-                "truncated_frame",
+                metamesh_core::TRUNCATED_FRAME,
                 format!("connection closed inside a body ({} bytes left)", buf.len()),
             )),
             State::Head => {
@@ -1053,7 +1053,7 @@ impl Codec for HttpCodec {
                     Ok(None)
                 } else {
                     Err(self.fail(
-                        "truncated_frame",
+                        metamesh_core::TRUNCATED_FRAME,
                         format!("connection closed inside a head ({} bytes)", buf.len()),
                     ))
                 }

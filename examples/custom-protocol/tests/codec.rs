@@ -67,7 +67,7 @@ fn encode(msg: &Message, id: u64) -> EncodedFrame {
 fn kv_passes_the_conformance_kit() {
     let req = request();
     let report = Conformance::new(KvProtocol::shared())
-        .request(Sample::new("request with headers and body", req.clone()))
+        .request(Sample::new("request with headers and body", req.clone()).changing("batchjob"))
         .request(Sample::new(
             "oneway",
             kv(Kind::Oneway, 8, &[("event", "audit")], b"payload"),
