@@ -169,6 +169,16 @@ impl Spawned {
         }
     }
 
+    /// Sends SIGKILL and reaps the child (a crash: no goodbye on its connections).
+    pub fn kill(&mut self) {
+        if let Err(e) = self.child.kill() {
+            self.fail(&format!("kill failed: {e}"));
+        }
+        if let Err(e) = self.child.wait() {
+            self.fail(&format!("wait after kill failed: {e}"));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&mut self) {
         let status = Command::new("kill")
@@ -217,6 +227,16 @@ impl Provider {
         }
     }
 
+    /// Starts a provider on a fixed `port` (for example to restart one where it was) and
+    /// waits for it.
+    pub fn start_on(group: &str, port: u16, extra: &[&str]) -> Provider {
+        let port = port.to_string();
+        // The script's last --port wins over the --port 0 that spawn passes.
+        let mut args = vec!["--port", port.as_str()];
+        args.extend_from_slice(extra);
+        Provider::ready(group, Provider::spawn(group, &args))
+    }
+
     /// Starts one provider per entry of `groups` in parallel and waits for all of them.
     pub fn start_all(groups: &[&str], extra: &[&str]) -> Vec<Provider> {
         let spawned: Vec<_> = groups.iter().map(|g| Provider::spawn(g, extra)).collect();
@@ -230,6 +250,21 @@ impl Provider {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The echoes of the requests it answered, when started with `--log-requests`
+    /// (one stderr line `served <JSON>` each).
+    pub fn served(&self) -> Vec<serde_json::Value> {
+        self.proc
+            .stderr()
+            .lines()
+            .filter_map(|l| l.strip_prefix("served "))
+            .map(|j| {
+                serde_json::from_str(j).unwrap_or_else(|e| {
+                    panic!("provider[{}]: bad served line {j:?}: {e}", self.group)
+                })
+            })
+            .collect()
     }
 
     /// Lines of its stderr containing `needle`.
@@ -332,6 +367,40 @@ impl Proxy {
     /// Current value of a counter (summed over series whose labels include `labels`).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         counter(&self.scrape("/stats/prometheus"), name, labels)
+    }
+
+    /// `/clusters?format=json`, parsed.
+    pub fn clusters_json(&self) -> serde_json::Value {
+        let text = self.scrape("/clusters?format=json");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("/clusters?format=json is not JSON ({e}): {text}"))
+    }
+
+    /// Waits until every endpoint of `cluster` whose address is in `addrs` reports
+    /// `"health": want` in `/clusters?format=json`; fails with the last answer after
+    /// `timeout`.
+    pub fn wait_health(&self, cluster: &str, addrs: &[String], want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let json = self.clusters_json();
+            let healths: Vec<Option<String>> = addrs
+                .iter()
+                .map(|a| {
+                    endpoint_of(&json, cluster, a)
+                        .and_then(|e| e["health"].as_str().map(str::to_owned))
+                })
+                .collect();
+            if healths.iter().all(|h| h.as_deref() == Some(want)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster {cluster}: endpoints {addrs:?} are {healths:?}, want {want:?} \
+                     within {timeout:?}\n--- /clusters?format=json ---\n{json:#}"
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until the counter equals `want`; fails with the whole exposition otherwise.
@@ -461,6 +530,31 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The entry of endpoint `addr` of cluster `cluster` in a `/clusters?format=json` answer.
+pub fn endpoint_of<'a>(
+    clusters: &'a serde_json::Value,
+    cluster: &str,
+    addr: &str,
+) -> Option<&'a serde_json::Value> {
+    clusters["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster)?["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["address"] == addr)
+}
+
+/// `n` distinct loopback ports nothing listens on (all bound at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A loopback port nothing listens on (bound, then released).

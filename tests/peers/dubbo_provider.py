@@ -21,6 +21,7 @@ Methods with special behaviour (any interface):
     noReply           no handler: dubbo-py sends no reply at all (the caller times out)
     sayHelloSlow(s, ms)  sleeps ms milliseconds (default 1000) before echoing
 A request attachment ``x-delay-ms: N`` delays any echoing method by N milliseconds.
+With --log-requests every echo is also written to stderr as one line ``served <JSON>``.
 
 dubbo-py's DubboService binds 0.0.0.0 and calls out to find its public address; this script
 builds the same server from the library's own pieces (_DubboServer, _ServerThread and the
@@ -50,6 +51,10 @@ def parse_args(argv):
     p.add_argument("--stable-reply", action="store_true",
                    help="leave pid and port out of replies (reproducible byte captures)")
     p.add_argument("--log-level", default="WARNING", help="python logging level (stderr)")
+    p.add_argument("--log-requests", action="store_true",
+                   help="write one stderr line 'served <the JSON echo>' per echoed request "
+                        "(whatever --log-level says): a count of the requests this "
+                        "provider answered, with the attachments it saw")
     return p.parse_args(argv)
 
 
@@ -95,6 +100,7 @@ def main(argv=None):
 
     served = {s.strip() for s in args.interfaces.split(",") if s.strip()}
     port_box = {}
+    log_lock = threading.Lock()
 
     def echo(*call_args):
         msg = getattr(current, "msg", None)
@@ -123,7 +129,13 @@ def main(argv=None):
         # characters and bytes equal.
         if args.stable_reply:
             del reply["pid"], reply["port"]
-        return json.dumps(reply, ensure_ascii=True, sort_keys=True)
+        encoded = json.dumps(reply, ensure_ascii=True, sort_keys=True)
+        if args.log_requests:
+            # One write per line under a lock: handler threads must not interleave.
+            with log_lock:
+                sys.stderr.write("served " + encoded + "\n")
+                sys.stderr.flush()
+        return encoded
 
     def return_null(*_):
         return None

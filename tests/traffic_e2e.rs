@@ -1,0 +1,1250 @@
+//! End-to-end tests of traffic management in the `metamesh` binary, against the real
+//! third-party Dubbo2 peers of `tests/peers` (dubbo-py providers and consumers) and, for
+//! HTTP/1.1, Debian's nginx with curl as the client: locality-aware balancing (failover to
+//! the next zone and back, weighted distribution), active health checks and outlier
+//! detection, retries, consistent hashing (ring hash and Maglev), traffic mirroring (to a
+//! healthy, a stalled and a dead shadow), local rate limits and circuit breakers.
+//!
+//! Every wait is on a condition with a deadline: endpoint health is read from
+//! `/clusters?format=json`, request counts from `/stats/prometheus` or from the peers.
+//! Needs the peers installed once with `scripts/setup-test-deps.sh`.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{
+    closed_port, endpoint_of, free_ports, run_consumer, wait_for, Consumer, Provider, Proxy,
+    Spawned, TempFile,
+};
+use metamesh_codecs::hessian2::Value;
+use metamesh_core::{CodecOptions, Message, Protocol, Side};
+use metamesh_protocols::dubbo::{build, status, DubboProtocol};
+use serde_json::Value as Json;
+
+const INTERFACE: &str = "org.apache.dubbo.samples.DemoService";
+/// How long an endpoint may take to change health in `/clusters` (probes run every
+/// 200 ms; the margin is for a loaded CI machine).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------------ helpers: config
+
+/// One endpoint in YAML flow style, with a locality.
+fn ep(addr: &str, region: &str, zone: &str) -> String {
+    format!("{{ address: \"{addr}\", locality: {{ region: {region}, zone: \"{zone}\" }} }}")
+}
+
+/// Endpoints without locality, in YAML flow style.
+fn endpoints(addrs: &[String]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+fn addrs(providers: &[&Provider]) -> Vec<String> {
+    providers.iter().map(|p| p.addr()).collect()
+}
+
+// ---------------------------------------------------------- helpers: consumer output
+
+fn json_u64(v: &Json, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
+}
+
+/// ok == sent == `count`, nothing mismatched, no error.
+fn assert_all_ok(summary: &Json, count: u64, what: &str) {
+    for (key, want) in [
+        ("sent", count),
+        ("ok", count),
+        ("mismatched", 0),
+        ("error_count", 0),
+    ] {
+        assert_eq!(
+            json_u64(summary, key),
+            want,
+            "{what}: {key} should be {want}\n--- consumer summary ---\n{summary:#}"
+        );
+    }
+}
+
+/// Replies per group the providers reported.
+fn served_by_group(summary: &Json) -> BTreeMap<String, u64> {
+    summary["by_group"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(g, c)| {
+                    let n = c["batchjob_requests"].as_u64().unwrap_or(0)
+                        + c["plain_requests"].as_u64().unwrap_or(0);
+                    (g.clone(), n)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn elapsed_s(summary: &Json) -> f64 {
+    summary["elapsed_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("elapsed_s missing from consumer summary: {summary:#}"))
+}
+
+/// A dubbo-py consumer of `count` requests over `connections` connections.
+fn consume(target: &str, count: u64, connections: u32) -> Json {
+    run_consumer(&[
+        "--target",
+        target,
+        "--count",
+        &count.to_string(),
+        "--connections",
+        &connections.to_string(),
+    ])
+}
+
+// -------------------------------------------------------------- helpers: raw Dubbo
+
+/// A Dubbo connection to the proxy driven from the test, for request patterns the peer
+/// consumers cannot produce (per-request attachments at volume, pipelining).
+struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: Box<dyn metamesh_core::Codec>,
+    next_id: i64,
+}
+
+impl RawClient {
+    fn new(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            codec: DubboProtocol.codec(&CodecOptions::new(Side::Upstream)),
+            next_id: 1,
+        }
+    }
+
+    /// Writes a two-way `sayHello(arg)` with `attachments`; returns its request id.
+    fn send(&mut self, arg: &str, attachments: &[(&str, &str)]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = build::Request {
+            dubbo_version: "2.0.2",
+            interface: INTERFACE,
+            version: "1.0",
+            method: "sayHello",
+            args: &[("Ljava/lang/String;", Value::from(arg))],
+            attachments,
+            two_way: true,
+        }
+        .encode(id);
+        self.stream.write_all(&frame).expect("write to proxy");
+        id as u64
+    }
+
+    /// The next frame from the proxy.
+    fn read_frame(&mut self, what: &str) -> Message {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(m)) => return m,
+                Ok(None) => {}
+                Err(e) => panic!("{what}: undecodable frame from the proxy: {e}"),
+            }
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("{what}: the proxy closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("{what}: reading from the proxy: {e}"),
+            }
+        }
+    }
+
+    /// Sends one request and waits for its reply.
+    fn call(&mut self, arg: &str, attachments: &[(&str, &str)]) -> Message {
+        let id = self.send(arg, attachments);
+        let reply = self.read_frame(arg);
+        assert_eq!(reply.request_id, id, "{arg}: reply to another request");
+        reply
+    }
+}
+
+/// The provider's JSON echo carried by a successful response; fails on anything else.
+fn echo_of(reply: &Message, what: &str) -> Json {
+    match build::response_value(reply) {
+        Ok(Value::String(s)) if reply.status == Some(u32::from(status::OK)) => {
+            serde_json::from_str(&s).expect("provider echo is JSON")
+        }
+        other => panic!(
+            "{what}: expected the provider's echo, got status {:?}: {other:?}",
+            reply.status
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------- 1: failover
+
+/// Aeraki's locality demo: the proxy runs in bj/800002 and the cluster has providers in
+/// its own zone and in bj/800005. Traffic stays in the own zone; when both own-zone
+/// providers crash, retries and health checks move it to 800005 without a single failed
+/// call; when they come back on the same ports, it returns to 800002 entirely.
+#[test]
+fn locality_failover_to_the_next_zone_and_back() {
+    common::python();
+    let local_groups = ["z800002-a", "z800002-b"];
+    let ports = free_ports(2);
+    let mut local: Vec<Provider> = local_groups
+        .iter()
+        .zip(&ports)
+        .map(|(g, p)| Provider::start_on(g, *p, &[]))
+        .collect();
+    let remote = Provider::start_all(&["z800005-a", "z800005-b"], &[]);
+    let local_addrs = addrs(&[&local[0], &local[1]]);
+    let remote_addrs = addrs(&[&remote[0], &remote[1]]);
+    let yaml = format!(
+        r#"node: {{ id: c1, cluster: demo, locality: {{ region: bj, zone: "800002", subzone: "" }} }}
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+routes:
+  - name: r
+    routes:
+      - name: default
+        route: [{{ cluster: demo }}]
+        timeout: 10s
+        retry: {{ attempts: 3, per_try_timeout: 2s, idempotent: true }}
+clusters:
+  - name: demo
+    lb_policy: round_robin
+    locality_lb: {{ enabled: true }}
+    connect_timeout: 1s
+    health_check: {{ type: tcp, interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}
+    outlier_detection: {{ consecutive_errors: 5, consecutive_local_origin_failures: 1, interval: 1s, base_ejection_time: 1s, max_ejection_time: 2s, max_ejection_percent: 100 }}
+    endpoints:
+      - {}
+      - {}
+      - {}
+      - {}
+"#,
+        ep(&local_addrs[0], "bj", "800002"),
+        ep(&local_addrs[1], "bj", "800002"),
+        ep(&remote_addrs[0], "bj", "800005"),
+        ep(&remote_addrs[1], "bj", "800005"),
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let target = proxy.listener("dubbo-out").to_string();
+    let all: Vec<String> = local_addrs.iter().chain(&remote_addrs).cloned().collect();
+    proxy.wait_health("demo", &all, "healthy", HEALTH_TIMEOUT);
+
+    // Own zone first, the rest of the region next.
+    let clusters = proxy.clusters_json();
+    for (addr, level) in local_addrs
+        .iter()
+        .map(|a| (a, 0))
+        .chain(remote_addrs.iter().map(|a| (a, 1)))
+    {
+        let e = endpoint_of(&clusters, "demo", addr)
+            .unwrap_or_else(|| panic!("{addr} missing from /clusters: {clusters:#}"));
+        assert_eq!(
+            e["level"].as_u64(),
+            Some(level),
+            "{addr}: effective priority level\n{clusters:#}"
+        );
+    }
+
+    // (a) Everything stays in 800002, spread over both providers there.
+    let summary = consume(&target, 240, 4);
+    assert_all_ok(&summary, 240, "all providers up");
+    let groups = served_by_group(&summary);
+    assert_eq!(
+        groups.keys().collect::<Vec<_>>(),
+        local_groups.iter().collect::<Vec<_>>(),
+        "only the own zone serves while it is healthy: {groups:?}\n{summary:#}"
+    );
+    assert!(
+        groups.values().all(|n| *n >= 60),
+        "round robin within the zone: {groups:?}"
+    );
+
+    // (b) Both own-zone providers crash. The next requests go out at once, before any
+    // probe could have noticed: connect failures are retried on the other zone.
+    for p in &mut local {
+        p.proc.kill();
+    }
+    let summary = consume(&target, 240, 4);
+    assert_all_ok(
+        &summary,
+        240,
+        "right after both 800002 providers were killed",
+    );
+    let groups = served_by_group(&summary);
+    assert_eq!(groups.values().sum::<u64>(), 240, "{groups:?}\n{summary:#}");
+    assert!(
+        groups.keys().all(|g| g.starts_with("z800005")),
+        "after the crash everything is served by 800005: {groups:?}"
+    );
+    // The probes (or the outlier detector) take the dead endpoints out.
+    wait_for(
+        HEALTH_TIMEOUT,
+        "/clusters to show both 800002 endpoints unhealthy",
+        || {
+            let json = proxy.clusters_json();
+            local_addrs
+                .iter()
+                .all(|a| {
+                    endpoint_of(&json, "demo", a)
+                        .is_some_and(|e| e["health"].as_str().is_some_and(|h| h != "healthy"))
+                })
+                .then_some(())
+        },
+    );
+    assert!(
+        proxy.counter(
+            "metamesh_health_check_total",
+            &[("cluster", "demo"), ("result", "failure")]
+        ) >= 2,
+        "failed probes are counted"
+    );
+    let summary = consume(&target, 120, 4);
+    assert_all_ok(&summary, 120, "with 800002 known to be down");
+    assert!(
+        served_by_group(&summary)
+            .keys()
+            .all(|g| g.starts_with("z800005")),
+        "{summary:#}"
+    );
+
+    // (c) The providers come back on the same ports: once the probes see them, traffic
+    // returns to 800002 entirely.
+    let restarted: Vec<Provider> = local_groups
+        .iter()
+        .zip(&ports)
+        .map(|(g, p)| Provider::start_on(g, *p, &[]))
+        .collect();
+    proxy.wait_health("demo", &local_addrs, "healthy", HEALTH_TIMEOUT);
+    let summary = consume(&target, 240, 4);
+    assert_all_ok(&summary, 240, "after the 800002 providers came back");
+    let groups = served_by_group(&summary);
+    assert_eq!(
+        groups.keys().collect::<Vec<_>>(),
+        local_groups.iter().collect::<Vec<_>>(),
+        "traffic is back in the own zone only: {groups:?}\n{summary:#}"
+    );
+    drop(restarted);
+}
+
+// -------------------------------------------------------------------- 2: distribute
+
+/// Weighted distribution between zones (Istio's `distribute`): 90/10 over 2,000 calls.
+#[test]
+fn distribute_mode_splits_traffic_90_10_between_zones() {
+    common::python();
+    let providers = Provider::start_all(&["z800002", "z800002", "z800005", "z800005"], &[]);
+    let a = addrs(&providers.iter().collect::<Vec<_>>());
+    let yaml = format!(
+        r#"node: {{ id: c1, cluster: demo, locality: {{ region: bj, zone: "800002", subzone: "" }} }}
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+routes:
+  - name: r
+    routes:
+      - name: default
+        route: [{{ cluster: demo }}]
+clusters:
+  - name: demo
+    lb_policy: round_robin
+    locality_lb:
+      enabled: true
+      locality_weights:
+        - {{ locality: {{ region: bj, zone: "800002" }}, weight: 90 }}
+        - {{ locality: {{ region: bj, zone: "800005" }}, weight: 10 }}
+    endpoints: [{}, {}, {}, {}]
+"#,
+        ep(&a[0], "bj", "800002"),
+        ep(&a[1], "bj", "800002"),
+        ep(&a[2], "bj", "800005"),
+        ep(&a[3], "bj", "800005"),
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let target = proxy.listener("dubbo-out").to_string();
+    let summary = consume(&target, 2000, 8);
+    assert_all_ok(&summary, 2000, "distribute 90/10");
+    let groups = served_by_group(&summary);
+    let near = groups.get("z800002").copied().unwrap_or(0);
+    let far = groups.get("z800005").copied().unwrap_or(0);
+    assert_eq!(near + far, 2000, "{groups:?}");
+    let share = near as f64 * 100.0 / 2000.0;
+    assert!(
+        (87.0..=93.0).contains(&share),
+        "800002 served {share:.1}% ({near} of 2000), want 90 ± 3: {groups:?}"
+    );
+    // Within each locality the endpoints share the load.
+    let per_endpoint: Vec<u64> = a
+        .iter()
+        .map(|addr| {
+            proxy.counter(
+                "metamesh_upstream_endpoint_rq_total",
+                &[("cluster", "demo"), ("endpoint", addr)],
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_endpoint.iter().sum::<u64>(),
+        2000,
+        "per-endpoint counters {per_endpoint:?}"
+    );
+    assert!(
+        per_endpoint.iter().all(|n| *n > 0),
+        "every endpoint served: {per_endpoint:?}"
+    );
+}
+
+// ------------------------------------------------------------------------ 3: mirror
+
+/// A shadow that accepts connections and never reads or answers.
+struct StalledShadow {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StalledShadow {
+    fn start() -> StalledShadow {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind stalled shadow");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        held.push(s);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        StalledShadow {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StalledShadow {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// 10% of 5,000 calls are copied to a shadow provider, with the route's request mutation;
+/// a stalled shadow and a dead shadow never slow down or fail the primary traffic.
+#[test]
+fn mirror_copies_a_share_and_never_delays_the_primary() {
+    common::python();
+    let primary = Provider::start_all(&["primary", "primary"], &[]);
+    let shadow = Provider::start_all(&["shadow"], &["--log-requests"]);
+    let stalled = StalledShadow::start();
+    let dead = closed_port();
+    let primary_addrs = addrs(&[&primary[0], &primary[1]]);
+    let route = |name: &str, mirror: &str| {
+        format!(
+            r#"  - name: {name}
+    routes:
+      - name: default
+        route: [{{ cluster: primary }}]
+        request_mutation: [{{ key: x-mirror, value: copy }}]
+        timeout: 5s
+{mirror}"#
+        )
+    };
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: plain, address: 127.0.0.1:0, protocol: dubbo, route_config: plain }}
+  - {{ name: sampled, address: 127.0.0.1:0, protocol: dubbo, route_config: sampled }}
+  - {{ name: stalled, address: 127.0.0.1:0, protocol: dubbo, route_config: stalled }}
+  - {{ name: down, address: 127.0.0.1:0, protocol: dubbo, route_config: down }}
+routes:
+{}{}{}{}clusters:
+  - {{ name: primary, connections_per_endpoint: 2, endpoints: {} }}
+  - {{ name: shadow, endpoints: [{{ address: "{}" }}] }}
+  - {{ name: stalled, connect_timeout: 1s, endpoints: [{{ address: "127.0.0.1:{}" }}] }}
+  - {{ name: down, connect_timeout: 1s, endpoints: [{{ address: "127.0.0.1:{dead}" }}] }}
+"#,
+        route("plain", ""),
+        route(
+            "sampled",
+            "        mirror: { cluster: shadow, percentage: 10 }\n"
+        ),
+        route(
+            "stalled",
+            "        mirror: { cluster: stalled, percentage: 100, max_in_flight: 16 }\n"
+        ),
+        route(
+            "down",
+            "        mirror: { cluster: down, percentage: 100 }\n"
+        ),
+        endpoints(&primary_addrs),
+        shadow[0].addr(),
+        stalled.port,
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let mirror = |rc: &str, result: &str| {
+        proxy.counter(
+            "metamesh_mirror_total",
+            &[
+                ("route_config", rc),
+                ("route", "default"),
+                ("result", result),
+            ],
+        )
+    };
+
+    // 10% of 5,000 calls, counted where they arrive.
+    const N: u64 = 5000;
+    let target = proxy.listener("sampled").to_string();
+    let summary = consume(&target, N, 8);
+    assert_all_ok(&summary, N, "primary traffic of the sampled mirror");
+    assert_eq!(
+        summary["by_group"]["primary"]["added_attachments"]["x-mirror=copy"].as_u64(),
+        Some(N),
+        "the primary sees the request mutation: {summary:#}"
+    );
+    let copies = wait_for(
+        Duration::from_secs(20),
+        "the shadow to have answered every copy the proxy sent",
+        || {
+            let seen = shadow[0].served();
+            let sent = mirror("sampled", "sent");
+            (sent > 0 && seen.len() as u64 == sent).then_some(seen)
+        },
+    );
+    let share = copies.len() as f64 * 100.0 / N as f64;
+    assert!(
+        (8.5..=11.5).contains(&share),
+        "the shadow received {} of {N} calls ({share:.2}%), want 10 ± 1.5",
+        copies.len()
+    );
+    assert_eq!(
+        mirror("sampled", "dropped"),
+        0,
+        "a healthy shadow drops nothing"
+    );
+    assert_eq!(
+        mirror("sampled", "failed"),
+        0,
+        "a healthy shadow fails nothing"
+    );
+    let mut keys = HashSet::new();
+    for c in &copies {
+        let att = &c["attachments"];
+        assert_eq!(
+            att["x-mirror"], "copy",
+            "the copy carries the request mutation: {c}"
+        );
+        let key = att["req-key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a copy without the consumer's req-key: {c}"));
+        assert_eq!(
+            c["args"][0].as_str(),
+            Some(format!("hello-{key}").as_str()),
+            "the copy is the original call: {c}"
+        );
+        assert!(keys.insert(key.to_owned()), "a call copied twice: {c}");
+    }
+
+    // Baseline without a mirror, then a shadow that never answers, then one that refuses
+    // connections: the primary calls neither fail nor wait for the shadow.
+    const M: u64 = 600;
+    let run = |listener: &str| {
+        let target = proxy.listener(listener).to_string();
+        let summary = consume(&target, M, 8);
+        assert_all_ok(&summary, M, listener);
+        elapsed_s(&summary)
+    };
+    let baseline = run("plain");
+    let bound = baseline * 3.0 + 2.0;
+    let with_stalled = run("stalled");
+    assert!(
+        with_stalled <= bound,
+        "with a stalled shadow {M} calls took {with_stalled:.2}s, without a mirror \
+         {baseline:.2}s (bound {bound:.2}s)"
+    );
+    assert!(
+        stalled.accepted.load(Ordering::Relaxed) >= 1,
+        "copies were sent to the stalled shadow"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "copies over max_in_flight to be dropped",
+        || (mirror("stalled", "dropped") > 0).then_some(()),
+    );
+    let with_dead = run("down");
+    assert!(
+        with_dead <= bound,
+        "with a dead shadow {M} calls took {with_dead:.2}s, without a mirror \
+         {baseline:.2}s (bound {bound:.2}s)"
+    );
+    // Every copy has one outcome; none could be delivered.
+    wait_for(
+        Duration::from_secs(20),
+        "every copy to the dead shadow to be accounted for",
+        || {
+            (mirror("down", "failed") + mirror("down", "dropped") + mirror("down", "sent") == M)
+                .then_some(())
+        },
+    );
+    assert!(mirror("down", "failed") > 0, "failed copies are counted");
+    assert_eq!(mirror("down", "sent"), 0, "nothing reached a closed port");
+    assert_eq!(
+        proxy.counter("metamesh_local_reply_total", &[]),
+        0,
+        "no call got a local reply"
+    );
+}
+
+// ----------------------------------------------------------------------- 4: retries
+
+/// A provider killed under load: retries (idempotent route) and outlier detection keep
+/// every one of 2,000 calls successful.
+#[test]
+fn retries_hide_a_provider_killed_under_load() {
+    common::python();
+    let mut providers = Provider::start_all(&["r1", "r2", "victim"], &[]);
+    let a = addrs(&providers.iter().collect::<Vec<_>>());
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+routes:
+  - name: r
+    routes:
+      - name: default
+        route: [{{ cluster: demo }}]
+        timeout: 10s
+        retry: {{ attempts: 3, per_try_timeout: 2s, idempotent: true }}
+clusters:
+  - name: demo
+    lb_policy: round_robin
+    connect_timeout: 1s
+    outlier_detection: {{ consecutive_errors: 5, consecutive_local_origin_failures: 1, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }}
+    endpoints: {}
+"#,
+        endpoints(&a)
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let target = proxy.listener("dubbo-out").to_string();
+    const N: u64 = 2000;
+    let consumer = Consumer::spawn(&[
+        "--target",
+        &target,
+        "--count",
+        &N.to_string(),
+        "--connections",
+        "8",
+    ]);
+    let victim = &a[2];
+    wait_for(
+        Duration::from_secs(30),
+        "the victim to serve some calls",
+        || {
+            (proxy.counter(
+                "metamesh_upstream_endpoint_rq_total",
+                &[("cluster", "demo"), ("endpoint", victim)],
+            ) >= 30)
+                .then_some(())
+        },
+    );
+    providers[2].proc.kill();
+    let at_kill = proxy.counter("metamesh_upstream_rq_total", &[("cluster", "demo")]);
+    let summary = consumer.finish();
+    assert!(
+        at_kill < N * 3 / 4,
+        "the consumer was nearly done ({at_kill} of {N}) when the provider was killed: \
+         the test proves nothing"
+    );
+    assert_all_ok(&summary, N, "a provider killed under load");
+    let groups = served_by_group(&summary);
+    assert_eq!(groups.values().sum::<u64>(), N, "{groups:?}");
+    let retries = proxy.counter("metamesh_upstream_rq_retry_total", &[("cluster", "demo")]);
+    assert!(retries > 0, "no retry was counted; groups {groups:?}");
+    assert!(
+        proxy.counter("metamesh_outlier_ejections_total", &[("cluster", "demo")]) >= 1,
+        "the dead provider is ejected"
+    );
+    let clusters = proxy.clusters_json();
+    let health = endpoint_of(&clusters, "demo", victim).map(|e| e["health"].clone());
+    assert_eq!(
+        health,
+        Some(Json::from("ejected")),
+        "the killed provider is ejected\n{clusters:#}"
+    );
+    eprintln!("killed at {at_kill} upstream requests; {retries} retries; served {groups:?}");
+}
+
+// -------------------------------------------------------------- 5: consistent hash
+
+/// Sends one call per user (attachment `user-id`), pipelined on one connection, and
+/// returns the port of the provider that answered each.
+fn route_users(addr: SocketAddr, users: &[String]) -> Vec<u16> {
+    let mut c = RawClient::new(addr);
+    let mut ports = Vec::with_capacity(users.len());
+    for batch in users.chunks(50) {
+        let mut ids = HashMap::new();
+        for (k, u) in batch.iter().enumerate() {
+            let id = c.send(&format!("hash-{u}"), &[("user-id", u)]);
+            ids.insert(id, k);
+        }
+        let mut got = vec![0u16; batch.len()];
+        for _ in batch {
+            let reply = c.read_frame("hashed call");
+            let k = ids
+                .remove(&reply.request_id)
+                .unwrap_or_else(|| panic!("reply with an unknown id {}", reply.request_id));
+            let echo = echo_of(&reply, &batch[k]);
+            assert_eq!(
+                echo["attachments"]["user-id"], batch[k],
+                "reply to another user: {echo}"
+            );
+            got[k] = echo["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or_else(|| panic!("no port in {echo}"));
+        }
+        ports.extend(got);
+    }
+    ports
+}
+
+/// Ring hash and Maglev on `user-id`: a user always reaches the same provider; when one
+/// provider goes down only its users move, about a quarter of them.
+#[test]
+fn consistent_hashing_keeps_users_on_their_provider() {
+    common::python();
+    let mut providers = Provider::start_all(&["h1", "h2", "h3", "h4"], &[]);
+    let a = addrs(&providers.iter().collect::<Vec<_>>());
+    let cluster = |name: &str, policy: &str| {
+        format!(
+            "  - name: {name}\n    lb_policy: {policy}\n    health_check: {{ type: tcp, \
+             interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}\n    \
+             endpoints: {}\n",
+            endpoints(&a)
+        )
+    };
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: ring, address: 127.0.0.1:0, protocol: dubbo, route_config: ring }}
+  - {{ name: maglev, address: 127.0.0.1:0, protocol: dubbo, route_config: maglev }}
+routes:
+  - name: ring
+    routes:
+      - {{ name: default, route: [{{ cluster: ring }}], hash_policy: [user-id], timeout: 5s }}
+  - name: maglev
+    routes:
+      - {{ name: default, route: [{{ cluster: maglev }}], hash_policy: [user-id], timeout: 5s }}
+clusters:
+{}{}"#,
+        cluster("ring", "ring_hash"),
+        cluster("maglev", "maglev"),
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    for c in ["ring", "maglev"] {
+        proxy.wait_health(c, &a, "healthy", HEALTH_TIMEOUT);
+    }
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let ports: Vec<u16> = providers.iter().map(|p| p.port).collect();
+
+    let mut before = HashMap::new();
+    for lb in ["ring", "maglev"] {
+        let addr = proxy.listener(lb);
+        let first = route_users(addr, &users);
+        for round in 2..=3 {
+            let again = route_users(addr, &users);
+            let changed: Vec<&String> = users
+                .iter()
+                .zip(first.iter().zip(&again))
+                .filter(|(_, (x, y))| x != y)
+                .map(|(u, _)| u)
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "{lb}: round {round} sent {} users elsewhere: {changed:?}",
+                changed.len()
+            );
+        }
+        let spread: Vec<usize> = ports
+            .iter()
+            .map(|p| first.iter().filter(|x| *x == p).count())
+            .collect();
+        assert!(
+            spread.iter().all(|n| *n >= 30),
+            "{lb}: users per provider {spread:?} (300 users, 4 providers)"
+        );
+        before.insert(lb, first);
+    }
+
+    // One provider goes down; once the probes say so, only its users move.
+    let victim = providers[1].port;
+    providers[1].proc.kill();
+    for c in ["ring", "maglev"] {
+        wait_for(
+            HEALTH_TIMEOUT,
+            &format!("{c}: /clusters to show the killed provider unhealthy"),
+            || {
+                let json = proxy.clusters_json();
+                endpoint_of(&json, c, &a[1])
+                    .is_some_and(|e| e["health"] == "failed_health_check")
+                    .then_some(())
+            },
+        );
+    }
+    for lb in ["ring", "maglev"] {
+        let first = &before[lb];
+        let after = route_users(proxy.listener(lb), &users);
+        assert!(
+            after.iter().all(|p| *p != victim),
+            "{lb}: a call reached the killed provider"
+        );
+        let owned = first.iter().filter(|p| **p == victim).count();
+        let strays: Vec<(&String, u16, u16)> = users
+            .iter()
+            .zip(first.iter().zip(&after))
+            .filter(|(_, (x, y))| **x != victim && x != y)
+            .map(|(u, (x, y))| (u, *x, *y))
+            .collect();
+        // Maglev's table rebuild may move a handful of entries between the remaining
+        // providers (about 0.05% of them for 4 -> 3 backends in a 65,537-slot table); a
+        // consistent ring moves none. Either way, at most 1% of the users.
+        assert!(
+            strays.len() <= 3,
+            "{lb}: {} users of providers that stayed up moved (user, from, to): {strays:?}",
+            strays.len()
+        );
+        let share = owned as f64 * 100.0 / users.len() as f64;
+        assert!(
+            (10.0..=40.0).contains(&share),
+            "{lb}: the killed provider had {owned} of {} users ({share:.1}%)",
+            users.len()
+        );
+        eprintln!(
+            "{lb}: {owned} users moved with the killed provider, {} others",
+            strays.len()
+        );
+    }
+}
+
+// --------------------------------------------------- 6: rate limit, circuit breaker
+
+/// A listener token bucket answers the 6th call locally; a route bucket with a match
+/// only counts the calls it matches; a circuit breaker on in-flight requests answers the
+/// overflow at once and closes again when the call in flight is done.
+#[test]
+fn rate_limits_and_circuit_breaker_answer_locally() {
+    common::python();
+    let providers = Provider::start_all(&["user"], &[]);
+    let up = providers[0].addr();
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - name: limited
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: plain
+    local_rate_limit: {{ max_tokens: 5, fill_interval: 1h }}
+  - {{ name: gold, address: 127.0.0.1:0, protocol: dubbo, route_config: gold }}
+  - {{ name: guarded, address: 127.0.0.1:0, protocol: dubbo, route_config: guarded }}
+routes:
+  - name: plain
+    routes:
+      - {{ name: default, route: [{{ cluster: up }}] }}
+  - name: gold
+    routes:
+      - name: default
+        route: [{{ cluster: up-gold }}]
+        local_rate_limit: {{ max_tokens: 2, fill_interval: 1h, match: {{ attributes: {{ tier: {{ exact: gold }} }} }} }}
+  - name: guarded
+    routes:
+      - {{ name: default, route: [{{ cluster: guarded }}], timeout: 10s }}
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+  - {{ name: up-gold, endpoints: [{{ address: "{up}" }}] }}
+  - name: guarded
+    circuit_breakers: {{ max_requests: 1 }}
+    endpoints: [{{ address: "{up}" }}]
+"#
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let local = |listener: &str, reason: &str| {
+        proxy.counter(
+            "metamesh_local_reply_total",
+            &[("listener", listener), ("reason", reason)],
+        )
+    };
+    let limited_reply = |reply: &Message, what: &str| {
+        assert_eq!(
+            reply.status,
+            Some(u32::from(status::SERVER_THREADPOOL_EXHAUSTED)),
+            "{what}: {:?}",
+            build::response_value(reply)
+        );
+    };
+
+    // Listener bucket of 5, refilled hourly.
+    let mut c = RawClient::new(proxy.listener("limited"));
+    for i in 1..=5 {
+        echo_of(&c.call(&format!("call-{i}"), &[]), &format!("call {i}"));
+    }
+    limited_reply(&c.call("call-6", &[]), "the 6th call");
+    assert_eq!(local("limited", "rate_limited"), 1);
+    assert_eq!(
+        proxy.counter("metamesh_upstream_rq_total", &[("cluster", "up")]),
+        5,
+        "the limited call never went upstream"
+    );
+    // The connection stays usable (and still limited).
+    limited_reply(&c.call("call-7", &[]), "the 7th call");
+    assert_eq!(local("limited", "rate_limited"), 2);
+
+    // Route bucket of 2 for tier=gold only.
+    let mut c = RawClient::new(proxy.listener("gold"));
+    for i in 1..=6 {
+        echo_of(
+            &c.call(&format!("plain-{i}"), &[("tier", "silver")]),
+            "unmatched call",
+        );
+    }
+    for i in 1..=2 {
+        echo_of(
+            &c.call(&format!("gold-{i}"), &[("tier", "gold")]),
+            "gold call",
+        );
+    }
+    limited_reply(&c.call("gold-3", &[("tier", "gold")]), "the 3rd gold call");
+    echo_of(
+        &c.call("plain-7", &[("tier", "silver")]),
+        "an unmatched call after the bucket ran dry",
+    );
+    assert_eq!(local("gold", "rate_limited"), 1);
+
+    // Circuit breaker: one call in flight at most. The first (slow) call holds it; the
+    // two behind it are refused at once.
+    let mut c = RawClient::new(proxy.listener("guarded"));
+    echo_of(&c.call("warm-up", &[]), "warm-up call");
+    let started = Instant::now();
+    let slow = c.send("slow", &[("x-delay-ms", "1500")]);
+    wait_for(Duration::from_secs(10), "the slow call in flight", || {
+        let json = proxy.clusters_json();
+        endpoint_of(&json, "guarded", &up)
+            .is_some_and(|e| e["active_requests"] == 1)
+            .then_some(())
+    });
+    let refused = [
+        c.send("over-1", &[("x-delay-ms", "1500")]),
+        c.send("over-2", &[("x-delay-ms", "1500")]),
+    ];
+    for _ in 0..2 {
+        let reply = c.read_frame("a call over the breaker");
+        assert!(
+            refused.contains(&reply.request_id),
+            "the slow call answered before the refusals: {reply:?}"
+        );
+        limited_reply(&reply, "a call over max_requests");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the refusals waited for the call in flight ({:?})",
+        started.elapsed()
+    );
+    let reply = c.read_frame("the slow call");
+    assert_eq!(reply.request_id, slow);
+    echo_of(&reply, "the slow call");
+    assert_eq!(local("guarded", "overloaded"), 2);
+    assert_eq!(
+        proxy.counter(
+            "metamesh_upstream_overflow_total",
+            &[("cluster", "guarded"), ("resource", "requests")]
+        ),
+        2
+    );
+    echo_of(&c.call("after", &[]), "a call once the breaker closed");
+}
+
+// -------------------------------------------------------------------------- 7: HTTP
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(stem: &str) -> TempDir {
+        let f = TempFile::new(stem, "");
+        let dir = f.path.with_extension("d");
+        drop(f);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nginx_bin() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx is missing: run scripts/setup-test-deps.sh once to install nginx-light");
+}
+
+/// True when the child `pid` has exited (it is a zombie until reaped, or gone).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// One nginx process with a primary server and a shadow server that logs every request
+/// it gets to `shadow.log`.
+struct Nginx {
+    _proc: Spawned,
+    dir: TempDir,
+    primary: u16,
+    shadow: u16,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = TempDir::new("nginx-traffic");
+        std::fs::create_dir_all(dir.0.join("tmp")).expect("mkdir");
+        // A port can be taken between choosing it and nginx binding it: try again then.
+        for _ in 0..5 {
+            let ports = free_ports(2);
+            let d = dir.0.display();
+            let conf = format!(
+                r#"
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log stderr warn;
+user root;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    log_format shadow '$request_method $request_uri tier=$http_x_tier';
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{p};
+        keepalive_requests 10000;
+        location / {{ return 200 "primary uri=$request_uri tier=$http_x_tier\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{s};
+        keepalive_requests 10000;
+        access_log {d}/shadow.log shadow;
+        location / {{ return 200 "shadow\n"; }}
+    }}
+}}
+"#,
+                p = ports[0],
+                s = ports[1],
+            );
+            let conf_path = dir.0.join("nginx.conf");
+            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            let mut cmd = Command::new(nginx_bin());
+            cmd.arg("-e")
+                .arg("stderr")
+                .arg("-p")
+                .arg(&dir.0)
+                .arg("-c")
+                .arg(&conf_path);
+            let proc = Spawned::start("nginx", cmd);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let up = loop {
+                if ports
+                    .iter()
+                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                {
+                    break true;
+                }
+                if exited(proc.pid()) || Instant::now() > deadline {
+                    break false;
+                }
+                thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                return Nginx {
+                    _proc: proc,
+                    dir,
+                    primary: ports[0],
+                    shadow: ports[1],
+                };
+            }
+            eprintln!("nginx did not come up, retrying: {}", proc.stderr());
+        }
+        panic!("nginx failed to start five times");
+    }
+
+    /// The shadow server's access log lines so far.
+    fn shadow_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.0.join("shadow.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// curl over one keep-alive connection to every URL; returns its output, where each
+/// answer ends with a line `code=<status>`.
+fn curl_all(urls: &[String]) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-w", "code=%{http_code}\n"]);
+    cmd.args(urls);
+    let out = cmd
+        .output()
+        .expect("curl is missing: run scripts/setup-test-deps.sh");
+    assert!(
+        out.status.success(),
+        "curl failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// HTTP/1.1: connect failures on one of two endpoints are retried on the other (every
+/// request succeeds), and bodyless GETs are mirrored, with the request mutation, to a
+/// second nginx server that logs each one.
+#[test]
+fn http_retries_connect_failures_and_mirrors_gets() {
+    let nginx = Nginx::start();
+    let closed = closed_port();
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: web, address: 127.0.0.1:0, protocol: http, route_config: web }}
+routes:
+  - name: web
+    routes:
+      - name: mirrored
+        match: {{ attributes: {{ ":path": {{ prefix: /mirror/ }} }} }}
+        route: [{{ cluster: primary }}]
+        request_mutation: [{{ key: x-tier, value: shadowed }}]
+        mirror: {{ cluster: shadow, percentage: 100 }}
+      - name: flaky
+        route: [{{ cluster: flaky }}]
+        retry: {{ attempts: 2 }}
+clusters:
+  - {{ name: primary, endpoints: [{{ address: "127.0.0.1:{p}" }}] }}
+  - {{ name: shadow, endpoints: [{{ address: "127.0.0.1:{s}" }}] }}
+  - name: flaky
+    lb_policy: round_robin
+    connect_timeout: 1s
+    endpoints: [{{ address: "127.0.0.1:{closed}" }}, {{ address: "127.0.0.1:{p}" }}]
+"#,
+        p = nginx.primary,
+        s = nginx.shadow,
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let base = format!("http://{}", proxy.listener("web"));
+
+    // Retries: round robin sends every other first attempt to the closed port.
+    let urls: Vec<String> = (0..20).map(|i| format!("{base}/retry/{i}")).collect();
+    let out = curl_all(&urls);
+    let codes: Vec<&str> = out.lines().filter(|l| l.starts_with("code=")).collect();
+    assert_eq!(codes, vec!["code=200"; 20], "{out}");
+    for i in 0..20 {
+        assert!(
+            out.contains(&format!("primary uri=/retry/{i} tier=\n")),
+            "no answer for /retry/{i}:\n{out}"
+        );
+    }
+    let retries = proxy.counter("metamesh_upstream_rq_retry_total", &[("cluster", "flaky")]);
+    assert!(retries >= 1, "no retry counted:\n{out}");
+    assert!(
+        proxy.counter(
+            "metamesh_upstream_cx_connect_fail_total",
+            &[("cluster", "flaky")]
+        ) >= 1,
+        "the closed endpoint was tried"
+    );
+    assert_eq!(proxy.counter("metamesh_local_reply_total", &[]), 0);
+
+    // Mirroring every GET.
+    const N: usize = 30;
+    let urls: Vec<String> = (0..N).map(|i| format!("{base}/mirror/{i}")).collect();
+    let out = curl_all(&urls);
+    let codes: Vec<&str> = out.lines().filter(|l| l.starts_with("code=")).collect();
+    assert_eq!(codes, vec!["code=200"; N], "{out}");
+    for i in 0..N {
+        assert!(
+            out.contains(&format!("primary uri=/mirror/{i} tier=shadowed\n")),
+            "no primary answer for /mirror/{i}:\n{out}"
+        );
+    }
+    let log = wait_for(
+        Duration::from_secs(20),
+        "the shadow server to log every mirrored GET",
+        || {
+            let log = nginx.shadow_log();
+            (log.len() >= N).then_some(log)
+        },
+    );
+    let mut want: Vec<String> = (0..N)
+        .map(|i| format!("GET /mirror/{i} tier=shadowed"))
+        .collect();
+    let mut got = log.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "the shadow's access log");
+    proxy.wait_counter(
+        "metamesh_mirror_total",
+        &[
+            ("route_config", "web"),
+            ("route", "mirrored"),
+            ("result", "sent"),
+        ],
+        N as u64,
+    );
+}
