@@ -87,23 +87,32 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     .clusters()
                     .iter()
                     .map(|c| {
+                        let lb = c.lb_state();
+                        let levels = lb.lb.host_levels();
                         let endpoints: Vec<_> = c
                             .endpoints
                             .iter()
-                            .map(|e| {
+                            .enumerate()
+                            .map(|(i, e)| {
                                 serde_json::json!({
                                     "address": e.config.address,
                                     "locality": e.config.locality,
                                     "weight": e.config.weight.unwrap_or(1),
                                     "priority": e.config.priority,
+                                    "level": levels.get(i).copied().unwrap_or(0),
                                     "labels": e.config.labels,
-                                    "health": "healthy",
+                                    "health": e.pool.health().state().as_str(),
                                     "active_requests": e.pool.active_requests(),
                                     "connections": e.pool.connections(),
                                 })
                             })
                             .collect();
-                        serde_json::json!({ "name": c.name, "endpoints": endpoints })
+                        serde_json::json!({
+                            "name": c.name,
+                            "priority_loads": lb.lb.priority_loads(),
+                            "panic": lb.lb.panic_levels(),
+                            "endpoints": endpoints,
+                        })
                     })
                     .collect();
                 reply(
@@ -114,16 +123,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             } else {
                 let mut out = String::new();
                 for c in snap.clusters() {
-                    for e in &c.endpoints {
+                    let lb = c.lb_state();
+                    let levels = lb.lb.host_levels();
+                    for (i, e) in c.endpoints.iter().enumerate() {
                         let l = &e.config.locality;
                         let prefix = format!("{}::{}", c.name, e.config.address);
                         out.push_str(&format!(
-                            "{prefix}::health_flags::healthy\n{prefix}::locality::{}/{}/{}\n{prefix}::weight::{}\n{prefix}::priority::{}\n{prefix}::rq_active::{}\n{prefix}::cx_active::{}\n",
+                            "{prefix}::health_flags::{}\n{prefix}::locality::{}/{}/{}\n{prefix}::weight::{}\n{prefix}::priority::{}\n{prefix}::level::{}\n{prefix}::rq_active::{}\n{prefix}::cx_active::{}\n",
+                            e.pool.health().state().as_str(),
                             l.region,
                             l.zone,
                             l.subzone,
                             e.config.weight.unwrap_or(1),
                             e.config.priority,
+                            levels.get(i).copied().unwrap_or(0),
                             e.pool.active_requests(),
                             e.pool.connections(),
                         ));

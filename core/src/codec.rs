@@ -260,6 +260,15 @@ pub trait Protocol: Send + Sync + 'static {
     /// The answer to a heartbeat (or other event) that expects one; `None` otherwise.
     fn heartbeat_reply(&self, heartbeat: &Message) -> Option<Message>;
 
+    /// A keep-alive probe the proxy sends to check that an upstream is alive (Dubbo's
+    /// heartbeat event); `None` when the protocol has none. Active health checks of
+    /// `type: heartbeat` encode it with a fresh request id on a connection of their own
+    /// and expect an answer of kind [`crate::MessageKind::Heartbeat`] or [`crate::MessageKind::Event`]
+    /// with that id.
+    fn heartbeat_request(&self) -> Option<Message> {
+        None
+    }
+
     /// Checks the `protocol_options` of a listener or cluster. The default accepts none.
     fn validate_options(&self, options: &ProtocolOptions) -> Result<(), OptionError> {
         match options.keys().next() {

@@ -114,16 +114,21 @@ pub struct Listener {
     pub protocol_options: BTreeMap<String, String>,
 }
 
-/// A token bucket.
+/// A token bucket (Envoy's local rate limit): requests take a token each; a request that
+/// finds the bucket empty is answered with the protocol's "over limit" reply.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
-    /// Bucket size.
+    /// Bucket size (and the tokens it starts with).
     pub max_tokens: u32,
-    /// Tokens added per fill.
-    pub tokens_per_fill: u32,
+    /// Tokens added per fill (default: `max_tokens`).
+    #[serde(default)]
+    pub tokens_per_fill: Option<u32>,
     /// Time between fills.
     pub fill_interval: ConfigDuration,
+    /// Only requests with these attributes take tokens; others pass untouched.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_: Option<RouteMatch>,
 }
 
 /// A named, ordered list of routes.
@@ -166,6 +171,9 @@ pub struct Route {
     /// Attributes hashed for consistent-hash load balancing.
     #[serde(default)]
     pub hash_policy: Vec<String>,
+    /// A token bucket for the requests this route matches.
+    #[serde(default)]
+    pub local_rate_limit: Option<TokenBucket>,
 }
 
 /// Conditions on request attributes, all of which must hold.
@@ -216,16 +224,24 @@ pub struct KeyValue {
     pub value: String,
 }
 
-/// Traffic mirroring.
+/// Traffic mirroring: a copy of matching requests, after the request mutation, goes to
+/// the shadow cluster; its response is dropped.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mirror {
     /// The shadow cluster.
     pub cluster: String,
-    /// Share of requests copied, 0 to 100.
+    /// Share of requests copied, 0 to 100 (default 100).
     #[serde(default)]
     pub percentage: Option<f64>,
+    /// Copies in flight at most; past this a copy is dropped (and counted) instead of
+    /// queued (default 128).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
+
+/// Default bound on a route's mirror copies in flight.
+pub const DEFAULT_MIRROR_IN_FLIGHT: u32 = 128;
 
 /// Retry policy.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -233,9 +249,69 @@ pub struct Mirror {
 pub struct Retry {
     /// Extra attempts after the first.
     pub attempts: u32,
-    /// Deadline of each attempt.
+    /// Deadline of each attempt (default: the route timeout).
     #[serde(default)]
     pub per_try_timeout: Option<ConfigDuration>,
+    /// Failures that are retried. `connect_failure` is always safe (the request never
+    /// left the proxy); `reset`, `timeout` and `error_status` may follow a request the
+    /// upstream already applied, so they need `idempotent: true`. Default:
+    /// `[connect_failure]`, or `[connect_failure, reset, timeout]` on idempotent routes.
+    #[serde(default)]
+    pub retry_on: Option<Vec<RetryOn>>,
+    /// The route's requests are safe to apply more than once.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Wait before each retry: grows from this (default 25ms), jittered.
+    #[serde(default)]
+    pub base_interval: Option<ConfigDuration>,
+    /// Longest wait before a retry (default 10 × `base_interval`).
+    #[serde(default)]
+    pub max_interval: Option<ConfigDuration>,
+}
+
+/// A failure a retry policy can retry.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The upstream connection could not be established.
+    ConnectFailure,
+    /// The upstream connection closed before the response.
+    Reset,
+    /// The attempt's deadline passed.
+    Timeout,
+    /// The upstream answered with a protocol error status (Dubbo non-OK status, Thrift
+    /// `TApplicationException`, HTTP 5xx).
+    ErrorStatus,
+}
+
+impl RetryOn {
+    /// True when the failure means the request may have been applied upstream.
+    pub fn may_have_been_applied(self) -> bool {
+        !matches!(self, RetryOn::ConnectFailure)
+    }
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect_failure",
+            RetryOn::Reset => "reset",
+            RetryOn::Timeout => "timeout",
+            RetryOn::ErrorStatus => "error_status",
+        }
+    }
+}
+
+impl Retry {
+    /// The failures this policy retries.
+    pub fn conditions(&self) -> Vec<RetryOn> {
+        match &self.retry_on {
+            Some(list) => list.clone(),
+            None if self.idempotent => {
+                vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::Timeout]
+            }
+            None => vec![RetryOn::ConnectFailure],
+        }
+    }
 }
 
 /// Load balancing policy.
@@ -285,33 +361,156 @@ pub struct Cluster {
     /// Passive health checking.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checking.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Limits on the cluster's connections and requests.
+    #[serde(default)]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    /// Capacity headroom, in percent, before traffic spills to the next priority level
+    /// (Envoy's overprovisioning factor; default 140).
+    #[serde(default)]
+    pub overprovisioning_factor: Option<u32>,
+    /// Healthy percentage of a priority level below which it balances across all of its
+    /// endpoints, healthy or not (Envoy's panic threshold; default 50, 0 disables).
+    #[serde(default)]
+    pub healthy_panic_threshold: Option<u32>,
+    /// Ring hash settings.
+    #[serde(default)]
+    pub ring_hash: Option<RingHashConfig>,
+    /// Maglev settings.
+    #[serde(default)]
+    pub maglev: Option<MaglevConfig>,
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }
 
-/// Locality-aware balancing switch.
+/// Locality-aware balancing. With no `locality_weights`, a proxy that knows its own
+/// locality (`node.locality`) prefers endpoints in its own zone, then its region, then
+/// anywhere, failing over as health drops (Istio's `failover`). With `locality_weights`,
+/// each priority level splits traffic between localities by weight (Istio's
+/// `distribute`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalityLb {
     /// Turns it on.
     #[serde(default)]
     pub enabled: bool,
+    /// Traffic share of each locality; localities not listed get none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locality_weights: Vec<LocalityWeight>,
 }
 
-/// Outlier detection settings.
+/// The weight of one locality.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct LocalityWeight {
+    /// The locality (all three fields compared).
+    pub locality: Locality,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// Outlier detection (passive health checking), as Envoy's.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutlierDetection {
-    /// Errors in a row that eject an endpoint.
+    /// Errors in a row (error responses and, unless `consecutive_local_origin_failures`
+    /// is set, connect failures, resets and timeouts) that eject an endpoint (default 5).
     #[serde(default)]
     pub consecutive_errors: Option<u32>,
-    /// Time between ejection sweeps.
+    /// Connect failures, resets and timeouts in a row that eject an endpoint; setting it
+    /// counts them apart from error responses.
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<u32>,
+    /// An ejected endpoint's ejection count drops by one for each interval it stays
+    /// healthy (default 10s).
     #[serde(default)]
     pub interval: Option<ConfigDuration>,
-    /// Base ejection time.
+    /// Ejection time, multiplied by the number of times the endpoint was ejected
+    /// (default 30s).
     #[serde(default)]
     pub base_ejection_time: Option<ConfigDuration>,
+    /// Longest ejection (default 300s).
+    #[serde(default)]
+    pub max_ejection_time: Option<ConfigDuration>,
+    /// Most endpoints of the cluster ejected at once, in percent (default 10; one
+    /// endpoint can always be ejected).
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Active health checking: each endpoint is probed on its own connection.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// How to probe.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Time between probes (default 5s).
+    #[serde(default)]
+    pub interval: Option<ConfigDuration>,
+    /// Deadline of one probe (default 1s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Failed probes in a row that mark an endpoint unhealthy (default 3).
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed probes in a row that mark it healthy again (default 1).
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+}
+
+/// How an active health check probes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// The protocol's own keep-alive probe (Dubbo heartbeat) on a kept connection.
+    Heartbeat,
+}
+
+/// Per-cluster limits (Envoy's circuit breaker thresholds); a request over a limit is
+/// answered with the protocol's overload reply. Unset limits are unlimited, as in Istio.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    /// Upstream connections open at once.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection.
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight.
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    /// Retries in flight.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+/// Ring hash settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashConfig {
+    /// Fewest ring entries (default 1024).
+    #[serde(default)]
+    pub minimum_ring_size: Option<u64>,
+    /// Most ring entries (default 8M).
+    #[serde(default)]
+    pub maximum_ring_size: Option<u64>,
+}
+
+/// Maglev settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevConfig {
+    /// Lookup table size, a prime (default 65537).
+    #[serde(default)]
+    pub table_size: Option<u64>,
 }
 
 /// One upstream endpoint.
@@ -342,6 +541,22 @@ pub struct Hook {
     pub name: String,
     /// Lua source.
     pub script: String,
+}
+
+/// Lowest priority an endpoint may have.
+pub const MAX_PRIORITY: u32 = 127;
+
+/// Most retries a route may ask for.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+
+/// Largest ring a ring-hash cluster may build.
+pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Largest Maglev table.
+pub const MAX_MAGLEV_TABLE: u64 = 5_000_011;
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// A duration written as `2s`, `500ms`, `1m`.
@@ -545,8 +760,8 @@ impl Validator {
             if !l.hooks.is_empty() {
                 self.unsupported(format!("{p}.hooks"), "Lua hooks");
             }
-            if l.local_rate_limit.is_some() {
-                self.unsupported(format!("{p}.local_rate_limit"), "local rate limiting");
+            if let Some(tb) = &l.local_rate_limit {
+                self.check_bucket(&format!("{p}.local_rate_limit"), tb);
             }
             if l.max_frame_size == Some(0) {
                 self.err(format!("{p}.max_frame_size"), "must be greater than 0");
@@ -617,18 +832,7 @@ impl Validator {
                     ),
                 }
             }
-            if c.lb_policy != LbPolicy::RoundRobin {
-                self.unsupported(
-                    format!("{p}.lb_policy"),
-                    &format!("load balancing policy {:?}", c.lb_policy),
-                );
-            }
-            if c.locality_lb.as_ref().is_some_and(|l| l.enabled) {
-                self.unsupported(format!("{p}.locality_lb"), "locality-aware balancing");
-            }
-            if c.outlier_detection.is_some() {
-                self.unsupported(format!("{p}.outlier_detection"), "outlier detection");
-            }
+            self.check_cluster_policies(&p, c, protocols);
             if c.connect_timeout.is_some_and(|d| d.0.is_zero()) {
                 self.err(format!("{p}.connect_timeout"), "must be greater than 0");
             }
@@ -652,17 +856,25 @@ impl Validator {
                 if e.weight == Some(0) {
                     self.err(format!("{ep}.weight"), "must be greater than 0");
                 }
-                if e.priority != 0 {
-                    self.unsupported(format!("{ep}.priority"), "endpoint priorities");
+                if e.priority > MAX_PRIORITY {
+                    self.err(
+                        format!("{ep}.priority"),
+                        format!("must be at most {MAX_PRIORITY}"),
+                    );
                 }
             }
         }
     }
 
     fn check_route(&mut self, rp: &str, r: &Route, clusters: &HashSet<&str>) {
+        self.check_match(&format!("{rp}.match"), &r.match_);
+        self.check_destinations(rp, r, clusters);
+    }
+
+    fn check_match(&mut self, p: &str, rm: &RouteMatch) {
         let mut keys = HashSet::new();
-        for (key, m) in &r.match_.attributes {
-            let mp = format!("{rp}.match.attributes.{key}");
+        for (key, m) in &rm.attributes {
+            let mp = format!("{p}.attributes.{key}");
             if key.is_empty() {
                 self.err(mp.clone(), "attribute name must not be empty");
             }
@@ -693,6 +905,9 @@ impl Validator {
                 }
             }
         }
+    }
+
+    fn check_destinations(&mut self, rp: &str, r: &Route, clusters: &HashSet<&str>) {
         if r.route.is_empty() {
             self.err(
                 format!("{rp}.route"),
@@ -732,14 +947,209 @@ impl Validator {
         if r.timeout.is_some_and(|t| t.0.is_zero()) {
             self.err(format!("{rp}.timeout"), "must be greater than 0");
         }
-        if r.mirror.is_some() {
-            self.unsupported(format!("{rp}.mirror"), "traffic mirroring");
+        if let Some(m) = &r.mirror {
+            if !clusters.contains(m.cluster.as_str()) {
+                self.err(
+                    format!("{rp}.mirror.cluster"),
+                    format!("no cluster named {:?}", m.cluster),
+                );
+            }
+            if let Some(pct) = m.percentage {
+                if !(0.0..=100.0).contains(&pct) {
+                    self.err(
+                        format!("{rp}.mirror.percentage"),
+                        "must be between 0 and 100",
+                    );
+                }
+            }
+            if m.max_in_flight == Some(0) {
+                self.err(
+                    format!("{rp}.mirror.max_in_flight"),
+                    "must be greater than 0",
+                );
+            }
         }
-        if r.retry.is_some() {
-            self.unsupported(format!("{rp}.retry"), "retries");
+        if let Some(retry) = &r.retry {
+            let p = format!("{rp}.retry");
+            if retry.attempts > MAX_RETRY_ATTEMPTS {
+                self.err(
+                    format!("{p}.attempts"),
+                    format!("must be at most {MAX_RETRY_ATTEMPTS}"),
+                );
+            }
+            if retry.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+                self.err(format!("{p}.per_try_timeout"), "must be greater than 0");
+            }
+            if retry.base_interval.is_some_and(|t| t.0.is_zero()) {
+                self.err(format!("{p}.base_interval"), "must be greater than 0");
+            }
+            if let (Some(b), Some(m)) = (retry.base_interval, retry.max_interval) {
+                if m.0 < b.0 {
+                    self.err(
+                        format!("{p}.max_interval"),
+                        "must not be shorter than base_interval",
+                    );
+                }
+            }
+            if !retry.idempotent {
+                for (k, on) in retry.retry_on.iter().flatten().enumerate() {
+                    if on.may_have_been_applied() {
+                        self.err(
+                            format!("{p}.retry_on[{k}]"),
+                            format!(
+                                "{} may follow a request the upstream already applied: \
+                                 set `idempotent: true` if the route's requests are safe to repeat",
+                                on.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
         }
-        if !r.hash_policy.is_empty() {
-            self.unsupported(format!("{rp}.hash_policy"), "consistent hashing");
+        for (k, key) in r.hash_policy.iter().enumerate() {
+            if key.is_empty() {
+                self.err(format!("{rp}.hash_policy[{k}]"), "must not be empty");
+            }
+        }
+        if let Some(tb) = &r.local_rate_limit {
+            self.check_bucket(&format!("{rp}.local_rate_limit"), tb);
+        }
+    }
+
+    fn check_bucket(&mut self, p: &str, tb: &TokenBucket) {
+        if tb.max_tokens == 0 {
+            self.err(format!("{p}.max_tokens"), "must be greater than 0");
+        }
+        if tb.tokens_per_fill == Some(0) {
+            self.err(format!("{p}.tokens_per_fill"), "must be greater than 0");
+        }
+        if tb.fill_interval.0 < Duration::from_millis(1) {
+            self.err(format!("{p}.fill_interval"), "must be at least 1ms");
+        }
+        if let Some(m) = &tb.match_ {
+            self.check_match(&format!("{p}.match"), m);
+        }
+    }
+
+    fn check_cluster_policies(&mut self, p: &str, c: &Cluster, protocols: &ProtocolRegistry) {
+        if let Some(l) = &c.locality_lb {
+            for (k, w) in l.locality_weights.iter().enumerate() {
+                if w.locality.region.is_empty() {
+                    self.err(
+                        format!("{p}.locality_lb.locality_weights[{k}].locality.region"),
+                        "must not be empty",
+                    );
+                }
+            }
+            if !l.enabled && !l.locality_weights.is_empty() {
+                self.err(
+                    format!("{p}.locality_lb.enabled"),
+                    "locality_weights are given but locality-aware balancing is not enabled",
+                );
+            }
+        }
+        if let Some(o) = &c.outlier_detection {
+            let op = format!("{p}.outlier_detection");
+            if o.consecutive_errors == Some(0) {
+                self.err(format!("{op}.consecutive_errors"), "must be greater than 0");
+            }
+            if o.consecutive_local_origin_failures == Some(0) {
+                self.err(
+                    format!("{op}.consecutive_local_origin_failures"),
+                    "must be greater than 0",
+                );
+            }
+            for (name, d) in [
+                ("interval", o.interval),
+                ("base_ejection_time", o.base_ejection_time),
+                ("max_ejection_time", o.max_ejection_time),
+            ] {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    self.err(format!("{op}.{name}"), "must be greater than 0");
+                }
+            }
+            if o.max_ejection_percent.is_some_and(|v| v > 100) {
+                self.err(
+                    format!("{op}.max_ejection_percent"),
+                    "must be between 0 and 100",
+                );
+            }
+        }
+        if let Some(h) = &c.health_check {
+            let hp = format!("{p}.health_check");
+            for (name, d) in [("interval", h.interval), ("timeout", h.timeout)] {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    self.err(format!("{hp}.{name}"), "must be greater than 0");
+                }
+            }
+            for (name, v) in [
+                ("unhealthy_threshold", h.unhealthy_threshold),
+                ("healthy_threshold", h.healthy_threshold),
+            ] {
+                if v == Some(0) {
+                    self.err(format!("{hp}.{name}"), "must be greater than 0");
+                }
+            }
+            if h.kind == HealthCheckKind::Heartbeat {
+                let probe = c
+                    .protocol
+                    .as_deref()
+                    .and_then(|n| protocols.get(n))
+                    .map(|pr| pr.heartbeat_request().is_some());
+                match (c.protocol.as_deref(), probe) {
+                    (None, _) => self.err(
+                        format!("{hp}.type"),
+                        "heartbeat checks need `protocol` set on the cluster",
+                    ),
+                    (Some(name), Some(false)) => self.err(
+                        format!("{hp}.type"),
+                        format!("protocol {name} has no heartbeat: use `type: tcp`"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        if c.overprovisioning_factor == Some(0) {
+            self.err(
+                format!("{p}.overprovisioning_factor"),
+                "must be greater than 0 (percent; 140 is Envoy's default)",
+            );
+        }
+        if c.healthy_panic_threshold.is_some_and(|v| v > 100) {
+            self.err(
+                format!("{p}.healthy_panic_threshold"),
+                "must be between 0 and 100",
+            );
+        }
+        if let Some(r) = &c.ring_hash {
+            let min = r.minimum_ring_size.unwrap_or(1024);
+            let max = r.maximum_ring_size.unwrap_or(MAX_RING_SIZE);
+            if min == 0 {
+                self.err(
+                    format!("{p}.ring_hash.minimum_ring_size"),
+                    "must be greater than 0",
+                );
+            }
+            if max > MAX_RING_SIZE {
+                self.err(
+                    format!("{p}.ring_hash.maximum_ring_size"),
+                    format!("must be at most {MAX_RING_SIZE}"),
+                );
+            }
+            if max < min {
+                self.err(
+                    format!("{p}.ring_hash.maximum_ring_size"),
+                    "must not be below minimum_ring_size",
+                );
+            }
+        }
+        if let Some(size) = c.maglev.as_ref().and_then(|m| m.table_size) {
+            if !(2..=MAX_MAGLEV_TABLE).contains(&size) || !is_prime(size) {
+                self.err(
+                    format!("{p}.maglev.table_size"),
+                    format!("must be a prime number up to {MAX_MAGLEV_TABLE}"),
+                );
+            }
         }
     }
 }
@@ -858,15 +1268,92 @@ clusters:
     #[test]
     fn duplicate_names_and_unsupported_features_are_reported() {
         let bad = GOOD.replace("name: default", "name: batchjob").replace(
-            "timeout: 2s",
-            "timeout: 2s\n        mirror: { cluster: demo-user, percentage: 10 }",
+            "    route_config: dubbo-routes\n",
+            "    route_config: dubbo-routes\n    hooks: [tag]\n",
         );
         let err = Bootstrap::load(&bad, &registry()).unwrap_err().to_string();
         assert!(err.contains("duplicate route \"batchjob\""), "{err}");
-        assert!(
-            err.contains("mirror: traffic mirroring is not supported"),
-            "{err}"
+        assert!(err.contains("hooks: Lua hooks is not supported"), "{err}");
+    }
+
+    #[test]
+    fn traffic_policies_parse_and_validate() {
+        let good = GOOD
+            .replace(
+                "timeout: 2s",
+                "timeout: 2s
+        mirror: { cluster: demo-user, percentage: 10 }
+        retry: { attempts: 2, per_try_timeout: 500ms, idempotent: true, retry_on: [reset, error_status] }
+        hash_policy: [user-id]
+        local_rate_limit: { max_tokens: 10, fill_interval: 1s, match: { attributes: { tier: { exact: gold } } } }",
+            )
+            .replace(
+                "    connect_timeout: 250ms\n",
+                "    connect_timeout: 250ms
+    lb_policy: maglev
+    locality_lb: { enabled: true, locality_weights: [{ locality: { region: bj, zone: \"800002\" }, weight: 90 }] }
+    outlier_detection: { consecutive_errors: 5, consecutive_local_origin_failures: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }
+    health_check: { type: tcp, interval: 1s, timeout: 200ms, unhealthy_threshold: 2 }
+    circuit_breakers: { max_connections: 10, max_requests: 100 }
+    overprovisioning_factor: 140
+    healthy_panic_threshold: 0
+    maglev: { table_size: 65537 }
+",
+            );
+        let b = Bootstrap::load(&good, &registry()).expect("valid");
+        let r = &b.routes[0].routes[0];
+        assert_eq!(
+            r.retry.as_ref().map(Retry::conditions),
+            Some(vec![RetryOn::Reset, RetryOn::ErrorStatus])
         );
+        assert_eq!(b.clusters[0].lb_policy, LbPolicy::Maglev);
+
+        // The design example's retry, without idempotent, retries connect failures only.
+        let r: Retry = serde_yaml_ng::from_str("{ attempts: 2 }").expect("yaml");
+        assert_eq!(r.conditions(), vec![RetryOn::ConnectFailure]);
+    }
+
+    #[test]
+    fn traffic_policy_errors_name_their_fields() {
+        let bad = GOOD
+            .replace(
+                "timeout: 2s",
+                "timeout: 2s
+        mirror: { cluster: shadow, percentage: 150 }
+        retry: { attempts: 2, retry_on: [connect_failure, timeout] }
+        local_rate_limit: { max_tokens: 0, fill_interval: 0s }",
+            )
+            .replace(
+                "    connect_timeout: 250ms\n",
+                "    connect_timeout: 250ms
+    outlier_detection: { consecutive_errors: 0, max_ejection_percent: 101 }
+    health_check: { type: heartbeat }
+    maglev: { table_size: 65536 }
+    locality_lb: { enabled: false, locality_weights: [{ locality: { zone: z }, weight: 1 }] }
+",
+            );
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+        let route = "routes[dubbo-routes].routes[batchjob]";
+        for want in [
+            format!("{route}.mirror.cluster"),
+            format!("{route}.mirror.percentage"),
+            format!("{route}.retry.retry_on[1]"),
+            format!("{route}.local_rate_limit.max_tokens"),
+            format!("{route}.local_rate_limit.fill_interval"),
+            "clusters[demo-batchjob].outlier_detection.consecutive_errors".into(),
+            "clusters[demo-batchjob].outlier_detection.max_ejection_percent".into(),
+            "clusters[demo-batchjob].health_check.type".into(),
+            "clusters[demo-batchjob].maglev.table_size".into(),
+            "clusters[demo-batchjob].locality_lb.locality_weights[0].locality.region".into(),
+            "clusters[demo-batchjob].locality_lb.enabled".into(),
+        ] {
+            assert!(
+                paths.contains(&want.as_str()),
+                "{want} missing from:\n{err}"
+            );
+        }
+        assert!(err.to_string().contains("set `idempotent: true`"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, CodecOptions, DecodeError, EncodedFrame, ErrorAction, Side};
 use crate::io::FrameWriter;
-use crate::listener::{route_request, ListenerContext, Routed, DEFAULT_ROUTE_TIMEOUT};
+use tokio::time::Instant;
+
+use crate::config::RetryOn;
+use crate::health::{Outcome, Resource};
+use crate::listener::{
+    retry_condition, retry_wait, route_request, ListenerContext, Routed, DEFAULT_ROUTE_TIMEOUT,
+};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind, StreamState};
 use crate::router::Mutation;
 use crate::upstream::{EndpointPool, ExclusiveConnection, UpstreamError};
@@ -262,6 +268,9 @@ enum BodyError {
 enum ResponseError {
     /// Nothing of the response reached the client yet: a local reply can still be sent.
     BeforeHead(LocalReplyKind, String),
+    /// An error response the caller may retry; nothing of it was forwarded yet and its
+    /// body (if any) is still unread on the upstream connection.
+    Held(Box<Message>),
     /// The response head was already forwarded; the client connection must close.
     AfterHead,
 }
@@ -269,118 +278,260 @@ enum ResponseError {
 /// How the response ended.
 struct ResponseDone {
     upgrade: bool,
+    error: bool,
 }
 
-/// One request from head to the end of its response.
+/// What one attempt at an upstream produced before the response was looked at.
+type AttemptFailure = (Option<RetryOn>, LocalReplyKind, String);
+
+/// One request from head to the end of its response, with retries.
 async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message) -> Flow {
     ctx.stats.rq_total.inc();
     let snapshot = ctx.store.load();
     let Routed {
         route,
         cluster,
-        endpoint,
+        hash,
     } = match route_request(ctx, &snapshot, &mut req) {
         Ok(r) => r,
         Err((kind, text)) => return down.local_reply(ctx, &req, kind, &text).await,
     };
-    let pool: &EndpointPool = &endpoint.pool;
-    let _active = pool.begin_request();
-    let deadline = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-
-    // A pooled connection the server closed meanwhile fails at once; a request whose
-    // head alone makes it up is sent again on a fresh connection.
-    let mut attempt = 0;
-    let (mut up, resp, body) = loop {
-        attempt += 1;
-        let mut up = match pool.checkout().await {
-            Ok(c) => c,
-            Err(e) => {
-                let text = format!("{} ({})", e, cluster.name);
-                return down
-                    .local_reply(ctx, &req, e.local_reply_kind(), &text)
-                    .await;
-            }
+    let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
+        let text = format!(
+            "{} ({})",
+            UpstreamError::Overflow(Resource::Requests),
+            cluster.name
+        );
+        return down
+            .local_reply(ctx, &req, LocalReplyKind::Overloaded, &text)
+            .await;
+    };
+    let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    let deadline = Instant::now() + total;
+    let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+    let mut retry_slot = None;
+    let mut exclude = None;
+    let mut continued = false;
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
+            let text = format!("no healthy upstream in cluster {}", cluster.name);
+            return down
+                .local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text)
+                .await;
         };
-        if attempt == 1 {
-            if let Some(cont) = ctx.protocol.continue_reply(&req) {
-                if down.reply(&cont).await == Flow::Close {
-                    return Flow::Close;
+        exclude = Some(index);
+        let pool: &EndpointPool = &endpoint.pool;
+        let _active = pool.begin_request();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let this_try = per_try.map_or(remaining, |t| t.min(remaining));
+        // An error response is held back for a retry only when one could follow.
+        let hold_error = req.stream == StreamState::End
+            && route
+                .retry
+                .as_ref()
+                .is_some_and(|p| n <= p.attempts && p.retry_on.contains(RetryOn::ErrorStatus));
+
+        // A pooled connection the server closed meanwhile fails at once; a request whose
+        // head alone makes it up is sent again on a fresh connection.
+        let mut stale = 0;
+        let attempt: Result<_, AttemptFailure> = loop {
+            stale += 1;
+            let mut up = match pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let text = format!("{} ({})", e, cluster.name);
+                    break Err((retry_condition(&e), e.local_reply_kind(), text));
+                }
+            };
+            if !continued {
+                continued = true;
+                if let Some(cont) = ctx.protocol.continue_reply(&req) {
+                    if down.reply(&cont).await == Flow::Close {
+                        return Flow::Close;
+                    }
                 }
             }
-        }
-        match send(&mut up.wr, &up.codec, &req).await {
-            Ok(()) => {}
-            Err(SendError::Encode(e)) => {
-                pool.stats().rq_error("encode");
-                let text = format!("{} ({})", UpstreamError::Encode(e), cluster.name);
-                return down
-                    .local_reply(ctx, &req, LocalReplyKind::Internal, &text)
-                    .await;
+            match send(&mut up.wr, &up.codec, &req).await {
+                Ok(()) => {}
+                Err(SendError::Encode(e)) => {
+                    pool.stats().rq_error("encode");
+                    let text = format!("{} ({})", UpstreamError::Encode(e), cluster.name);
+                    return down
+                        .local_reply(ctx, &req, LocalReplyKind::Internal, &text)
+                        .await;
+                }
+                Err(SendError::Io) if up.reused && stale == 1 => continue,
+                Err(SendError::Io) => {
+                    pool.stats().rq_error("reset");
+                    let text = format!("{} ({})", UpstreamError::Reset, cluster.name);
+                    break Err((Some(RetryOn::Reset), LocalReplyKind::UpstreamReset, text));
+                }
             }
-            Err(SendError::Io) if up.reused && attempt == 1 => continue,
-            Err(SendError::Io) => {
-                pool.stats().rq_error("reset");
-                let text = format!("{} ({})", UpstreamError::Reset, cluster.name);
-                return down
-                    .local_reply(ctx, &req, LocalReplyKind::UpstreamReset, &text)
-                    .await;
+            let (resp, body) = forward(ctx, down, &mut up, &req, route, this_try, hold_error).await;
+            let again = up.reused
+                && stale == 1
+                && req.stream == StreamState::End
+                && matches!(
+                    &resp,
+                    Err(ResponseError::BeforeHead(LocalReplyKind::UpstreamReset, _))
+                )
+                && up.buf.is_empty();
+            if again {
+                tracing::debug!(cluster = %cluster.name, "pooled connection was closed; retrying on a new one");
+                continue;
             }
-        }
-        let (resp, body) = forward(ctx, down, &mut up, &req, route, deadline).await;
-        let retry = up.reused
-            && attempt == 1
-            && req.stream == StreamState::End
-            && matches!(
-                &resp,
-                Err(ResponseError::BeforeHead(LocalReplyKind::UpstreamReset, _))
-            )
-            && up.buf.is_empty();
-        if retry {
-            tracing::debug!(cluster = %cluster.name, "pooled connection was closed; retrying on a new one");
-            continue;
-        }
-        break (up, resp, body);
-    };
+            break Ok((up, resp, body));
+        };
 
-    match resp {
-        Ok(done) if done.upgrade => {
-            tunnel(down, &mut up).await;
-            Flow::Close
-        }
-        Ok(_) => {
-            let body_ok = body.is_ok();
-            if body_ok && lock(&up.codec).keep_alive() {
-                pool.checkin(up);
+        let (mut up, resp, body) = match attempt {
+            Ok(a) => a,
+            Err((on, kind, text)) => {
+                if on.is_some() {
+                    cluster.report(index, Outcome::LocalFailure);
+                }
+                // Nothing reached the upstream yet, so even a body still to come can go
+                // to another endpoint.
+                if let Some(on) = on {
+                    let may_repeat =
+                        req.stream == StreamState::End || on == RetryOn::ConnectFailure;
+                    if retry_wait(route, cluster, on, n, deadline, may_repeat, &mut retry_slot)
+                        .await
+                    {
+                        continue;
+                    }
+                }
+                return down.local_reply(ctx, &req, kind, &text).await;
             }
-            if body_ok {
-                Flow::Continue
-            } else {
-                Flow::Close
+        };
+
+        match resp {
+            Ok(done) => {
+                cluster.report(
+                    index,
+                    if done.error {
+                        Outcome::ErrorStatus
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if done.upgrade {
+                    tunnel(down, &mut up).await;
+                    return Flow::Close;
+                }
+                let body_ok = body.is_ok();
+                if body_ok && lock(&up.codec).keep_alive() {
+                    pool.checkin(up);
+                }
+                return if body_ok { Flow::Continue } else { Flow::Close };
             }
-        }
-        Err(ResponseError::BeforeHead(kind, text)) => {
-            pool.stats().rq_error(match kind {
-                LocalReplyKind::Timeout => "timeout",
-                _ => "reset",
-            });
-            let text = format!("{text} ({})", cluster.name);
-            let flow = down.local_reply(ctx, &req, kind, &text).await;
-            // The body may have been cut off halfway: the connection is out of step.
-            if body.is_ok() || req.stream == StreamState::End {
-                flow
-            } else {
-                Flow::Close
+            Err(ResponseError::Held(head)) => {
+                cluster.report(index, Outcome::ErrorStatus);
+                if retry_wait(
+                    route,
+                    cluster,
+                    RetryOn::ErrorStatus,
+                    n,
+                    deadline,
+                    true,
+                    &mut retry_slot,
+                )
+                .await
+                {
+                    // The held response's body is never read: the connection goes.
+                    continue;
+                }
+                return match deliver(ctx, down, &mut up, &req, route, *head).await {
+                    Ok(done) if done.upgrade => {
+                        tunnel(down, &mut up).await;
+                        Flow::Close
+                    }
+                    Ok(_) => {
+                        if lock(&up.codec).keep_alive() {
+                            pool.checkin(up);
+                        }
+                        Flow::Continue
+                    }
+                    Err(_) => Flow::Close,
+                };
             }
-        }
-        Err(ResponseError::AfterHead) => {
-            pool.stats().rq_error("reset");
-            Flow::Close
+            Err(ResponseError::BeforeHead(kind, text)) => {
+                pool.stats().rq_error(match kind {
+                    LocalReplyKind::Timeout => "timeout",
+                    _ => "reset",
+                });
+                cluster.report(index, Outcome::LocalFailure);
+                let on = match kind {
+                    LocalReplyKind::Timeout => RetryOn::Timeout,
+                    _ => RetryOn::Reset,
+                };
+                // A body that started to flow cannot be sent again.
+                if req.stream == StreamState::End
+                    && retry_wait(route, cluster, on, n, deadline, true, &mut retry_slot).await
+                {
+                    continue;
+                }
+                let text = format!("{text} ({})", cluster.name);
+                let flow = down.local_reply(ctx, &req, kind, &text).await;
+                // The body may have been cut off halfway: the connection is out of step.
+                return if body.is_ok() || req.stream == StreamState::End {
+                    flow
+                } else {
+                    Flow::Close
+                };
+            }
+            Err(ResponseError::AfterHead) => {
+                pool.stats().rq_error("reset");
+                cluster.report(index, Outcome::LocalFailure);
+                return Flow::Close;
+            }
         }
     }
 }
 
+/// Sends `req` (which has no body to stream) to the endpoint of `pool` on a connection
+/// of its own, reads the whole response and drops it; returns the response's kind. Used
+/// for mirror copies of protocols that do not multiplex.
+pub(crate) async fn exchange_once(
+    pool: &EndpointPool,
+    req: &Message,
+) -> Result<MessageKind, UpstreamError> {
+    let _active = pool.begin_request();
+    let mut up = pool.checkout().await?;
+    send(&mut up.wr, &up.codec, req)
+        .await
+        .map_err(|e| match e {
+            SendError::Encode(text) => UpstreamError::Encode(text),
+            SendError::Io => UpstreamError::Reset,
+        })?;
+    up.wr.flush().await.map_err(|_| UpstreamError::Reset)?;
+    if req.kind == MessageKind::OnewayRequest {
+        return Ok(MessageKind::Response);
+    }
+    let head = loop {
+        match next_message(&mut up.rd, &mut up.buf, &up.codec).await {
+            Next::Message(m) if m.kind.is_response() => break m,
+            Next::Message(m) if matches!(m.kind, MessageKind::Heartbeat | MessageKind::Event) => {}
+            _ => return Err(UpstreamError::Reset),
+        }
+    };
+    let mut stream = head.stream;
+    while stream == StreamState::More {
+        match next_message(&mut up.rd, &mut up.buf, &up.codec).await {
+            Next::Message(m) if m.kind == MessageKind::Data => stream = m.stream,
+            _ => return Ok(head.kind),
+        }
+    }
+    if stream == StreamState::End && lock(&up.codec).keep_alive() {
+        pool.checkin(up);
+    }
+    Ok(head.kind)
+}
+
 /// Streams the request body up and the response down at the same time. Returns how the
-/// response ended and how the request body did (`Ok` when it was complete).
+/// response ended and how the request body did (`Ok` when it was complete). With
+/// `hold_error`, an error response is handed back unforwarded as [`ResponseError::Held`].
 async fn forward(
     ctx: &ListenerContext,
     down: &mut Downstream,
@@ -388,6 +539,7 @@ async fn forward(
     req: &Message,
     route: &crate::router::Route,
     deadline: Duration,
+    hold_error: bool,
 ) -> (Result<ResponseDone, ResponseError>, Result<(), BodyError>) {
     let Downstream {
         rd: down_rd,
@@ -443,28 +595,18 @@ async fn forward(
                 }
             }
         };
-        let mut head = head;
-        ctx.protocol.finish_response(req, &mut head);
-        Mutation::apply_all(&route.response_mutation, &mut head.metadata);
-        let stream = head.stream;
-        let mut head_out = head;
-        head_out.request_id = req.request_id;
-        send(down_wr, down_codec, &head_out)
-            .await
-            .map_err(|_| ResponseError::AfterHead)?;
-        down_wr
-            .flush()
-            .await
-            .map_err(|_| ResponseError::AfterHead)?;
-        match stream {
-            StreamState::End => return Ok(ResponseDone { upgrade: false }),
-            StreamState::Upgrade => return Ok(ResponseDone { upgrade: true }),
-            StreamState::More => {}
+        if hold_error && head.kind == MessageKind::Error {
+            return Err(ResponseError::Held(Box::new(head)));
         }
-        pump_body(ctx, (up_rd, up_buf, up_codec), (down_wr, down_codec))
-            .await
-            .map_err(|_| ResponseError::AfterHead)?;
-        Ok(ResponseDone { upgrade: false })
+        send_response(
+            ctx,
+            (up_rd, up_buf, up_codec),
+            (down_wr, down_codec),
+            req,
+            route,
+            head,
+        )
+        .await
     };
 
     tokio::pin!(body, response);
@@ -488,6 +630,71 @@ async fn forward(
         None => Err(BodyError::Downstream),
     };
     (resp_result, body_result)
+}
+
+/// Forwards a response head that was held back, and its body.
+async fn deliver(
+    ctx: &ListenerContext,
+    down: &mut Downstream,
+    up: &mut ExclusiveConnection,
+    req: &Message,
+    route: &crate::router::Route,
+    head: Message,
+) -> Result<ResponseDone, ResponseError> {
+    send_response(
+        ctx,
+        (&mut up.rd, &mut up.buf, &up.codec),
+        (&mut down.out, &down.codec),
+        req,
+        route,
+        head,
+    )
+    .await
+}
+
+/// Mutates and writes a response head, then streams its body.
+async fn send_response(
+    ctx: &ListenerContext,
+    (up_rd, up_buf, up_codec): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
+    (down_wr, down_codec): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
+    req: &Message,
+    route: &crate::router::Route,
+    mut head: Message,
+) -> Result<ResponseDone, ResponseError> {
+    ctx.protocol.finish_response(req, &mut head);
+    Mutation::apply_all(&route.response_mutation, &mut head.metadata);
+    let stream = head.stream;
+    let error = head.kind == MessageKind::Error;
+    head.request_id = req.request_id;
+    send(down_wr, down_codec, &head)
+        .await
+        .map_err(|_| ResponseError::AfterHead)?;
+    down_wr
+        .flush()
+        .await
+        .map_err(|_| ResponseError::AfterHead)?;
+    match stream {
+        StreamState::End => {
+            return Ok(ResponseDone {
+                upgrade: false,
+                error,
+            })
+        }
+        StreamState::Upgrade => {
+            return Ok(ResponseDone {
+                upgrade: true,
+                error,
+            })
+        }
+        StreamState::More => {}
+    }
+    pump_body(ctx, (up_rd, up_buf, up_codec), (down_wr, down_codec))
+        .await
+        .map_err(|_| ResponseError::AfterHead)?;
+    Ok(ResponseDone {
+        upgrade: false,
+        error,
+    })
 }
 
 /// Which side of a body pump failed.

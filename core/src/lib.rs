@@ -11,10 +11,14 @@ pub mod config;
 #[cfg(any(test, feature = "testkit"))]
 pub mod conformance;
 mod exchange;
+pub mod health;
 mod io;
+pub mod lb;
 pub mod listener;
 pub mod message;
+mod mirror;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod snapshot;
 pub mod stats;
@@ -26,6 +30,8 @@ mod stream_tests;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod traffic_tests;
 
 pub use codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, OptionError,

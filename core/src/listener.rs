@@ -13,12 +13,17 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::time::Instant;
+
 use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, ProtocolOptions, Side};
+use crate::config::RetryOn;
+use crate::health::{Outcome, Resource, ResourceGuard};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
 use crate::router::{Mutation, Route};
-use crate::snapshot::{ClusterRuntime, ConfigStore, EndpointRuntime, Snapshot};
+use crate::snapshot::{ClusterRuntime, ConfigStore, Snapshot};
 use crate::stats::ListenerStats;
+use crate::upstream::UpstreamError;
 
 /// Deadline of a route that sets none (as Envoy's default route timeout).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -234,16 +239,29 @@ fn local_reply(
 pub(crate) struct Routed<'s> {
     pub(crate) route: &'s Route,
     pub(crate) cluster: &'s ClusterRuntime,
-    pub(crate) endpoint: &'s EndpointRuntime,
+    /// The request's consistent-hash key, when the route hashes.
+    pub(crate) hash: Option<u64>,
 }
 
-/// Matches `req` against the listener's routes, applies the request mutation and picks
-/// the cluster and endpoint; or says which local reply to send instead.
+/// A reason to answer locally, with the text for the client.
+pub(crate) type Refusal = (LocalReplyKind, String);
+
+/// Applies the listener's rate limit, matches `req` against the listener's routes,
+/// applies the route's rate limit and request mutation, sends a mirror copy when the
+/// route asks for one, and picks the cluster; or says which local reply to send instead.
 pub(crate) fn route_request<'s>(
     ctx: &ListenerContext,
-    snapshot: &'s Snapshot,
+    snapshot: &'s Arc<Snapshot>,
     req: &mut Message,
-) -> Result<Routed<'s>, (LocalReplyKind, String)> {
+) -> Result<Routed<'s>, Refusal> {
+    if let Some(bucket) = snapshot.listener_limit(&ctx.name) {
+        if !bucket.admit(&req.metadata) {
+            return Err((
+                LocalReplyKind::RateLimited,
+                format!("rate limited by listener {}", ctx.name),
+            ));
+        }
+    }
     let Some(table) = snapshot.route_table(&ctx.route_config) else {
         return Err((
             LocalReplyKind::NoRoute,
@@ -257,24 +275,74 @@ pub(crate) fn route_request<'s>(
         ));
     };
     route.requests.inc();
+    if let Some(bucket) = &route.rate_limit {
+        if !bucket.admit(&req.metadata) {
+            return Err((
+                LocalReplyKind::RateLimited,
+                format!("rate limited by route {}", route.name),
+            ));
+        }
+    }
     Mutation::apply_all(&route.request_mutation, &mut req.metadata);
+    let hash = route.hash(&req.metadata);
+    if let Some(policy) = &route.mirror {
+        crate::mirror::send(snapshot, policy, route, req, hash);
+    }
     let Some(cluster) = snapshot.cluster(route.pick_cluster()) else {
         return Err((
             LocalReplyKind::NoHealthyUpstream,
             "cluster not found".into(),
         ));
     };
-    let Some(endpoint) = cluster.pick() else {
-        return Err((
-            LocalReplyKind::NoHealthyUpstream,
-            format!("no healthy upstream in cluster {}", cluster.name),
-        ));
-    };
     Ok(Routed {
         route,
         cluster,
-        endpoint,
+        hash,
     })
+}
+
+/// A failure an attempt can end with, as retry policies name them.
+pub(crate) fn retry_condition(e: &UpstreamError) -> Option<RetryOn> {
+    match e {
+        UpstreamError::ConnectFailed(..) => Some(RetryOn::ConnectFailure),
+        UpstreamError::Reset => Some(RetryOn::Reset),
+        UpstreamError::Encode(_) | UpstreamError::Overflow(_) => None,
+    }
+}
+
+/// Decides whether an attempt that failed with `on` is tried again, and if so waits the
+/// backoff. `n` is the attempt that failed (1-based). Takes a retry slot from the
+/// cluster's circuit breaker on the first retry.
+pub(crate) async fn retry_wait<'c>(
+    route: &Route,
+    cluster: &'c ClusterRuntime,
+    on: RetryOn,
+    n: u32,
+    deadline: Instant,
+    request_may_repeat: bool,
+    slot: &mut Option<ResourceGuard<'c>>,
+) -> bool {
+    let Some(policy) = &route.retry else {
+        return false;
+    };
+    if n > policy.attempts || !policy.retry_on.contains(on) || !request_may_repeat {
+        return false;
+    }
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    if slot.is_none() {
+        match cluster.shared.acquire(Resource::Retries) {
+            Some(g) => *slot = Some(g),
+            None => return false,
+        }
+    }
+    cluster.stats.retries.inc();
+    let wait = policy.backoff(n).min(deadline - now);
+    tracing::debug!(cluster = %cluster.name, reason = on.as_str(), attempt = n, ?wait, "retrying");
+    tokio::time::sleep(wait).await;
+    true
 }
 
 /// Routes one request and produces what goes back to the client.
@@ -284,35 +352,105 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
     let Routed {
         route,
         cluster,
-        endpoint,
+        hash,
     } = match route_request(ctx, &snapshot, &mut req) {
         Ok(r) => r,
         Err((kind, text)) => return local_reply(ctx, &req, kind, &text),
     };
+    let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
+        let text = format!(
+            "{} ({})",
+            UpstreamError::Overflow(Resource::Requests),
+            cluster.name
+        );
+        return local_reply(ctx, &req, LocalReplyKind::Overloaded, &text);
+    };
     let expect_response = req.kind != MessageKind::OnewayRequest;
     let req = Arc::new(req);
-    let deadline = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-    let call = endpoint.pool.call(req.clone(), expect_response);
-    match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(Some(mut resp))) => {
-            ctx.protocol.finish_response(&req, &mut resp);
-            Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
-            Some(Outgoing::Response(resp, downstream_id, req))
+    let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    let deadline = Instant::now() + total;
+    let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+    let mut retry_slot = None;
+    let mut exclude = None;
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
+            let text = format!("no healthy upstream in cluster {}", cluster.name);
+            return local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text);
+        };
+        exclude = Some(index);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let this_try = per_try.map_or(remaining, |t| t.min(remaining));
+        let call = endpoint.pool.call(req.clone(), expect_response);
+        let failure = match tokio::time::timeout(this_try, call).await {
+            Ok(Ok(Some(mut resp))) => {
+                let error = resp.kind == MessageKind::Error;
+                cluster.report(
+                    index,
+                    if error {
+                        Outcome::ErrorStatus
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if error
+                    && retry_wait(
+                        route,
+                        cluster,
+                        RetryOn::ErrorStatus,
+                        n,
+                        deadline,
+                        true,
+                        &mut retry_slot,
+                    )
+                    .await
+                {
+                    continue;
+                }
+                ctx.protocol.finish_response(&req, &mut resp);
+                Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
+                return Some(Outgoing::Response(resp, downstream_id, req));
+            }
+            Ok(Ok(None)) => {
+                cluster.report(index, Outcome::Success);
+                return None;
+            }
+            Ok(Err(e)) => {
+                if retry_condition(&e).is_some() {
+                    cluster.report(index, Outcome::LocalFailure);
+                }
+                let text = format!("{} ({})", e, cluster.name);
+                (retry_condition(&e), e.local_reply_kind(), text)
+            }
+            Err(_) => {
+                cluster.stats.rq_error("timeout");
+                cluster.report(index, Outcome::LocalFailure);
+                let text = if Instant::now() >= deadline {
+                    format!(
+                        "upstream request timeout after {}ms ({})",
+                        total.as_millis(),
+                        cluster.name
+                    )
+                } else {
+                    format!(
+                        "upstream per-try timeout after {}ms ({})",
+                        this_try.as_millis(),
+                        cluster.name
+                    )
+                };
+                (Some(RetryOn::Timeout), LocalReplyKind::Timeout, text)
+            }
+        };
+        let (on, kind, text) = failure;
+        // A oneway request that left the proxy cannot be told apart from one applied.
+        let may_repeat = expect_response || on == Some(RetryOn::ConnectFailure);
+        if let Some(on) = on {
+            if retry_wait(route, cluster, on, n, deadline, may_repeat, &mut retry_slot).await {
+                continue;
+            }
         }
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            let text = format!("{} ({})", e, cluster.name);
-            local_reply(ctx, &req, e.local_reply_kind(), &text)
-        }
-        Err(_) => {
-            cluster.stats.rq_error("timeout");
-            let text = format!(
-                "upstream request timeout after {}ms ({})",
-                deadline.as_millis(),
-                cluster.name
-            );
-            local_reply(ctx, &req, LocalReplyKind::Timeout, &text)
-        }
+        return local_reply(ctx, &req, kind, &text);
     }
 }
 

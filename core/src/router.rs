@@ -8,10 +8,12 @@ use std::time::Duration;
 use bytestring::ByteString;
 use rand::Rng;
 use regex::Regex;
+use tokio::sync::Semaphore;
 
-use crate::config;
+use crate::config::{self, RetryOn};
 use crate::message::Metadata;
-use crate::stats::Stats;
+use crate::ratelimit::TokenBucket;
+use crate::stats::{MirrorStats, Stats};
 use prometheus_client::metrics::counter::Counter;
 
 /// One attribute condition.
@@ -39,6 +41,140 @@ impl Matcher {
     }
 }
 
+/// A set of attribute conditions, all of which must hold (an empty set always holds).
+#[derive(Debug, Default)]
+pub struct Conditions(Vec<(String, Matcher)>);
+
+impl Conditions {
+    /// Compiles `m`; `path` prefixes error paths (`....match`).
+    pub fn compile(m: &config::RouteMatch, path: &str) -> Result<Self, config::ConfigError> {
+        let mut conditions = Vec::with_capacity(m.attributes.len());
+        for (key, m) in &m.attributes {
+            let matcher = if let Some(s) = &m.exact {
+                Matcher::Exact(s.clone())
+            } else if let Some(s) = &m.prefix {
+                Matcher::Prefix(s.clone())
+            } else if let Some(s) = &m.regex {
+                Matcher::Regex(
+                    config::compile_full_regex(s).map_err(|e| config::ConfigError {
+                        path: format!("{path}.attributes.{key}.regex"),
+                        message: format!("invalid regex: {e}"),
+                    })?,
+                )
+            } else {
+                Matcher::Present(m.present.unwrap_or(true))
+            };
+            conditions.push((key.clone(), matcher));
+        }
+        Ok(Self(conditions))
+    }
+
+    /// True when every condition holds for `metadata`.
+    pub fn matches(&self, metadata: &Metadata) -> bool {
+        self.0.iter().all(|(key, m)| m.matches(metadata.get(key)))
+    }
+
+    /// True when there are no conditions.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The failures a retry policy retries, as a bit set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetrySet(u8);
+
+impl RetrySet {
+    fn bit(on: RetryOn) -> u8 {
+        match on {
+            RetryOn::ConnectFailure => 1,
+            RetryOn::Reset => 2,
+            RetryOn::Timeout => 4,
+            RetryOn::ErrorStatus => 8,
+        }
+    }
+
+    /// A set holding `list`.
+    pub fn of(list: &[RetryOn]) -> Self {
+        Self(list.iter().fold(0, |acc, on| acc | Self::bit(*on)))
+    }
+
+    /// True when `on` is in the set.
+    pub fn contains(self, on: RetryOn) -> bool {
+        self.0 & Self::bit(on) != 0
+    }
+}
+
+/// A compiled retry policy.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    /// Deadline of each attempt (the route's when absent).
+    pub per_try_timeout: Option<Duration>,
+    /// What is retried.
+    pub retry_on: RetrySet,
+    /// First backoff.
+    pub base_interval: Duration,
+    /// Longest backoff.
+    pub max_interval: Duration,
+}
+
+/// Default first retry backoff (Envoy's).
+pub const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+impl RetryPolicy {
+    fn compile(r: &config::Retry) -> Self {
+        let base = r.base_interval.map_or(DEFAULT_RETRY_BASE_INTERVAL, |d| d.0);
+        Self {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout.map(|d| d.0),
+            retry_on: RetrySet::of(&r.conditions()),
+            base_interval: base,
+            max_interval: r.max_interval.map_or(base * 10, |d| d.0),
+        }
+    }
+
+    /// The wait before retry number `n` (1-based): exponential from the base interval,
+    /// capped, with full jitter (as Envoy's).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let shift = n.saturating_sub(1).min(16);
+        let ceiling = self
+            .base_interval
+            .saturating_mul(1 << shift)
+            .min(self.max_interval);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
+    }
+}
+
+/// A compiled mirror policy.
+#[derive(Debug)]
+pub struct MirrorPolicy {
+    /// The shadow cluster's index in the snapshot.
+    pub cluster: usize,
+    /// Requests copied per million.
+    pub per_million: u32,
+    /// Bounds the copies in flight.
+    pub in_flight: Arc<Semaphore>,
+    /// Counters.
+    pub stats: MirrorStats,
+}
+
+impl MirrorPolicy {
+    /// Draws whether this request is copied.
+    pub fn sample(&self) -> bool {
+        match self.per_million {
+            0 => false,
+            1_000_000.. => true,
+            p => rand::thread_rng().gen_range(0..1_000_000) < p,
+        }
+    }
+}
+
 /// An attribute to set, with its name and value shared rather than copied per request.
 #[derive(Clone, Debug)]
 pub struct Mutation {
@@ -62,7 +198,7 @@ impl Mutation {
 pub struct Route {
     /// Route name.
     pub name: Arc<str>,
-    conditions: Vec<(String, Matcher)>,
+    conditions: Conditions,
     /// Destination cluster indices into the snapshot with their cumulative weights.
     destinations: Vec<(usize, u64)>,
     total_weight: u64,
@@ -72,6 +208,14 @@ pub struct Route {
     pub response_mutation: Vec<Mutation>,
     /// Deadline for the whole request.
     pub timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Traffic mirroring.
+    pub mirror: Option<MirrorPolicy>,
+    /// Attributes hashed for consistent hashing.
+    pub hash_policy: Vec<String>,
+    /// A token bucket for the route's requests.
+    pub rate_limit: Option<TokenBucket>,
     /// Requests this route matched.
     pub requests: Counter,
 }
@@ -79,9 +223,24 @@ pub struct Route {
 impl Route {
     /// True when every condition holds for `metadata`.
     pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.conditions
-            .iter()
-            .all(|(key, m)| m.matches(metadata.get(key)))
+        self.conditions.matches(metadata)
+    }
+
+    /// The request's hash for consistent hashing: the values of the `hash_policy`
+    /// attributes it carries; `None` when the route has no hash policy or the request
+    /// carries none of them.
+    pub fn hash(&self, metadata: &Metadata) -> Option<u64> {
+        if self.hash_policy.is_empty() {
+            return None;
+        }
+        if !self.hash_policy.iter().any(|k| metadata.contains(k)) {
+            return None;
+        }
+        Some(crate::lb::hash_values(
+            self.hash_policy
+                .iter()
+                .map(|k| metadata.get(k).unwrap_or("")),
+        ))
     }
 
     /// Picks a destination cluster index, by weight when there are several.
@@ -120,24 +279,7 @@ impl RouteTable {
         let mut routes = Vec::with_capacity(rc.routes.len());
         for r in &rc.routes {
             let path = format!("routes[{}].routes[{}]", rc.name, r.name);
-            let mut conditions = Vec::with_capacity(r.match_.attributes.len());
-            for (key, m) in &r.match_.attributes {
-                let matcher = if let Some(s) = &m.exact {
-                    Matcher::Exact(s.clone())
-                } else if let Some(s) = &m.prefix {
-                    Matcher::Prefix(s.clone())
-                } else if let Some(s) = &m.regex {
-                    Matcher::Regex(config::compile_full_regex(s).map_err(|e| {
-                        config::ConfigError {
-                            path: format!("{path}.match.attributes.{key}.regex"),
-                            message: format!("invalid regex: {e}"),
-                        }
-                    })?)
-                } else {
-                    Matcher::Present(m.present.unwrap_or(true))
-                };
-                conditions.push((key.clone(), matcher));
-            }
+            let conditions = Conditions::compile(&r.match_, &format!("{path}.match"))?;
             let mut destinations = Vec::with_capacity(r.route.len());
             let mut total = 0u64;
             for (i, d) in r.route.iter().enumerate() {
@@ -174,6 +316,29 @@ impl RouteTable {
                 request_mutation: mutations(&r.request_mutation),
                 response_mutation: mutations(&r.response_mutation),
                 timeout: r.timeout.map(|t| t.0),
+                retry: r.retry.as_ref().map(RetryPolicy::compile),
+                mirror: match &r.mirror {
+                    Some(m) => Some(MirrorPolicy {
+                        cluster: cluster_index(&m.cluster).ok_or_else(|| config::ConfigError {
+                            path: format!("{path}.mirror.cluster"),
+                            message: format!("no cluster named {:?}", m.cluster),
+                        })?,
+                        per_million: (m.percentage.unwrap_or(100.0).clamp(0.0, 100.0) * 10_000.0)
+                            .round() as u32,
+                        in_flight: Arc::new(Semaphore::new(
+                            m.max_in_flight
+                                .unwrap_or(config::DEFAULT_MIRROR_IN_FLIGHT)
+                                .max(1) as usize,
+                        )),
+                        stats: stats.mirror(&rc.name, &r.name),
+                    }),
+                    None => None,
+                },
+                hash_policy: r.hash_policy.clone(),
+                rate_limit: match &r.local_rate_limit {
+                    Some(tb) => Some(TokenBucket::new(tb, &format!("{path}.local_rate_limit"))?),
+                    None => None,
+                },
                 requests: stats.route(&rc.name, &r.name),
             });
         }

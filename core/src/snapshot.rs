@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ use arc_swap::ArcSwap;
 
 use crate::codec::{Protocol, ProtocolRegistry, DEFAULT_MAX_FRAME_SIZE};
 use crate::config::{self, Bootstrap, ConfigError, ConfigErrors};
+use crate::health::{ClusterShared, HealthCheckSettings, Outcome, OutlierSettings};
+use crate::lb::{ClusterLb, HostInfo, LbSettings, LocalityMode};
+use crate::ratelimit::TokenBucket;
 use crate::router::RouteTable;
 use crate::stats::{ClusterStats, Stats};
 use crate::upstream::{EndpointPool, PoolSettings};
@@ -36,21 +39,193 @@ pub struct ClusterRuntime {
     pub protocol: Option<Arc<dyn Protocol>>,
     /// Endpoints.
     pub endpoints: Vec<EndpointRuntime>,
-    next: AtomicUsize,
     /// Metric handles.
     pub stats: ClusterStats,
+    /// Health version and circuit breakers, shared with later snapshots.
+    pub shared: Arc<ClusterShared>,
+    lb_settings: LbSettings,
+    outlier: Option<OutlierSettings>,
+    lb: ArcSwap<LbState>,
+    rebuilding: Mutex<()>,
+}
+
+/// A load balancer built for one health version of a cluster.
+pub struct LbState {
+    /// The health version it was built for.
+    pub version: u64,
+    /// The balancer.
+    pub lb: ClusterLb,
 }
 
 impl ClusterRuntime {
-    /// Picks an endpoint, round robin.
-    pub fn pick(&self) -> Option<&EndpointRuntime> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => self.endpoints.first(),
-            n => self
-                .endpoints
-                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+    fn new(
+        name: String,
+        protocol: Option<Arc<dyn Protocol>>,
+        endpoints: Vec<EndpointRuntime>,
+        shared: Arc<ClusterShared>,
+        lb_settings: LbSettings,
+        outlier: Option<OutlierSettings>,
+    ) -> Self {
+        let version = shared.version();
+        let lb = build_lb(&endpoints, &lb_settings);
+        let stats = shared.stats().clone();
+        stats.healthy.set(healthy_count(&endpoints));
+        Self {
+            name,
+            protocol,
+            endpoints,
+            stats,
+            shared,
+            lb_settings,
+            outlier,
+            lb: ArcSwap::from_pointee(LbState { version, lb }),
+            rebuilding: Mutex::new(()),
         }
+    }
+
+    /// Picks an endpoint with the cluster's load balancer: `hash` for consistent hashing,
+    /// `exclude` an endpoint to avoid when another can take the request (a retry).
+    /// Returns the endpoint's index and the endpoint.
+    pub fn pick(
+        &self,
+        hash: Option<u64>,
+        exclude: Option<usize>,
+    ) -> Option<(usize, &EndpointRuntime)> {
+        let version = self.shared.version();
+        let mut state = self.lb.load();
+        if state.version != version {
+            self.rebuild(version);
+            state = self.lb.load();
+        }
+        let i = state.lb.pick(hash, exclude, |i| {
+            self.endpoints
+                .get(i)
+                .map_or(0, |e| e.pool.active_requests())
+        })?;
+        self.endpoints.get(i).map(|e| (i, e))
+    }
+
+    /// The current load balancer (for the admin page).
+    pub fn lb_state(&self) -> arc_swap::Guard<Arc<LbState>> {
+        let version = self.shared.version();
+        if self.lb.load().version != version {
+            self.rebuild(version);
+        }
+        self.lb.load()
+    }
+
+    /// Rebuilds the balancer for the endpoints' current health. One caller rebuilds;
+    /// the others keep picking from the previous balancer meanwhile.
+    fn rebuild(&self, version: u64) {
+        let Ok(_one) = self.rebuilding.try_lock() else {
+            return;
+        };
+        if self.lb.load().version == version {
+            return;
+        }
+        let lb = build_lb(&self.endpoints, &self.lb_settings);
+        self.stats.healthy.set(healthy_count(&self.endpoints));
+        self.lb.store(Arc::new(LbState { version, lb }));
+    }
+
+    /// Reports what became of a request sent to endpoint `index`, for outlier detection.
+    pub fn report(&self, index: usize, outcome: Outcome) {
+        let (Some(od), Some(ep)) = (&self.outlier, self.endpoints.get(index)) else {
+            return;
+        };
+        if !ep.pool.health().record(outcome, od) {
+            return;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.pool.health().is_ejected())
+            .count();
+        if ejected >= od.max_ejected(self.endpoints.len()) {
+            tracing::debug!(cluster = %self.name, endpoint = %ep.config.address, "outlier not ejected: max_ejection_percent reached");
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let Some(duration) = ep.pool.health().eject(od, now) else {
+            return;
+        };
+        tracing::warn!(cluster = %self.name, endpoint = %ep.config.address, ?duration, "outlier ejected");
+        self.stats.ejections.inc();
+        self.stats.ejected.inc();
+        self.shared.health_changed();
+        let pool = Arc::downgrade(&ep.pool);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.health().uneject(tokio::time::Instant::now());
+                tracing::info!(cluster = shared.stats().name(), endpoint = %pool.address(), "outlier ejection ended");
+            }
+            shared.stats().ejected.dec();
+            shared.health_changed();
+        });
+    }
+}
+
+fn healthy_count(endpoints: &[EndpointRuntime]) -> i64 {
+    endpoints
+        .iter()
+        .filter(|e| e.pool.health().healthy())
+        .count() as i64
+}
+
+fn build_lb(endpoints: &[EndpointRuntime], settings: &LbSettings) -> ClusterLb {
+    let hosts: Vec<HostInfo> = endpoints
+        .iter()
+        .map(|e| HostInfo {
+            key: e.config.address.clone(),
+            weight: e.config.weight.unwrap_or(1).max(1),
+            priority: e.config.priority,
+            locality: e.config.locality.clone(),
+            healthy: e.pool.health().healthy(),
+        })
+        .collect();
+    ClusterLb::build(&hosts, settings)
+}
+
+fn lb_settings(c: &config::Cluster, node: &config::Node) -> LbSettings {
+    let defaults = LbSettings::default();
+    LbSettings {
+        policy: c.lb_policy,
+        locality: match &c.locality_lb {
+            Some(l) if l.enabled && l.locality_weights.is_empty() => LocalityMode::Failover {
+                node: node.locality.clone(),
+            },
+            Some(l) if l.enabled => LocalityMode::Weighted {
+                weights: l
+                    .locality_weights
+                    .iter()
+                    .map(|w| (w.locality.clone(), w.weight))
+                    .collect(),
+            },
+            _ => LocalityMode::Off,
+        },
+        overprovisioning_factor: c
+            .overprovisioning_factor
+            .unwrap_or(defaults.overprovisioning_factor),
+        panic_threshold: c
+            .healthy_panic_threshold
+            .unwrap_or(defaults.panic_threshold),
+        ring_min_size: c
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .map_or(defaults.ring_min_size, |v| v as usize),
+        ring_max_size: c
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.maximum_ring_size)
+            .map_or(defaults.ring_max_size, |v| v as usize),
+        maglev_table_size: c
+            .maglev
+            .as_ref()
+            .and_then(|m| m.table_size)
+            .map_or(defaults.maglev_table_size, |v| v as usize),
     }
 }
 
@@ -62,9 +237,15 @@ pub struct Snapshot {
     pub bootstrap: Arc<Bootstrap>,
     route_tables: HashMap<String, Arc<RouteTable>>,
     clusters: Vec<ClusterRuntime>,
+    listener_limits: HashMap<String, TokenBucket>,
 }
 
 impl Snapshot {
+    /// The token bucket of listener `name`, when it has one.
+    pub fn listener_limit(&self, name: &str) -> Option<&TokenBucket> {
+        self.listener_limits.get(name)
+    }
+
     /// The route configuration called `name`.
     pub fn route_table(&self, name: &str) -> Option<&RouteTable> {
         self.route_tables.get(name).map(|t| &**t)
@@ -89,6 +270,7 @@ pub struct ConfigStore {
     protocols: ProtocolRegistry,
     stats: Arc<Stats>,
     pools: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
+    shared: Mutex<HashMap<String, Arc<ClusterShared>>>,
     version: AtomicU64,
     update_lock: Mutex<()>,
 }
@@ -106,10 +288,12 @@ impl ConfigStore {
                 bootstrap: Arc::new(Bootstrap::default()),
                 route_tables: HashMap::new(),
                 clusters: Vec::new(),
+                listener_limits: HashMap::new(),
             }),
             protocols,
             stats,
             pools: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
             update_lock: Mutex::new(()),
         };
@@ -156,18 +340,24 @@ impl ConfigStore {
             let Some(rc) = b.routes.iter().find(|r| r.name == l.route_config) else {
                 continue;
             };
-            for d in rc.routes.iter().flat_map(|r| r.route.iter()) {
+            let used = rc.routes.iter().flat_map(|r| {
+                r.route
+                    .iter()
+                    .map(|d| d.cluster.as_str())
+                    .chain(r.mirror.iter().map(|m| m.cluster.as_str()))
+            });
+            for d in used {
                 let explicit = b
                     .clusters
                     .iter()
-                    .find(|c| c.name == d.cluster)
+                    .find(|c| c.name == d)
                     .and_then(|c| c.protocol.as_deref());
                 if explicit.is_some() {
                     continue;
                 }
-                match cluster_protocol.insert(&d.cluster, &l.protocol) {
+                match cluster_protocol.insert(d, &l.protocol) {
                     Some(p) if p != l.protocol => errors.push(ConfigError {
-                        path: format!("clusters[{}].protocol", d.cluster),
+                        path: format!("clusters[{d}].protocol"),
                         message: format!(
                             "used by listeners of protocols {p:?} and {:?}: set the protocol explicitly",
                             l.protocol
@@ -187,7 +377,15 @@ impl ConfigStore {
                 message: "configuration store is poisoned".into(),
             }])
         })?;
+        let mut shared_map = self.shared.lock().map_err(|_| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: "configuration store is poisoned".into(),
+            }])
+        })?;
         let mut kept: HashMap<PoolKey, Arc<EndpointPool>> = HashMap::new();
+        let mut kept_shared: HashMap<String, Arc<ClusterShared>> = HashMap::new();
+        let mut new_pools = Vec::new();
         let mut clusters = Vec::with_capacity(b.clusters.len());
         for c in &b.clusters {
             let proto_name = c
@@ -195,12 +393,18 @@ impl ConfigStore {
                 .as_deref()
                 .or_else(|| cluster_protocol.get(c.name.as_str()).copied());
             let protocol = proto_name.and_then(|n| self.protocols.get(n)).cloned();
-            let stats = self.stats.cluster(&c.name);
+            let shared = shared_map
+                .get(&c.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ClusterShared::new(self.stats.cluster(&c.name))));
+            shared.set_limits(c.circuit_breakers.as_ref());
+            kept_shared.insert(c.name.clone(), shared.clone());
             let settings = PoolSettings {
                 connect_timeout: c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
                 connections: c.connections_per_endpoint.unwrap_or(1) as usize,
                 max_frame_size: c.max_frame_size.unwrap_or(DEFAULT_MAX_FRAME_SIZE),
                 protocol_options: Arc::new(c.protocol_options.clone()),
+                health_check: c.health_check.as_ref().map(HealthCheckSettings::new),
             };
             let mut endpoints = Vec::new();
             if let (Some(protocol), Some(pname)) = (&protocol, proto_name) {
@@ -209,18 +413,19 @@ impl ConfigStore {
                         continue; // rejected by validation already
                     };
                     let key = (c.name.clone(), addr, pname.to_owned());
-                    let pool = pools
-                        .get(&key)
-                        .filter(|p| same_settings(p, &settings))
-                        .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(EndpointPool::new(
+                    let pool = match pools.get(&key).filter(|p| same_settings(p, &settings)) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = Arc::new(EndpointPool::new(
                                 addr,
                                 protocol.clone(),
                                 settings.clone(),
-                                stats.clone(),
-                            ))
-                        });
+                                shared.clone(),
+                            ));
+                            new_pools.push(p.clone());
+                            p
+                        }
+                    };
                     kept.insert(key, pool.clone());
                     endpoints.push(EndpointRuntime {
                         config: e.clone(),
@@ -228,13 +433,14 @@ impl ConfigStore {
                     });
                 }
             }
-            clusters.push(ClusterRuntime {
-                name: c.name.clone(),
+            clusters.push(ClusterRuntime::new(
+                c.name.clone(),
                 protocol,
                 endpoints,
-                next: AtomicUsize::new(0),
-                stats,
-            });
+                shared,
+                lb_settings(c, &b.node),
+                c.outlier_detection.as_ref().map(OutlierSettings::new),
+            ));
         }
 
         let index: HashMap<&str, usize> = b
@@ -252,15 +458,32 @@ impl ConfigStore {
                 Err(e) => errors.push(e),
             }
         }
+        let mut listener_limits = HashMap::new();
+        for l in &b.listeners {
+            if let Some(tb) = &l.local_rate_limit {
+                let path = format!("listeners[{}].local_rate_limit", l.name);
+                match TokenBucket::new(tb, &path) {
+                    Ok(bucket) => {
+                        listener_limits.insert(l.name.clone(), bucket);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         *pools = kept;
+        *shared_map = kept_shared;
+        for p in new_pools {
+            p.start_health_check();
+        }
         Ok(Snapshot {
             version,
             bootstrap: Arc::new(b),
             route_tables,
             clusters,
+            listener_limits,
         })
     }
 }
@@ -270,4 +493,5 @@ fn same_settings(pool: &EndpointPool, settings: &PoolSettings) -> bool {
         && pool.settings().connections == settings.connections
         && pool.settings().max_frame_size == settings.max_frame_size
         && pool.settings().protocol_options == settings.protocol_options
+        && pool.settings().health_check == settings.health_check
 }

@@ -44,6 +44,44 @@ pub struct ClusterReasonLabels {
     pub reason: String,
 }
 
+/// Labels of per-endpoint metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Endpoint address.
+    pub endpoint: String,
+}
+
+/// Labels of per-cluster resource metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterResourceLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Which limit: connections, pending, requests, retries.
+    pub resource: String,
+}
+
+/// Labels of per-cluster results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterResultLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Outcome.
+    pub result: String,
+}
+
+/// Labels of per-route results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResultLabels {
+    /// Route configuration name.
+    pub route_config: String,
+    /// Route name.
+    pub route: String,
+    /// Outcome.
+    pub result: String,
+}
+
 /// Labels of per-route metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -68,6 +106,14 @@ pub struct Stats {
     upstream_cx_total: Family<ClusterLabels, Counter>,
     upstream_cx_connect_fail_total: Family<ClusterLabels, Counter>,
     upstream_protocol_error_total: Family<ClusterReasonLabels, Counter>,
+    upstream_endpoint_rq_total: Family<EndpointLabels, Counter>,
+    upstream_rq_retry_total: Family<ClusterLabels, Counter>,
+    upstream_overflow_total: Family<ClusterResourceLabels, Counter>,
+    outlier_ejections_total: Family<ClusterLabels, Counter>,
+    outlier_ejected: Family<ClusterLabels, Gauge>,
+    health_check_total: Family<ClusterResultLabels, Counter>,
+    endpoints_healthy: Family<ClusterLabels, Gauge>,
+    mirror_total: Family<RouteResultLabels, Counter>,
 }
 
 impl Default for Stats {
@@ -115,6 +161,29 @@ impl Stats {
                 "upstream_protocol_error",
                 "Upstream frames that could not be decoded, by reason"
             ),
+            upstream_endpoint_rq_total: family!(
+                "upstream_endpoint_rq",
+                "Requests sent to each endpoint"
+            ),
+            upstream_rq_retry_total: family!("upstream_rq_retry", "Retried upstream requests"),
+            upstream_overflow_total: family!(
+                "upstream_overflow",
+                "Requests refused by a cluster's circuit breakers, by resource"
+            ),
+            outlier_ejections_total: family!(
+                "outlier_ejections",
+                "Endpoints ejected by outlier detection"
+            ),
+            outlier_ejected: family!("outlier_ejected", "Endpoints ejected now"),
+            health_check_total: family!("health_check", "Active health check probes, by result"),
+            endpoints_healthy: family!(
+                "cluster_endpoints_healthy",
+                "Endpoints that take traffic (not ejected, passing health checks)"
+            ),
+            mirror_total: family!(
+                "mirror",
+                "Mirrored request copies, by result (sent, dropped, failed)"
+            ),
             registry,
         }
     }
@@ -156,8 +225,22 @@ impl Stats {
         let l = ClusterLabels {
             cluster: name.to_owned(),
         };
+        let result = |r: &str| {
+            self.health_check_total
+                .get_or_create(&ClusterResultLabels {
+                    cluster: name.to_owned(),
+                    result: r.to_owned(),
+                })
+                .clone()
+        };
         ClusterStats {
             name: name.into(),
+            retries: self.upstream_rq_retry_total.get_or_create(&l).clone(),
+            ejections: self.outlier_ejections_total.get_or_create(&l).clone(),
+            ejected: self.outlier_ejected.get_or_create(&l).clone(),
+            healthy: self.endpoints_healthy.get_or_create(&l).clone(),
+            hc_success: result("success"),
+            hc_failure: result("failure"),
             rq_total: self.upstream_rq_total.get_or_create(&l).clone(),
             cx_total: self.upstream_cx_total.get_or_create(&l).clone(),
             cx_connect_fail: self
@@ -165,6 +248,34 @@ impl Stats {
                 .get_or_create(&l)
                 .clone(),
             stats: self.clone(),
+        }
+    }
+
+    /// The request counter of one endpoint.
+    pub fn endpoint(&self, cluster: &str, endpoint: &str) -> Counter {
+        self.upstream_endpoint_rq_total
+            .get_or_create(&EndpointLabels {
+                cluster: cluster.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Mirror counters of one route.
+    pub fn mirror(&self, route_config: &str, route: &str) -> MirrorStats {
+        let c = |result: &str| {
+            self.mirror_total
+                .get_or_create(&RouteResultLabels {
+                    route_config: route_config.to_owned(),
+                    route: route.to_owned(),
+                    result: result.to_owned(),
+                })
+                .clone()
+        };
+        MirrorStats {
+            sent: c("sent"),
+            dropped: c("dropped"),
+            failed: c("failed"),
         }
     }
 
@@ -217,10 +328,33 @@ impl ListenerStats {
     }
 }
 
+/// Mirror counters of one route.
+#[derive(Clone, Debug)]
+pub struct MirrorStats {
+    /// Copies sent to the shadow.
+    pub sent: Counter,
+    /// Copies not sent: too many in flight, or a request whose body streams.
+    pub dropped: Counter,
+    /// Copies that got no response from the shadow.
+    pub failed: Counter,
+}
+
 /// Metric handles of one cluster.
 #[derive(Clone)]
 pub struct ClusterStats {
     name: Arc<str>,
+    /// Retries.
+    pub retries: Counter,
+    /// Outlier ejections.
+    pub ejections: Counter,
+    /// Endpoints ejected now.
+    pub ejected: Gauge,
+    /// Endpoints taking traffic.
+    pub healthy: Gauge,
+    /// Passed health check probes.
+    pub hc_success: Counter,
+    /// Failed health check probes.
+    pub hc_failure: Counter,
     /// Requests sent.
     pub rq_total: Counter,
     /// Connections established.
@@ -240,6 +374,27 @@ impl ClusterStats {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a request refused by a circuit breaker.
+    pub fn overflow(&self, resource: &str) {
+        self.stats
+            .upstream_overflow_total
+            .get_or_create(&ClusterResourceLabels {
+                cluster: self.name.to_string(),
+                resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The cluster name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The request counter of one of the cluster's endpoints.
+    pub fn endpoint(&self, address: &str) -> Counter {
+        self.stats.endpoint(&self.name, address)
     }
 
     /// Counts an upstream frame that could not be decoded.

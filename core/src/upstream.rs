@@ -15,7 +15,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
+use crate::health::{ClusterShared, HealthCheckSettings, HostHealth, OwnedResourceGuard, Resource};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::message::{LocalReplyKind, Message, MessageKind};
 use crate::stats::ClusterStats;
@@ -32,6 +35,9 @@ pub enum UpstreamError {
     /// The request could not be encoded.
     #[error("request could not be encoded: {0}")]
     Encode(String),
+    /// A circuit breaker of the cluster refused the request.
+    #[error("upstream overflow: the cluster's {} limit is reached", .0.as_str())]
+    Overflow(Resource),
 }
 
 impl UpstreamError {
@@ -41,6 +47,7 @@ impl UpstreamError {
             UpstreamError::ConnectFailed(..) => LocalReplyKind::UpstreamConnectFailure,
             UpstreamError::Reset => LocalReplyKind::UpstreamReset,
             UpstreamError::Encode(_) => LocalReplyKind::Internal,
+            UpstreamError::Overflow(_) => LocalReplyKind::Overloaded,
         }
     }
 
@@ -50,6 +57,7 @@ impl UpstreamError {
             UpstreamError::ConnectFailed(..) => "connect_failure",
             UpstreamError::Reset => "reset",
             UpstreamError::Encode(_) => "encode",
+            UpstreamError::Overflow(_) => "overflow",
         }
     }
 }
@@ -175,6 +183,8 @@ pub struct PoolSettings {
     pub max_frame_size: usize,
     /// Protocol-specific settings of the cluster.
     pub protocol_options: Arc<ProtocolOptions>,
+    /// Active health checking of the endpoint.
+    pub health_check: Option<HealthCheckSettings>,
 }
 
 /// Idle connections an endpoint keeps for protocols that do not multiplex.
@@ -191,6 +201,8 @@ pub(crate) struct ExclusiveConnection {
     pub(crate) codec: Mutex<Box<dyn Codec>>,
     /// True when the connection served an earlier exchange.
     pub(crate) reused: bool,
+    /// Counts the connection against the cluster's limit while it lives.
+    _counted: OwnedResourceGuard,
 }
 
 impl ExclusiveConnection {
@@ -211,6 +223,9 @@ pub struct EndpointPool {
     next_slot: AtomicUsize,
     active: AtomicUsize,
     stats: ClusterStats,
+    requests: Counter,
+    health: HostHealth,
+    shared: Arc<ClusterShared>,
 }
 
 impl EndpointPool {
@@ -219,9 +234,10 @@ impl EndpointPool {
         address: SocketAddr,
         protocol: Arc<dyn Protocol>,
         settings: PoolSettings,
-        stats: ClusterStats,
+        shared: Arc<ClusterShared>,
     ) -> Self {
         let n = settings.connections.max(1);
+        let stats = shared.stats().clone();
         Self {
             address,
             protocol,
@@ -230,8 +246,36 @@ impl EndpointPool {
             slots: (0..n).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            requests: stats.endpoint(&address.to_string()),
             stats,
+            health: HostHealth::default(),
+            shared,
         }
+    }
+
+    /// Starts the active health check of the endpoint, when its cluster has one. The
+    /// check stops when the pool is dropped.
+    pub fn start_health_check(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(settings) = self.settings.health_check.clone() {
+            runtime.spawn(crate::health::run_health_check(
+                Arc::downgrade(self),
+                settings,
+                self.shared.clone(),
+            ));
+        }
+    }
+
+    /// The endpoint's health.
+    pub fn health(&self) -> &HostHealth {
+        &self.health
+    }
+
+    /// The protocol spoken to the endpoint.
+    pub fn protocol(&self) -> &Arc<dyn Protocol> {
+        &self.protocol
     }
 
     /// The endpoint address.
@@ -269,6 +313,14 @@ impl EndpointPool {
                 return Ok(conn);
             }
         }
+        let counted = self
+            .shared
+            .acquire_owned(Resource::Connections)
+            .ok_or(UpstreamError::Overflow(Resource::Connections))?;
+        let _pending = self
+            .shared
+            .acquire(Resource::Pending)
+            .ok_or(UpstreamError::Overflow(Resource::Pending))?;
         let stream = self.open().await.inspect_err(|e| {
             self.stats.cx_connect_fail.inc();
             self.stats.rq_error(e.reason());
@@ -281,6 +333,7 @@ impl EndpointPool {
             buf: BytesMut::with_capacity(16 * 1024),
             codec: Mutex::new(self.protocol.codec(&options)),
             reused: false,
+            _counted: counted,
         })
     }
 
@@ -297,6 +350,7 @@ impl EndpointPool {
     /// Counts a request sent to this endpoint; the guard counts it finished.
     pub(crate) fn begin_request(&self) -> ActiveGuard<'_> {
         self.stats.rq_total.inc();
+        self.requests.inc();
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(&self.active)
     }
@@ -350,6 +404,10 @@ impl EndpointPool {
                 return Ok(c);
             }
         }
+        let _pending = self
+            .shared
+            .acquire(Resource::Pending)
+            .ok_or(UpstreamError::Overflow(Resource::Pending))?;
         let _lock = slot.connecting.lock().await;
         if let Some(c) = slot.conn.load_full() {
             if !c.is_closed() {
@@ -357,7 +415,9 @@ impl EndpointPool {
             }
         }
         let c = self.connect().await.inspect_err(|e| {
-            self.stats.cx_connect_fail.inc();
+            if matches!(e, UpstreamError::ConnectFailed(..)) {
+                self.stats.cx_connect_fail.inc();
+            }
             self.stats.rq_error(e.reason());
         })?;
         slot.conn.store(Some(c.clone()));
@@ -365,6 +425,10 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<Arc<MuxConnection>, UpstreamError> {
+        let counted = self
+            .shared
+            .acquire_owned(Resource::Connections)
+            .ok_or(UpstreamError::Overflow(Resource::Connections))?;
         let stream = self.open().await?;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(1024);
@@ -386,6 +450,7 @@ impl EndpointPool {
             shared.clone(),
             tx.downgrade(),
             self.stats.clone(),
+            counted,
         ));
         tracing::debug!(cluster_endpoint = %self.address, "upstream connection established");
         Ok(Arc::new(MuxConnection {
@@ -446,7 +511,9 @@ async fn read_loop(
     shared: Arc<Shared>,
     tx: mpsc::WeakSender<Outbound>,
     stats: ClusterStats,
+    counted: OwnedResourceGuard,
 ) {
+    let _counted = counted;
     let mut codec = protocol.codec(&options);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     'read: loop {

@@ -80,7 +80,7 @@ fn pipeline(c: &mut Criterion) {
                 let route = table.route(&msg.metadata).expect("route");
                 Mutation::apply_all(&route.request_mutation, &mut msg.metadata);
                 let cluster = snapshot.cluster(route.pick_cluster()).expect("cluster");
-                let endpoint = cluster.pick().expect("endpoint");
+                let (_, endpoint) = cluster.pick(None, None).expect("endpoint");
                 let mut out = EncodedFrame::new();
                 upstream.encode(&msg, 7, &mut out).expect("encode");
                 black_box((endpoint.pool.address(), out.len()))

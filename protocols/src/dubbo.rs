@@ -707,6 +707,12 @@ impl Protocol for DubboProtocol {
         Some(msg)
     }
 
+    fn heartbeat_request(&self) -> Option<Message> {
+        let mut msg = Message::new(MessageKind::Heartbeat, 0, build::heartbeat(0));
+        msg.status = Some(0);
+        Some(msg)
+    }
+
     fn finish_response(&self, request: &Message, response: &mut Message) {
         if request.layout[BITS] & BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS != 0 {
             response.layout[BITS] |= BIT_RESPONSE_ATTACHMENTS_ALLOWED;

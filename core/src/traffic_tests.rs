@@ -1,0 +1,534 @@
+//! In-process tests of traffic management over real loopback sockets with the test
+//! protocol: retries, per-try timeouts, circuit breakers, local rate limits, outlier
+//! detection, mirroring and consistent hashing.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::codec::{Codec, CodecOptions, Protocol, Side};
+use crate::config::Bootstrap;
+use crate::message::{Message, MessageKind};
+use crate::proxy::{Proxy, ProxyBuilder};
+use crate::testing::{frame, payload, registry, TestProtocol};
+
+/// How a test upstream behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Answers every request.
+    Echo,
+    /// Answers every request with an error response.
+    Fail,
+    /// Closes the connection when a request arrives.
+    Reset,
+    /// Answers after this many milliseconds.
+    Slow(u64),
+    /// Accepts connections and never reads from them.
+    Stall,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<AtomicUsize>,
+    /// Attribute values of every request received, by attribute name.
+    log: Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
+}
+
+async fn upstream(name: &'static str, mode: Mode) -> Upstream {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s2, l2) = (seen.clone(), log.clone());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            if mode == Mode::Stall {
+                held.push(s);
+                continue;
+            }
+            tokio::spawn(serve(s, name, mode, s2.clone(), l2.clone()));
+        }
+    });
+    Upstream { addr, seen, log }
+}
+
+async fn serve(
+    s: TcpStream,
+    name: &'static str,
+    mode: Mode,
+    seen: Arc<AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
+) {
+    let (mut rd, wr) = s.into_split();
+    let wr = Arc::new(Mutex::new(wr));
+    let mut codec = TestProtocol.codec(&CodecOptions::new(Side::Downstream));
+    let mut buf = BytesMut::new();
+    loop {
+        while let Ok(Some(req)) = codec.decode(&mut buf) {
+            if !req.kind.is_request() {
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut l) = log.lock() {
+                l.push(
+                    req.metadata
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                );
+            }
+            if mode == Mode::Reset {
+                return;
+            }
+            let wr = wr.clone();
+            tokio::spawn(async move {
+                if let Mode::Slow(ms) = mode {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let kind = if mode == Mode::Fail {
+                    MessageKind::Error
+                } else {
+                    MessageKind::Response
+                };
+                let f = frame(
+                    kind,
+                    req.request_id,
+                    0,
+                    &[("served-by", name)],
+                    payload(&req),
+                );
+                let _ = wr.lock().await.write_all(&f).await;
+            });
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    codec: Box<dyn Codec>,
+    buf: BytesMut,
+    next: u64,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            codec: TestProtocol.codec(&CodecOptions::new(Side::Upstream)),
+            buf: BytesMut::new(),
+            next: 0,
+        }
+    }
+
+    async fn call(&mut self, headers: &[(&str, &str)]) -> Message {
+        self.next += 1;
+        let f = frame(MessageKind::Request, self.next, 0, headers, b"ping");
+        self.stream.write_all(&f).await.expect("write");
+        loop {
+            if let Some(m) = self.codec.decode(&mut self.buf).expect("decodable reply") {
+                assert_eq!(m.request_id, self.next);
+                return m;
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+            assert!(n > 0, "proxy closed the connection");
+        }
+    }
+}
+
+/// Who answered: the upstream's name, or `local:<reason>` for a local reply.
+fn who(m: &Message) -> String {
+    match (m.metadata.get("served-by"), m.metadata.get("reason")) {
+        (Some(s), _) => s.to_owned(),
+        (None, Some(r)) => format!("local:{r}"),
+        _ => "?".into(),
+    }
+}
+
+async fn start(yaml: &str) -> Proxy {
+    let b = Bootstrap::from_yaml(yaml).expect("yaml");
+    ProxyBuilder::new()
+        .protocols(&registry())
+        .start(b)
+        .await
+        .expect("start")
+}
+
+fn metric(proxy: &Proxy, name: &str, labels: &str) -> u64 {
+    let text = proxy.store().stats().encode();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn listener(routes: &str, clusters: &str, listener_extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: test, route_config: rc {listener_extra} }}
+routes:
+  - name: rc
+    routes:
+{routes}
+clusters:
+{clusters}
+"#
+    )
+}
+
+async fn client(proxy: &Proxy) -> Client {
+    Client::connect(proxy.listener_addr("in").expect("listener")).await
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_endpoint() {
+    let good = upstream("good", Mode::Echo).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: c }], retry: { attempts: 2, base_interval: 1ms } }",
+        &format!(
+            "  - {{ name: c, endpoints: [{{ address: \"{dead}\" }}, {{ address: \"{}\" }}] }}",
+            good.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..20 {
+        let r = c.call(&[]).await;
+        assert_eq!(who(&r), "good");
+    }
+    assert!(metric(&proxy, "metamesh_upstream_rq_retry_total", "cluster=\"c\"") >= 9);
+}
+
+#[tokio::test]
+async fn resets_are_retried_only_on_idempotent_routes() {
+    let good = upstream("good", Mode::Echo).await;
+    let bad = upstream("bad", Mode::Reset).await;
+    let clusters = format!(
+        "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+        bad.addr, good.addr
+    );
+    let proxy = start(&listener(
+        r#"      - name: safe
+        match: { attributes: { safe: { present: true } } }
+        route: [{ cluster: c }]
+        retry: { attempts: 1, idempotent: true, base_interval: 1ms }
+      - { name: unsafe, route: [{ cluster: c }], retry: { attempts: 1, base_interval: 1ms } }"#,
+        &clusters,
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..10 {
+        assert_eq!(who(&c.call(&[("safe", "1")]).await), "good");
+    }
+    let mut outcomes = HashSet::new();
+    for _ in 0..10 {
+        outcomes.insert(who(&c.call(&[]).await));
+    }
+    assert!(
+        outcomes.contains("local:upstream_reset"),
+        "a reset after the request left is not retried without idempotent: {outcomes:?}"
+    );
+    assert!(outcomes.contains("good"), "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn per_try_timeout_moves_on_to_another_endpoint() {
+    let slow = upstream("slow", Mode::Slow(5_000)).await;
+    let fast = upstream("fast", Mode::Echo).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: c }], timeout: 3s, retry: { attempts: 1, per_try_timeout: 100ms, idempotent: true, base_interval: 1ms } }",
+        &format!(
+            "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            slow.addr, fast.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..6 {
+        assert_eq!(who(&c.call(&[]).await), "fast");
+    }
+    assert!(slow.seen.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn error_status_is_retried_when_asked_and_forwarded_otherwise() {
+    let failing = upstream("failing", Mode::Fail).await;
+    let good = upstream("good", Mode::Echo).await;
+    let clusters = format!(
+        "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}\n  - {{ name: f, endpoints: [{{ address: \"{}\" }}] }}",
+        failing.addr, good.addr, failing.addr
+    );
+    let proxy = start(&listener(
+        r#"      - name: only-failing
+        match: { attributes: { f: { present: true } } }
+        route: [{ cluster: f }]
+        retry: { attempts: 2, idempotent: true, retry_on: [error_status], base_interval: 1ms }
+      - { name: r, route: [{ cluster: c }], retry: { attempts: 1, idempotent: true, retry_on: [error_status], base_interval: 1ms } }"#,
+        &clusters,
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..10 {
+        let r = c.call(&[]).await;
+        assert_eq!(who(&r), "good");
+        assert_eq!(r.kind, MessageKind::Response);
+    }
+    // Every attempt fails: the last error response itself reaches the client.
+    let before = failing.seen.load(Ordering::SeqCst);
+    let r = c.call(&[("f", "1")]).await;
+    assert_eq!(r.kind, MessageKind::Error);
+    assert_eq!(who(&r), "failing");
+    assert_eq!(failing.seen.load(Ordering::SeqCst) - before, 3);
+}
+
+#[tokio::test]
+async fn max_requests_answers_overloaded() {
+    let slow = upstream("slow", Mode::Slow(300)).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: c }] }",
+        &format!(
+            "  - {{ name: c, circuit_breakers: {{ max_requests: 1 }}, endpoints: [{{ address: \"{}\" }}] }}",
+            slow.addr
+        ),
+        "",
+    ))
+    .await;
+    let addr = proxy.listener_addr("in").expect("listener");
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    let first = tokio::spawn(async move { who(&a.call(&[]).await) });
+    // Wait until the first request holds the only slot.
+    while proxy.store().load().clusters()[0].endpoints[0]
+        .pool
+        .active_requests()
+        == 0
+    {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(who(&b.call(&[]).await), "local:overloaded");
+    assert_eq!(first.await.expect("join"), "slow");
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_upstream_overflow_total",
+            "resource=\"requests\""
+        ),
+        1
+    );
+    assert_eq!(who(&b.call(&[]).await), "slow", "the slot is free again");
+}
+
+#[tokio::test]
+async fn rate_limits_per_listener_and_per_route_with_conditions() {
+    let good = upstream("good", Mode::Echo).await;
+    let proxy = start(&listener(
+        r#"      - name: limited
+        match: { attributes: { tenant: { present: true } } }
+        route: [{ cluster: c }]
+        local_rate_limit: { max_tokens: 2, fill_interval: 1h, match: { attributes: { tenant: { exact: noisy } } } }
+      - { name: r, route: [{ cluster: c }] }"#,
+        &format!(
+            "  - {{ name: c, endpoints: [{{ address: \"{}\" }}] }}",
+            good.addr
+        ),
+        ", local_rate_limit: { max_tokens: 8, fill_interval: 1h }",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    assert_eq!(who(&c.call(&[("tenant", "noisy")]).await), "good");
+    assert_eq!(who(&c.call(&[("tenant", "noisy")]).await), "good");
+    assert_eq!(
+        who(&c.call(&[("tenant", "noisy")]).await),
+        "local:rate_limited"
+    );
+    assert_eq!(who(&c.call(&[("tenant", "quiet")]).await), "good");
+    // The listener bucket (8) counts every request, limited ones included.
+    for _ in 0..4 {
+        assert_eq!(who(&c.call(&[]).await), "good");
+    }
+    assert_eq!(who(&c.call(&[]).await), "local:rate_limited");
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_local_reply_total",
+            "reason=\"rate_limited\""
+        ),
+        2
+    );
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_and_brings_back() {
+    let failing = upstream("failing", Mode::Fail).await;
+    let good = upstream("good", Mode::Echo).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: c }] }",
+        &format!(
+            "  - {{ name: c, outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 300ms, max_ejection_percent: 50 }}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            failing.addr, good.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    // Round robin alternates: three errors from `failing` within six requests.
+    for _ in 0..6 {
+        c.call(&[]).await;
+    }
+    assert_eq!(
+        metric(&proxy, "metamesh_outlier_ejections_total", "cluster=\"c\""),
+        1
+    );
+    let seen = failing.seen.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(who(&c.call(&[]).await), "good");
+    }
+    assert_eq!(
+        failing.seen.load(Ordering::SeqCst),
+        seen,
+        "ejected: no traffic"
+    );
+    // The ejection ends after the base time; traffic returns.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if who(&c.call(&[]).await) == "failing" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never unejected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn max_ejection_percent_keeps_endpoints_in_service() {
+    let a = upstream("a", Mode::Fail).await;
+    let b = upstream("b", Mode::Fail).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: c }] }",
+        &format!(
+            "  - {{ name: c, outlier_detection: {{ consecutive_errors: 1, base_ejection_time: 1h, max_ejection_percent: 10 }}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            a.addr, b.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..10 {
+        c.call(&[]).await;
+    }
+    assert_eq!(
+        metric(&proxy, "metamesh_outlier_ejections_total", "cluster=\"c\""),
+        1,
+        "one endpoint may always be ejected, never both at 10%"
+    );
+}
+
+#[tokio::test]
+async fn mirror_copies_a_share_with_the_mutation_and_drops_the_answer() {
+    let primary = upstream("primary", Mode::Echo).await;
+    let shadow = upstream("shadow", Mode::Echo).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: p }], request_mutation: [{ key: x-tier, value: gold }], mirror: { cluster: s, percentage: 50 } }",
+        &format!(
+            "  - {{ name: p, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: s, endpoints: [{{ address: \"{}\" }}] }}",
+            primary.addr, shadow.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    for _ in 0..2000 {
+        assert_eq!(who(&c.call(&[]).await), "primary");
+    }
+    let sent = metric(&proxy, "metamesh_mirror_total", "result=\"sent\"");
+    assert!((850..=1150).contains(&sent), "sent {sent} of 2000 at 50%");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shadow.seen.load(Ordering::SeqCst) < sent as usize {
+        assert!(tokio::time::Instant::now() < deadline, "copies lost");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = shadow.log.lock().expect("log");
+    assert!(log
+        .iter()
+        .all(|h| h.get("x-tier").map(String::as_str) == Some("gold")));
+}
+
+#[tokio::test]
+async fn a_stalled_shadow_neither_slows_nor_fails_the_primary() {
+    let primary = upstream("primary", Mode::Echo).await;
+    let shadow = upstream("shadow", Mode::Stall).await;
+    let proxy = start(&listener(
+        "      - { name: r, route: [{ cluster: p }], timeout: 30s, mirror: { cluster: s, percentage: 100, max_in_flight: 4 } }",
+        &format!(
+            "  - {{ name: p, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: s, endpoints: [{{ address: \"{}\" }}] }}",
+            primary.addr, shadow.addr
+        ),
+        "",
+    ))
+    .await;
+    let mut c = client(&proxy).await;
+    // Each copy waits up to the route timeout (30 s) for the stalled shadow: only the
+    // bound on copies in flight lets the primary through at full speed.
+    for _ in 0..500 {
+        assert_eq!(who(&c.call(&[]).await), "primary");
+    }
+    assert_eq!(
+        metric(&proxy, "metamesh_mirror_total", "result=\"sent\""),
+        4
+    );
+    assert_eq!(
+        metric(&proxy, "metamesh_mirror_total", "result=\"dropped\""),
+        496
+    );
+}
+
+#[tokio::test]
+async fn hash_policy_keeps_a_key_on_one_endpoint() {
+    let a = upstream("a", Mode::Echo).await;
+    let b = upstream("b", Mode::Echo).await;
+    let c3 = upstream("c", Mode::Echo).await;
+    for policy in ["ring_hash", "maglev"] {
+        let proxy = start(&listener(
+            "      - { name: r, route: [{ cluster: c }], hash_policy: [user-id] }",
+            &format!(
+                "  - {{ name: c, lb_policy: {policy}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+                a.addr, b.addr, c3.addr
+            ),
+            "",
+        ))
+        .await;
+        let mut c = client(&proxy).await;
+        let mut owner = HashMap::new();
+        for round in 0..3 {
+            for u in 0..60 {
+                let user = format!("user-{u}");
+                let got = who(&c.call(&[("user-id", &user)]).await);
+                let first = owner.entry(user.clone()).or_insert_with(|| got.clone());
+                assert_eq!(*first, got, "{policy}: {user} moved in round {round}");
+            }
+        }
+        let spread: HashSet<_> = owner.values().collect();
+        assert_eq!(spread.len(), 3, "{policy}: keys spread over every endpoint");
+        proxy.shutdown(Duration::from_secs(1)).await;
+    }
+}
