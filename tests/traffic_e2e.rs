@@ -960,7 +960,7 @@ clusters:
     let mut c = RawClient::new(proxy.listener("guarded"));
     echo_of(&c.call("warm-up", &[]), "warm-up call");
     let started = Instant::now();
-    let slow = c.send("slow", &[("x-delay-ms", "1500")]);
+    let slow = c.send("slow", &[("x-delay-ms", "3000")]);
     // Sent upstream (the second request of the cluster) and not answered yet.
     wait_for(Duration::from_secs(10), "the slow call in flight", || {
         let json = proxy.clusters_json();
@@ -969,19 +969,24 @@ clusters:
         .then_some(())
     });
     let refused = [
-        c.send("over-1", &[("x-delay-ms", "1500")]),
-        c.send("over-2", &[("x-delay-ms", "1500")]),
+        c.send("over-1", &[("x-delay-ms", "3000")]),
+        c.send("over-2", &[("x-delay-ms", "3000")]),
     ];
     for _ in 0..2 {
         let reply = c.read_frame("a call over the breaker");
         assert!(
             refused.contains(&reply.request_id),
-            "the slow call answered before the refusals: {reply:?}"
+            "expected the refusals of calls {refused:?} first (max_requests: 1 with call \
+             {slow} in flight), got the answer to call {} after {:?}: status {:?} {:?}",
+            reply.request_id,
+            started.elapsed(),
+            reply.status,
+            build::response_value(&reply)
         );
         limited_reply(&reply, "a call over max_requests");
     }
     assert!(
-        started.elapsed() < Duration::from_millis(1400),
+        started.elapsed() < Duration::from_millis(2500),
         "the refusals waited for the call in flight ({:?})",
         started.elapsed()
     );
