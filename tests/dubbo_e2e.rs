@@ -845,3 +845,87 @@ clusters:
         0
     );
 }
+
+/// Active health checks of `type: heartbeat` probe a real dubbo-py provider with Dubbo
+/// heartbeat events on a kept connection; a provider that stops answering is taken out
+/// and a fresh one on the same port is brought back.
+#[test]
+fn heartbeat_health_checks_follow_a_real_provider() {
+    let mut providers = Provider::start_all(&["hb"], &[]);
+    let port = providers[0].port;
+    let yaml = format!(
+        r#"admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: dubbo-routes }}
+routes:
+  - name: dubbo-routes
+    routes:
+      - name: default
+        route: [{{ cluster: demo }}]
+clusters:
+  - name: demo
+    protocol: dubbo
+    healthy_panic_threshold: 0
+    health_check: {{ type: heartbeat, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }}
+    endpoints: [{{ address: "127.0.0.1:{port}" }}]
+"#
+    );
+    let proxy = Proxy::start(&yaml, &[]);
+    let health = |proxy: &Proxy| -> String {
+        let v: Json = serde_json::from_str(&proxy.scrape("/clusters?format=json")).expect("json");
+        v["clusters"][0]["endpoints"][0]["health"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "three heartbeat probes answered",
+        || {
+            (proxy.counter(
+                "metamesh_health_check_total",
+                &[("cluster", "demo"), ("result", "success")],
+            ) >= 3)
+                .then_some(())
+        },
+    );
+    assert_eq!(health(&proxy), "healthy");
+    assert_eq!(
+        proxy.counter("metamesh_upstream_cx_total", &[("cluster", "demo")]),
+        0,
+        "probes do not use the traffic pool"
+    );
+
+    providers[0].proc.kill();
+    wait_for(
+        Duration::from_secs(20),
+        "the dead provider marked unhealthy",
+        || (health(&proxy) == "failed_health_check").then_some(()),
+    );
+    let summary = run_consumer(&[
+        "--target",
+        &proxy.listener("dubbo-out").to_string(),
+        "--count",
+        "3",
+        "--connections",
+        "1",
+    ]);
+    assert_errors(&summary, 3, &["no healthy upstream"]);
+
+    let back = Provider::start_on("hb", port, &[]);
+    wait_for(
+        Duration::from_secs(20),
+        "the provider back in service",
+        || (health(&proxy) == "healthy").then_some(()),
+    );
+    let summary = run_consumer(&[
+        "--target",
+        &proxy.listener("dubbo-out").to_string(),
+        "--count",
+        "5",
+        "--connections",
+        "1",
+    ]);
+    assert_all_ok(&summary, 5);
+    drop(back);
+}
