@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::config::RetryOn;
 use crate::health::{Outcome, Resource};
 use crate::listener::{
-    retry_condition, retry_wait, route_request, ListenerContext, Routed, DEFAULT_ROUTE_TIMEOUT,
+    retry_condition, route_request, ListenerContext, Retries, Routed, DEFAULT_ROUTE_TIMEOUT,
 };
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind, StreamState};
 use crate::router::Mutation;
@@ -309,12 +309,11 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     let deadline = Instant::now() + total;
     let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-    let mut retry_slot = None;
+    let mut retries = Retries::new(route, cluster, deadline);
     let mut exclude = None;
     let mut continued = false;
-    let mut n = 0u32;
     loop {
-        n += 1;
+        retries.next_attempt();
         let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
             let text = format!("no healthy upstream in cluster {}", cluster.name);
             return down
@@ -327,11 +326,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
         let remaining = deadline.saturating_duration_since(Instant::now());
         let this_try = per_try.map_or(remaining, |t| t.min(remaining));
         // An error response is held back for a retry only when one could follow.
-        let hold_error = req.stream == StreamState::End
-            && route
-                .retry
-                .as_ref()
-                .is_some_and(|p| n <= p.attempts && p.retry_on.contains(RetryOn::ErrorStatus));
+        let hold_error = req.stream == StreamState::End && retries.allows(RetryOn::ErrorStatus);
 
         // A pooled connection the server closed meanwhile fails at once; a request whose
         // head alone makes it up is sent again on a fresh connection.
@@ -396,9 +391,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                 if let Some(on) = on {
                     let may_repeat =
                         req.stream == StreamState::End || on == RetryOn::ConnectFailure;
-                    if retry_wait(route, cluster, on, n, deadline, may_repeat, &mut retry_slot)
-                        .await
-                    {
+                    if retries.again(on, may_repeat).await {
                         continue;
                     }
                 }
@@ -428,17 +421,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
             }
             Err(ResponseError::Held(head)) => {
                 cluster.report(index, Outcome::ErrorStatus);
-                if retry_wait(
-                    route,
-                    cluster,
-                    RetryOn::ErrorStatus,
-                    n,
-                    deadline,
-                    true,
-                    &mut retry_slot,
-                )
-                .await
-                {
+                if retries.again(RetryOn::ErrorStatus, true).await {
                     // The held response's body is never read: the connection goes.
                     continue;
                 }
@@ -467,9 +450,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                     _ => RetryOn::Reset,
                 };
                 // A body that started to flow cannot be sent again.
-                if req.stream == StreamState::End
-                    && retry_wait(route, cluster, on, n, deadline, true, &mut retry_slot).await
-                {
+                if retries.again(on, req.stream == StreamState::End).await {
                     continue;
                 }
                 let text = format!("{text} ({})", cluster.name);

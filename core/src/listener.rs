@@ -310,39 +310,66 @@ pub(crate) fn retry_condition(e: &UpstreamError) -> Option<RetryOn> {
     }
 }
 
-/// Decides whether an attempt that failed with `on` is tried again, and if so waits the
-/// backoff. `n` is the attempt that failed (1-based). Takes a retry slot from the
-/// cluster's circuit breaker on the first retry.
-pub(crate) async fn retry_wait<'c>(
-    route: &Route,
-    cluster: &'c ClusterRuntime,
-    on: RetryOn,
-    n: u32,
+/// The retry state of one request: which attempt this is, the request's deadline, and
+/// the retry slot taken from the cluster's circuit breaker on the first retry.
+pub(crate) struct Retries<'s> {
+    route: &'s Route,
+    cluster: &'s ClusterRuntime,
     deadline: Instant,
-    request_may_repeat: bool,
-    slot: &mut Option<ResourceGuard<'c>>,
-) -> bool {
-    let Some(policy) = &route.retry else {
-        return false;
-    };
-    if n > policy.attempts || !policy.retry_on.contains(on) || !request_may_repeat {
-        return false;
-    }
-    let now = Instant::now();
-    if now >= deadline {
-        return false;
-    }
-    if slot.is_none() {
-        match cluster.shared.acquire(Resource::Retries) {
-            Some(g) => *slot = Some(g),
-            None => return false,
+    attempt: u32,
+    slot: Option<ResourceGuard<'s>>,
+}
+
+impl<'s> Retries<'s> {
+    pub(crate) fn new(route: &'s Route, cluster: &'s ClusterRuntime, deadline: Instant) -> Self {
+        Self {
+            route,
+            cluster,
+            deadline,
+            attempt: 0,
+            slot: None,
         }
     }
-    cluster.stats.retries.inc();
-    let wait = policy.backoff(n).min(deadline - now);
-    tracing::debug!(cluster = %cluster.name, reason = on.as_str(), attempt = n, ?wait, "retrying");
-    tokio::time::sleep(wait).await;
-    true
+
+    /// Starts the next attempt; returns its number (1-based).
+    pub(crate) fn next_attempt(&mut self) -> u32 {
+        self.attempt += 1;
+        self.attempt
+    }
+
+    /// True when the policy would retry an attempt failing with `on` now (before any
+    /// wait or circuit breaker).
+    pub(crate) fn allows(&self, on: RetryOn) -> bool {
+        self.route.retry.as_ref().is_some_and(|p| {
+            self.attempt <= p.attempts && p.retry_on.contains(on) && Instant::now() < self.deadline
+        })
+    }
+
+    /// Decides whether the attempt that just failed with `on` is tried again, and if so
+    /// waits the backoff. `may_repeat` is false when the request cannot be sent again
+    /// whatever the policy says.
+    pub(crate) async fn again(&mut self, on: RetryOn, may_repeat: bool) -> bool {
+        if !may_repeat || !self.allows(on) {
+            return false;
+        }
+        if self.slot.is_none() {
+            match self.cluster.shared.acquire(Resource::Retries) {
+                Some(g) => self.slot = Some(g),
+                None => return false,
+            }
+        }
+        let Some(policy) = &self.route.retry else {
+            return false;
+        };
+        self.cluster.stats.retries.inc();
+        let now = Instant::now();
+        let wait = policy
+            .backoff(self.attempt)
+            .min(self.deadline.saturating_duration_since(now));
+        tracing::debug!(cluster = %self.cluster.name, reason = on.as_str(), attempt = self.attempt, ?wait, "retrying");
+        tokio::time::sleep(wait).await;
+        true
+    }
 }
 
 /// Routes one request and produces what goes back to the client.
@@ -370,11 +397,10 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     let deadline = Instant::now() + total;
     let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-    let mut retry_slot = None;
+    let mut retries = Retries::new(route, cluster, deadline);
     let mut exclude = None;
-    let mut n = 0u32;
     loop {
-        n += 1;
+        retries.next_attempt();
         let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
             let text = format!("no healthy upstream in cluster {}", cluster.name);
             return local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text);
@@ -394,18 +420,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
                         Outcome::Success
                     },
                 );
-                if error
-                    && retry_wait(
-                        route,
-                        cluster,
-                        RetryOn::ErrorStatus,
-                        n,
-                        deadline,
-                        true,
-                        &mut retry_slot,
-                    )
-                    .await
-                {
+                if error && retries.again(RetryOn::ErrorStatus, true).await {
                     continue;
                 }
                 ctx.protocol.finish_response(&req, &mut resp);
@@ -446,7 +461,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
         // A oneway request that left the proxy cannot be told apart from one applied.
         let may_repeat = expect_response || on == Some(RetryOn::ConnectFailure);
         if let Some(on) = on {
-            if retry_wait(route, cluster, on, n, deadline, may_repeat, &mut retry_slot).await {
+            if retries.again(on, may_repeat).await {
                 continue;
             }
         }
