@@ -827,13 +827,17 @@ clusters:
     for c in ["ring", "maglev"] {
         proxy.wait_health(c, &a[1..2], "failed_health_check", HEALTH_TIMEOUT);
     }
+    // Both balancers are checked before failing, so one report covers both.
+    let mut problems = Vec::new();
     for lb in ["ring", "maglev"] {
         let first = &before[lb];
         let after = route_users(proxy.listener(lb), &users);
-        assert!(
-            after.iter().all(|p| *p != victim),
-            "{lb}: a call reached the killed provider"
-        );
+        let to_victim = after.iter().filter(|p| **p == victim).count();
+        if to_victim > 0 {
+            problems.push(format!(
+                "{lb}: {to_victim} calls reached the killed provider"
+            ));
+        }
         let owned = first.iter().filter(|p| **p == victim).count();
         let strays: Vec<(&String, u16, u16)> = users
             .iter()
@@ -844,22 +848,27 @@ clusters:
         // Maglev's table rebuild may move a handful of entries between the remaining
         // providers (about 0.05% of them for 4 -> 3 backends in a 65,537-slot table); a
         // consistent ring moves none. Either way, at most 1% of the users.
-        assert!(
-            strays.len() <= 3,
-            "{lb}: {} users of providers that stayed up moved (user, from, to): {strays:?}",
-            strays.len()
-        );
+        if strays.len() > 3 {
+            problems.push(format!(
+                "{lb}: {} of the {} users of providers that stayed up moved (user, from, \
+                 to): {strays:?}",
+                strays.len(),
+                users.len() - owned
+            ));
+        }
         let share = owned as f64 * 100.0 / users.len() as f64;
-        assert!(
-            (10.0..=40.0).contains(&share),
-            "{lb}: the killed provider had {owned} of {} users ({share:.1}%)",
-            users.len()
-        );
+        if !(10.0..=40.0).contains(&share) {
+            problems.push(format!(
+                "{lb}: the killed provider had {owned} of {} users ({share:.1}%)",
+                users.len()
+            ));
+        }
         eprintln!(
             "{lb}: {owned} users moved with the killed provider, {} others",
             strays.len()
         );
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 // --------------------------------------------------- 6: rate limit, circuit breaker
