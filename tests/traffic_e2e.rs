@@ -397,6 +397,10 @@ clusters:
         (87.0..=93.0).contains(&share),
         "800002 served {share:.1}% ({near} of 2000), want 90 ± 3: {groups:?}"
     );
+    eprintln!(
+        "distribute: 800002 served {near}, 800005 {far} ({share:.1}% / {:.1}%)",
+        100.0 - share
+    );
     // Within each locality the endpoints share the load.
     let per_endpoint: Vec<u64> = a
         .iter()
@@ -559,6 +563,10 @@ routes:
         "the shadow received {} of {N} calls ({share:.2}%), want 10 ± 1.5",
         copies.len()
     );
+    eprintln!(
+        "mirror: the shadow received {} of {N} calls ({share:.2}%)",
+        copies.len()
+    );
     assert_eq!(
         mirror("sampled", "dropped"),
         0,
@@ -633,6 +641,14 @@ routes:
         },
     );
     assert!(mirror("down", "failed") > 0, "failed copies are counted");
+    eprintln!(
+        "mirror: {M} calls took {baseline:.2}s without a mirror, {with_stalled:.2}s with a \
+         stalled shadow ({} copies dropped), {with_dead:.2}s with a dead one ({} failed, {} \
+         dropped)",
+        mirror("stalled", "dropped"),
+        mirror("down", "failed"),
+        mirror("down", "dropped")
+    );
     assert_eq!(
         proxy.counter("metamesh_local_reply_total", &[]),
         0,
@@ -1217,6 +1233,7 @@ clusters:
     }
     let retries = proxy.counter("metamesh_upstream_rq_retry_total", &[("cluster", "flaky")]);
     assert!(retries >= 1, "no retry counted:\n{out}");
+    eprintln!("http: 20 requests, {retries} retried after a connect failure");
     assert!(
         proxy.counter(
             "metamesh_upstream_cx_connect_fail_total",
