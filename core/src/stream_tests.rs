@@ -356,3 +356,114 @@ async fn a_silent_upstream_times_out_and_a_close_request_ends_the_connection() {
     assert_eq!(head.kind, MessageKind::Response);
     assert!(c.closed().await);
 }
+
+/// A stream-test server that answers every request with an error head (no body) and
+/// drops request bodies.
+async fn failing_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut codec = StreamTestProtocol.codec(&CodecOptions::new(Side::Downstream));
+                let mut buf = BytesMut::new();
+                while let Some(msg) = read_message(&mut s, &mut codec, &mut buf).await {
+                    if msg.kind == MessageKind::Request {
+                        let head = stream_head(
+                            MessageKind::Error,
+                            msg.request_id,
+                            &[("served-by", "failing")],
+                            0,
+                        );
+                        if s.write_all(&head).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn start_retrying(first: SocketAddr, second: SocketAddr) -> Proxy {
+    let up = upstream().await;
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: stest, route_config: rc }}
+routes:
+  - name: rc
+    routes:
+      - name: errors
+        match: {{ attributes: {{ errors: {{ present: true }} }} }}
+        route: [{{ cluster: pair }}]
+        retry: {{ attempts: 1, idempotent: true, retry_on: [error_status], base_interval: 1ms }}
+      - name: connect
+        route: [{{ cluster: pair }}]
+        retry: {{ attempts: 1, base_interval: 1ms }}
+clusters:
+  - {{ name: pair, connect_timeout: 200ms, endpoints: [{{ address: "{first}" }}, {{ address: "{second}" }}] }}
+  - {{ name: echo, endpoints: [{{ address: "{up}" }}] }}
+"#
+    );
+    ProxyBuilder::new()
+        .protocols(&registry())
+        .start(Bootstrap::from_yaml(&yaml).expect("yaml"))
+        .await
+        .expect("start")
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_retried_even_for_a_request_with_a_body() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let proxy = start_retrying(dead, upstream().await).await;
+    let mut c = Client::connect(listener(&proxy)).await;
+    for id in 1..=6u64 {
+        let body = vec![b'x'; 1000 + id as usize];
+        let (head, echoed) = c.call(id, &[("mode", "echo")], &body).await;
+        assert_eq!(head.kind, MessageKind::Response, "{head:?}");
+        assert_eq!(echoed, body, "the body went to the endpoint that answered");
+    }
+    // Every connect failure was retried (how many there were depends on where round
+    // robin stood for each request).
+    let text = proxy.store().stats().encode();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let failures = value("metamesh_upstream_cx_connect_fail_total{cluster=\"pair\"}");
+    assert!(failures >= 3, "{text}");
+    assert_eq!(
+        value("metamesh_upstream_rq_retry_total{cluster=\"pair\"}"),
+        failures,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_answer_is_held_for_a_retry_only_without_a_body() {
+    let proxy = start_retrying(failing_upstream().await, upstream().await).await;
+    let mut c = Client::connect(listener(&proxy)).await;
+    // Bodyless: the failing endpoint's answer is held back and the other one answers.
+    for id in 1..=6u64 {
+        let (head, _) = c.call(id, &[("mode", "echo"), ("errors", "1")], b"").await;
+        assert_eq!(head.kind, MessageKind::Response, "{head:?}");
+    }
+    // With a body that already streamed, the error answer is forwarded as it is.
+    let mut kinds = Vec::new();
+    for id in 7..=10u64 {
+        let (head, _) = c
+            .call(id, &[("mode", "echo"), ("errors", "1")], b"body")
+            .await;
+        kinds.push(head.kind);
+    }
+    assert!(kinds.contains(&MessageKind::Error), "{kinds:?}");
+    assert!(kinds.contains(&MessageKind::Response), "{kinds:?}");
+}
