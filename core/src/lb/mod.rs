@@ -215,6 +215,9 @@ impl ClusterLb {
 
         let only_level = loads.iter().position(|&l| l == 100);
 
+        // Ring sizes follow the weight of every host, healthy or not, so a health change
+        // never rescales the ring: only the keys of the host that left move.
+        let ring_total: u64 = hosts.iter().map(|h| u64::from(h.weight.max(1))).sum();
         let mut seed = rand::thread_rng().gen::<usize>();
         let levels = members
             .iter()
@@ -222,7 +225,7 @@ impl ClusterLb {
             .map(|(l, m)| {
                 (loads[l] > 0).then(|| {
                     seed = seed.wrapping_add(0x9e37_79b9);
-                    Level::build(hosts, m, panic[l], settings, seed)
+                    Level::build(hosts, m, panic[l], settings, (seed, ring_total))
                 })
             })
             .collect();
@@ -399,14 +402,14 @@ impl Level {
         all: &[usize],
         panic: bool,
         settings: &LbSettings,
-        seed: usize,
+        (seed, ring_total): (usize, u64),
     ) -> Level {
         if panic {
-            return Level::single(hosts, all.to_vec(), settings, seed);
+            return Level::single(hosts, all.to_vec(), settings, (seed, ring_total));
         }
         let healthy: Vec<usize> = all.iter().copied().filter(|&i| hosts[i].healthy).collect();
         let LocalityMode::Weighted { weights } = &settings.locality else {
-            return Level::single(hosts, healthy, settings, seed);
+            return Level::single(hosts, healthy, settings, (seed, ring_total));
         };
 
         let mut configured: HashMap<&Locality, u32> = HashMap::with_capacity(weights.len());
@@ -438,11 +441,12 @@ impl Level {
             if effective > 0.0 && !members.is_empty() {
                 total += effective;
                 cumulative.push(total);
-                buckets.push(Bucket::new(hosts, members, settings, seed ^ buckets.len()));
+                let seeds = (seed ^ buckets.len(), ring_total);
+                buckets.push(Bucket::new(hosts, members, settings, seeds));
             }
         }
         if buckets.is_empty() {
-            return Level::single(hosts, healthy, settings, seed);
+            return Level::single(hosts, healthy, settings, (seed, ring_total));
         }
         Level {
             buckets,
@@ -454,12 +458,12 @@ impl Level {
         hosts: &[HostInfo],
         members: Vec<usize>,
         settings: &LbSettings,
-        seed: usize,
+        seeds: (usize, u64),
     ) -> Level {
         let buckets = if members.is_empty() {
             Vec::new()
         } else {
-            vec![Bucket::new(hosts, members, settings, seed)]
+            vec![Bucket::new(hosts, members, settings, seeds)]
         };
         Level {
             buckets,
@@ -494,7 +498,14 @@ fn locality_weight(weight: u32, healthy: u64, total: u64, factor: f64) -> f64 {
 }
 
 impl Bucket {
-    fn new(hosts: &[HostInfo], members: Vec<usize>, settings: &LbSettings, seed: usize) -> Bucket {
+    /// `seed` starts round robin; `ring_total` is the weight of the cluster's hosts that
+    /// sizes a ring.
+    fn new(
+        hosts: &[HostInfo],
+        members: Vec<usize>,
+        settings: &LbSettings,
+        (seed, ring_total): (usize, u64),
+    ) -> Bucket {
         let weights: Vec<u32> = members.iter().map(|&i| hosts[i].weight.max(1)).collect();
         let keys = || -> Vec<&str> { members.iter().map(|&i| hosts[i].key.as_str()).collect() };
         let picker = match settings.policy {
@@ -506,6 +517,7 @@ impl Bucket {
                 &weights,
                 settings.ring_min_size,
                 settings.ring_max_size,
+                ring_total,
             )),
             LbPolicy::Maglev => Picker::Maglev(Maglev::new(
                 &keys(),

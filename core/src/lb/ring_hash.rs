@@ -2,9 +2,11 @@
 //!
 //! A host of weight `w` owns `w × 2^s` points (or `max(1, w >> s)` when the weights are
 //! larger than the ring may be), the `n`-th at xxHash64 of `"{key}_{n}"`. The power of two
-//! is the smallest that makes the ring at least the minimum size (within the maximum), so
-//! it rarely changes when a host comes or goes: the other hosts keep exactly their points,
-//! and only the keys of the host that left (or that the new host takes) move. A request
+//! is the smallest that makes a ring of the cluster's whole weight (every host, healthy
+//! or not) at least the minimum size (within the maximum), so it never changes when a
+//! host fails or recovers and rarely when one is added or removed: the other hosts keep
+//! exactly their points, and only the keys of the host that left (or that the new host
+//! takes) move. A request
 //! goes to the first point at or after its hash, wrapping around.
 
 use xxhash_rust::xxh64::xxh64;
@@ -28,9 +30,16 @@ pub(super) struct Ring {
 const MAX_INDEX_BITS: u32 = 20;
 
 impl Ring {
-    /// `keys` and `weights` (each at least 1) per position, non-empty.
-    pub(super) fn new(keys: &[&str], weights: &[u32], min_size: usize, max_size: usize) -> Ring {
-        let counts = point_counts(weights, min_size, max_size);
+    /// `keys` and `weights` (each at least 1) per position, non-empty. `scale_total` is
+    /// the weight the ring size is computed for (at least the sum of `weights`).
+    pub(super) fn new(
+        keys: &[&str],
+        weights: &[u32],
+        min_size: usize,
+        max_size: usize,
+        scale_total: u64,
+    ) -> Ring {
+        let counts = point_counts(weights, min_size, max_size, scale_total);
         let total: u64 = counts.iter().sum();
         let mut points: Vec<(u64, u32)> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         let mut buf = Vec::new();
@@ -125,10 +134,11 @@ fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
 /// Points per host: `w << s` with the smallest `s` making the ring at least `min_size`,
 /// unless that passes `max_size`; when the weights alone pass `max_size`, `w >> s`
 /// (at least 1) with the smallest `s` fitting.
-fn point_counts(weights: &[u32], min_size: usize, max_size: usize) -> Vec<u64> {
+fn point_counts(weights: &[u32], min_size: usize, max_size: usize, scale_total: u64) -> Vec<u64> {
     let max = max_size.clamp(1, MAX_RING_SIZE) as u128;
     let min = (min_size as u128).min(max);
-    let total: u128 = weights.iter().map(|&w| u128::from(w.max(1))).sum();
+    let sum: u128 = weights.iter().map(|&w| u128::from(w.max(1))).sum();
+    let total = sum.max(u128::from(scale_total));
     if total <= max {
         let mut s = 0u32;
         while (total << s) < min && s < 64 {
@@ -161,7 +171,7 @@ mod tests {
 
     fn ring(keys: &[String], weights: &[u32]) -> Ring {
         let k: Vec<&str> = keys.iter().map(String::as_str).collect();
-        Ring::new(&k, weights, 1024, 8 << 20)
+        Ring::new(&k, weights, 1024, 8 << 20, 0)
     }
 
     fn request_hashes() -> Vec<u64> {
@@ -180,18 +190,21 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(point_counts(&[1; 10], 1024, 8 << 20), vec![128; 10]);
-        assert_eq!(point_counts(&[1; 9], 1024, 8 << 20), vec![128; 9]);
-        assert_eq!(point_counts(&[1; 11], 1024, 8 << 20), vec![128; 11]);
-        assert_eq!(point_counts(&[1, 2], 1024, 8 << 20), vec![512, 1024]);
+        assert_eq!(point_counts(&[1; 10], 1024, 8 << 20, 0), vec![128; 10]);
+        assert_eq!(point_counts(&[1; 9], 1024, 8 << 20, 0), vec![128; 9]);
+        assert_eq!(point_counts(&[1; 11], 1024, 8 << 20, 0), vec![128; 11]);
+        assert_eq!(point_counts(&[1, 2], 1024, 8 << 20, 0), vec![512, 1024]);
         // The maximum wins over the minimum.
-        assert_eq!(point_counts(&[1; 10], 1024, 100), vec![8; 10]);
+        assert_eq!(point_counts(&[1; 10], 1024, 100, 0), vec![8; 10]);
         // Weights larger than the ring: scaled down, at least one point each.
-        assert_eq!(point_counts(&[1, 4000], 0, 1000), vec![1, 1000]);
+        assert_eq!(point_counts(&[1, 4000], 0, 1000, 0), vec![1, 1000]);
         // Settings past the cap are capped; zero sizes are fine.
-        let c = point_counts(&[u32::MAX; 4], usize::MAX, usize::MAX);
+        let c = point_counts(&[u32::MAX; 4], usize::MAX, usize::MAX, 0);
         assert!(c.iter().sum::<u64>() <= MAX_RING_SIZE as u64);
-        assert_eq!(point_counts(&[1, 1], 0, 0), vec![1, 1]);
+        assert_eq!(point_counts(&[1, 1], 0, 0, 0), vec![1, 1]);
+        // Three healthy hosts of a cluster of four keep the points they had among four.
+        assert_eq!(point_counts(&[1; 3], 1024, 8 << 20, 4), vec![256; 3]);
+        assert_eq!(point_counts(&[1; 4], 1024, 8 << 20, 0), vec![256; 4]);
         assert_eq!(ring(&keys(3), &[1, 1, 1]).len(), 3 * 512);
     }
 
@@ -204,7 +217,7 @@ mod tests {
             assert_eq!(buf, n.to_string().as_bytes());
         }
         // Points are xxHash64 of "{key}_{n}".
-        let r = Ring::new(&["a:1"], &[1], 2, 2);
+        let r = Ring::new(&["a:1"], &[1], 2, 2, 0);
         let mut want = vec![xxh64(b"a:1_0", 0), xxh64(b"a:1_1", 0)];
         want.sort_unstable();
         assert_eq!(r.hashes, want);

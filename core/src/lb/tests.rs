@@ -591,3 +591,43 @@ fn hash_values_separates_values() {
         hash_values(["x", "y"])
     );
 }
+
+#[test]
+fn an_unhealthy_host_moves_only_its_own_keys() {
+    // Four hosts are the case where three healthy ones alone would size the ring
+    // differently: the ring follows the whole cluster, so nothing else moves.
+    for n in [2usize, 4, 8, 10] {
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let all = hosts(n, 0, n);
+            let mut one_down = all.clone();
+            one_down[1].healthy = false;
+            let before = ClusterLb::build(&all, &settings(policy));
+            let after = ClusterLb::build(&one_down, &settings(policy));
+            let (mut moved, mut strays) = (0, 0);
+            for i in 0..10_000 {
+                let h = hash_values([format!("user-{i}").as_str()]);
+                let (a, b) = (
+                    before.pick(Some(h), None, |_| 0),
+                    after.pick(Some(h), None, |_| 0),
+                );
+                assert_ne!(b, Some(1), "{policy:?}: a key reached the unhealthy host");
+                if a == Some(1) {
+                    moved += 1;
+                } else if a != b {
+                    strays += 1;
+                }
+            }
+            let limit = if policy == LbPolicy::RingHash { 0 } else { 50 };
+            assert!(
+                strays <= limit,
+                "{policy:?} with {n} hosts: {strays} keys of healthy hosts moved"
+            );
+            let share = moved as f64 / 10_000.0;
+            let fair = 1.0 / n as f64;
+            assert!(
+                share > fair * 0.5 && share < fair * 1.6,
+                "{policy:?} with {n} hosts: {share} of keys were on the host that failed"
+            );
+        }
+    }
+}
