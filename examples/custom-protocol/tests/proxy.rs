@@ -371,3 +371,69 @@ async fn the_dubbo_tour_config_routes_kv_unchanged() {
     );
     stop(proxy).await;
 }
+
+/// Traffic policies are the core's, so a protocol from outside the project gets them
+/// with no code of its own: consistent hashing on a header, retries past a dead
+/// endpoint and a route rate limit.
+#[tokio::test]
+async fn traffic_policies_apply_to_a_custom_protocol() {
+    let servers = Servers::start().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ name: kv-in, address: 127.0.0.1:0, protocol: kv, route_config: r }}
+routes:
+  - name: r
+    routes:
+      - name: limited
+        match: {{ attributes: {{ method: {{ exact: export }} }} }}
+        route: [{{ cluster: kv-user }}]
+        local_rate_limit: {{ max_tokens: 2, fill_interval: 1h }}
+      - name: by-user
+        route: [{{ cluster: kv-batchjob }}]
+        hash_policy: [user-id]
+        retry: {{ attempts: 2, base_interval: 1ms }}
+clusters:
+  - name: kv-batchjob
+    lb_policy: ring_hash
+    endpoints: [{{ address: "{dead}" }}, {{ address: "{b1}" }}, {{ address: "{b2}" }}]
+  - name: kv-user
+    endpoints: [{{ address: "{user}" }}]
+"#,
+        b1 = servers.batch[0].addr(),
+        b2 = servers.batch[1].addr(),
+        user = servers.user.addr(),
+    );
+    let (proxy, addr) = start(Bootstrap::from_yaml(&yaml).expect("yaml")).await;
+    let mut client = Client::connect(addr).await.expect("connect");
+
+    let mut owner = BTreeMap::new();
+    for round in 0..3 {
+        for u in 0..40 {
+            let user = format!("user-{u}");
+            let answer = client
+                .call(&[("method", "get"), ("user-id", &user)], b"")
+                .await
+                .expect("call");
+            let who = answer.header(SERVED_BY).unwrap_or("-").to_owned();
+            assert!(who.starts_with("batch-"), "{user}: {answer:?}");
+            let first = owner.entry(user.clone()).or_insert_with(|| who.clone());
+            assert_eq!(*first, who, "{user} moved in round {round}");
+        }
+    }
+    let spread: std::collections::BTreeSet<_> = owner.values().collect();
+    assert_eq!(spread.len(), 2, "users spread over both live servers");
+
+    let t = tally_calls(&mut client, 3, &[("method", "export")]).await;
+    assert_eq!(t.get("user-1"), Some(&2), "{t:?}");
+    assert_eq!(
+        t.get("-"),
+        Some(&1),
+        "the third export is rate limited: {t:?}"
+    );
+    stop(proxy).await;
+}
