@@ -26,6 +26,8 @@ pub mod upstream;
 
 #[cfg(test)]
 mod stream_tests;
+#[cfg(test)]
+mod test_peers;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testing;
 #[cfg(test)]

@@ -3,108 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
+use tokio::net::TcpStream;
 
-use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, Side};
+use crate::codec::{CodecOptions, EncodedFrame, Protocol, Side};
 use crate::config::Bootstrap;
-use crate::message::{Message, MessageKind};
+use crate::message::MessageKind;
 use crate::proxy::{Proxy, ProxyBuilder};
+use crate::test_peers::{upstream, Client, Mode};
 use crate::testing::{frame, payload, registry, TestProtocol};
-
-/// A server speaking the test protocol: answers each request with its headers plus
-/// `served-by`, after `delay-ms` if given, so answers can come back out of order.
-async fn upstream(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve_upstream(s, name));
-        }
-    });
-    addr
-}
-
-async fn serve_upstream(s: TcpStream, name: &'static str) {
-    let (mut rd, wr) = s.into_split();
-    let wr = Arc::new(Mutex::new(wr));
-    let mut codec = TestProtocol.codec(&CodecOptions::new(Side::Downstream));
-    let mut buf = BytesMut::new();
-    loop {
-        while let Ok(Some(req)) = codec.decode(&mut buf) {
-            if req.kind != MessageKind::Request {
-                continue;
-            }
-            let wr = wr.clone();
-            tokio::spawn(async move {
-                let delay: u64 = req
-                    .metadata
-                    .get("delay-ms")
-                    .and_then(|d| d.parse().ok())
-                    .unwrap_or(0);
-                if delay > 0 {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                }
-                let mut headers: Vec<(&str, &str)> = req.metadata.iter().collect();
-                headers.push(("served-by", name));
-                let f = frame(
-                    MessageKind::Response,
-                    req.request_id,
-                    0,
-                    &headers,
-                    payload(&req),
-                );
-                let _ = wr.lock().await.write_all(&f).await;
-            });
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-struct Client {
-    stream: TcpStream,
-    codec: Box<dyn Codec>,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        Self {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            codec: TestProtocol.codec(&CodecOptions::new(Side::Upstream)),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, id: u64, headers: &[(&str, &str)], body: &[u8]) {
-        let f = frame(MessageKind::Request, id, 0, headers, body);
-        self.stream.write_all(&f).await.expect("write");
-    }
-
-    async fn recv(&mut self) -> Option<Message> {
-        loop {
-            if let Some(m) = self.codec.decode(&mut self.buf).expect("decodable reply") {
-                return Some(m);
-            }
-            if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn call(&mut self, id: u64, headers: &[(&str, &str)]) -> Message {
-        self.send(id, headers, b"ping").await;
-        self.recv().await.expect("reply")
-    }
-}
 
 fn config(batch: SocketAddr, user: SocketAddr, extra: &str) -> Bootstrap {
     let yaml = format!(
@@ -138,8 +48,8 @@ clusters:
 }
 
 async fn start(extra: &str) -> Proxy {
-    let batch = upstream("batch").await;
-    let user = upstream("user").await;
+    let batch = upstream("batch", Mode::Echo).await.addr;
+    let user = upstream("user", Mode::Echo).await.addr;
     ProxyBuilder::new()
         .protocols(&registry())
         .start(config(batch, user, extra))
@@ -176,7 +86,7 @@ async fn routes_by_attribute_and_mutates_both_ways() {
     let proxy = start("").await;
     let mut c = Client::connect(proxy.listener_addr("in").expect("listener")).await;
 
-    let r = c.call(7, &[("batchjob", "true"), ("user", "u1")]).await;
+    let r = c.call_id(7, &[("batchjob", "true"), ("user", "u1")]).await;
     assert_eq!(r.kind, MessageKind::Response);
     assert_eq!(r.request_id, 7, "the client's own id comes back");
     assert_eq!(r.metadata.get("served-by"), Some("batch"));
@@ -193,7 +103,7 @@ async fn routes_by_attribute_and_mutates_both_ways() {
     assert_eq!(r.metadata.get("batchjob"), Some("true"));
     assert_eq!(payload(&r), b"ping");
 
-    let r = c.call(8, &[("user", "u2")]).await;
+    let r = c.call_id(8, &[("user", "u2")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("user"));
     assert_eq!(r.metadata.get("x-tier"), None);
     assert_eq!(r.metadata.get("x-served-by"), None);
@@ -213,23 +123,23 @@ async fn local_replies_for_no_route_connect_failure_and_timeout() {
     let proxy = start("").await;
     let mut c = Client::connect(proxy.listener_addr("in").expect("listener")).await;
 
-    let r = c.call(1, &[]).await;
+    let r = c.call_id(1, &[]).await;
     assert_eq!(r.kind, MessageKind::Error);
     assert_eq!(r.request_id, 1);
     assert_eq!(r.metadata.get("reason"), Some("no_route"));
 
-    let r = c.call(2, &[("dead", "1")]).await;
+    let r = c.call_id(2, &[("dead", "1")]).await;
     assert_eq!(r.metadata.get("reason"), Some("upstream_connect_failure"));
 
     let r = c
-        .call(3, &[("batchjob", "true"), ("delay-ms", "20000")])
+        .call_id(3, &[("batchjob", "true"), ("delay-ms", "20000")])
         .await;
     assert_eq!(r.request_id, 3);
     assert_eq!(r.metadata.get("reason"), Some("timeout"));
     assert!(String::from_utf8_lossy(payload(&r)).contains("timeout after 2000ms"));
 
     // The connection is still usable after local replies.
-    let r = c.call(4, &[("user", "u")]).await;
+    let r = c.call_id(4, &[("user", "u")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("user"));
 
     assert_eq!(
@@ -338,7 +248,7 @@ async fn bad_frames_close_only_that_connection_and_are_counted() {
     bad.shutdown().await.expect("shutdown");
     assert_eq!(bad.read_to_end(&mut sink).await.expect("closed"), 0);
 
-    let r = good.call(5, &[("user", "still-here")]).await;
+    let r = good.call_id(5, &[("user", "still-here")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("user"));
     assert_eq!(
         counter(
@@ -371,8 +281,8 @@ async fn bad_frames_close_only_that_connection_and_are_counted() {
 
 #[tokio::test]
 async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
-    let batch = upstream("batch").await;
-    let user = upstream("user").await;
+    let batch = upstream("batch", Mode::Echo).await.addr;
+    let user = upstream("user", Mode::Echo).await.addr;
     let proxy = ProxyBuilder::new()
         .protocols(&registry())
         .start(config(batch, user, ""))
@@ -391,7 +301,7 @@ async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
     assert_eq!(v, 2);
 
     let mut c = Client::connect(addr).await;
-    let r = c.call(2, &[("user", "after")]).await;
+    let r = c.call_id(2, &[("user", "after")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("batch"));
     let r = slow.recv().await.expect("in-flight reply");
     assert_eq!(
@@ -409,7 +319,7 @@ async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
             .contains("routes[rc].routes[batchjob].route[0].cluster"),
         "{err}"
     );
-    let r = c.call(3, &[("user", "again")]).await;
+    let r = c.call_id(3, &[("user", "again")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("batch"));
     proxy.shutdown(Duration::from_secs(1)).await;
 }
@@ -510,12 +420,12 @@ async fn a_response_that_cannot_be_encoded_becomes_an_internal_local_reply() {
     let proxy = start(extra).await;
     let addr = proxy.listener_addr("in").expect("listener");
     let mut c = Client::connect(addr).await;
-    let r = c.call(9, &[("broken", "1")]).await;
+    let r = c.call_id(9, &[("broken", "1")]).await;
     assert_eq!(r.kind, MessageKind::Error);
     assert_eq!(r.request_id, 9);
     assert_eq!(r.metadata.get("reason"), Some("internal"));
     // The connection carries on.
-    let r = c.call(10, &[("user", "u")]).await;
+    let r = c.call_id(10, &[("user", "u")]).await;
     assert_eq!(r.kind, MessageKind::Response);
     assert_eq!(
         counter(&proxy, "metamesh_local_reply_total", "reason=\"internal\""),

@@ -4,148 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-
-use crate::codec::{Codec, CodecOptions, Protocol, Side};
 use crate::config::Bootstrap;
 use crate::message::{Message, MessageKind};
 use crate::proxy::{Proxy, ProxyBuilder};
-use crate::testing::{frame, payload, registry, TestProtocol};
-
-/// How a test upstream behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Answers every request.
-    Echo,
-    /// Answers every request with an error response.
-    Fail,
-    /// Closes the connection when a request arrives.
-    Reset,
-    /// Answers after this many milliseconds.
-    Slow(u64),
-    /// Accepts connections and never reads from them.
-    Stall,
-}
-
-struct Upstream {
-    addr: SocketAddr,
-    seen: Arc<AtomicUsize>,
-    /// Attribute values of every request received, by attribute name.
-    log: Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
-}
-
-async fn upstream(name: &'static str, mode: Mode) -> Upstream {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let seen = Arc::new(AtomicUsize::new(0));
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (s2, l2) = (seen.clone(), log.clone());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            if mode == Mode::Stall {
-                held.push(s);
-                continue;
-            }
-            tokio::spawn(serve(s, name, mode, s2.clone(), l2.clone()));
-        }
-    });
-    Upstream { addr, seen, log }
-}
-
-async fn serve(
-    s: TcpStream,
-    name: &'static str,
-    mode: Mode,
-    seen: Arc<AtomicUsize>,
-    log: Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>,
-) {
-    let (mut rd, wr) = s.into_split();
-    let wr = Arc::new(Mutex::new(wr));
-    let mut codec = TestProtocol.codec(&CodecOptions::new(Side::Downstream));
-    let mut buf = BytesMut::new();
-    loop {
-        while let Ok(Some(req)) = codec.decode(&mut buf) {
-            if !req.kind.is_request() {
-                continue;
-            }
-            seen.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut l) = log.lock() {
-                l.push(
-                    req.metadata
-                        .iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                );
-            }
-            if mode == Mode::Reset {
-                return;
-            }
-            let wr = wr.clone();
-            tokio::spawn(async move {
-                if let Mode::Slow(ms) = mode {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                }
-                let kind = if mode == Mode::Fail {
-                    MessageKind::Error
-                } else {
-                    MessageKind::Response
-                };
-                let f = frame(
-                    kind,
-                    req.request_id,
-                    0,
-                    &[("served-by", name)],
-                    payload(&req),
-                );
-                let _ = wr.lock().await.write_all(&f).await;
-            });
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-struct Client {
-    stream: TcpStream,
-    codec: Box<dyn Codec>,
-    buf: BytesMut,
-    next: u64,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        Self {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            codec: TestProtocol.codec(&CodecOptions::new(Side::Upstream)),
-            buf: BytesMut::new(),
-            next: 0,
-        }
-    }
-
-    async fn call(&mut self, headers: &[(&str, &str)]) -> Message {
-        self.next += 1;
-        let f = frame(MessageKind::Request, self.next, 0, headers, b"ping");
-        self.stream.write_all(&f).await.expect("write");
-        loop {
-            if let Some(m) = self.codec.decode(&mut self.buf).expect("decodable reply") {
-                assert_eq!(m.request_id, self.next);
-                return m;
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
-            assert!(n > 0, "proxy closed the connection");
-        }
-    }
-}
+use crate::test_peers::{upstream, Client, Mode};
+use crate::testing::registry;
 
 /// Who answered: the upstream's name, or `local:<reason>` for a local reply.
 fn who(m: &Message) -> String {
@@ -188,25 +53,43 @@ clusters:
     )
 }
 
+/// A cluster entry: `name`, extra settings (`key: value, ` each, or nothing) and endpoints.
+fn cluster(name: &str, settings: &str, endpoints: &[SocketAddr]) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!(
+        "  - {{ name: {name}, {settings}endpoints: [{}] }}",
+        list.join(", ")
+    )
+}
+
+/// A proxy with the listener `in` (plus `listener_extra`) on `routes` and `clusters`.
+async fn proxy(routes: &str, clusters: &[String], listener_extra: &str) -> Proxy {
+    start(&listener(routes, &clusters.join("\n"), listener_extra)).await
+}
+
+/// A client of the listener `in`.
 async fn client(proxy: &Proxy) -> Client {
     Client::connect(proxy.listener_addr("in").expect("listener")).await
+}
+
+/// An address nothing listens on.
+fn dead_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint() {
     let good = upstream("good", Mode::Echo).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let proxy = start(&listener(
+    let dead = dead_address();
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: c }], retry: { attempts: 2, base_interval: 1ms } }",
-        &format!(
-            "  - {{ name: c, endpoints: [{{ address: \"{dead}\" }}, {{ address: \"{}\" }}] }}",
-            good.addr
-        ),
+        &[cluster("c", "", &[dead, good.addr])],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..20 {
@@ -220,19 +103,15 @@ async fn connect_failures_are_retried_on_another_endpoint() {
 async fn resets_are_retried_only_on_idempotent_routes() {
     let good = upstream("good", Mode::Echo).await;
     let bad = upstream("bad", Mode::Reset).await;
-    let clusters = format!(
-        "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
-        bad.addr, good.addr
-    );
-    let proxy = start(&listener(
+    let proxy = proxy(
         r#"      - name: safe
         match: { attributes: { safe: { present: true } } }
         route: [{ cluster: c }]
         retry: { attempts: 1, idempotent: true, base_interval: 1ms }
       - { name: unsafe, route: [{ cluster: c }], retry: { attempts: 1, base_interval: 1ms } }"#,
-        &clusters,
+        &[cluster("c", "", &[bad.addr, good.addr])],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..10 {
@@ -253,39 +132,35 @@ async fn resets_are_retried_only_on_idempotent_routes() {
 async fn per_try_timeout_moves_on_to_another_endpoint() {
     let slow = upstream("slow", Mode::Slow(5_000)).await;
     let fast = upstream("fast", Mode::Echo).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: c }], timeout: 3s, retry: { attempts: 1, per_try_timeout: 100ms, idempotent: true, base_interval: 1ms } }",
-        &format!(
-            "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
-            slow.addr, fast.addr
-        ),
+        &[cluster("c", "", &[slow.addr, fast.addr])],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..6 {
         assert_eq!(who(&c.call(&[]).await), "fast");
     }
-    assert!(slow.seen.load(Ordering::SeqCst) >= 2);
+    assert!(slow.count() >= 2);
 }
 
 #[tokio::test]
 async fn error_status_is_retried_when_asked_and_forwarded_otherwise() {
     let failing = upstream("failing", Mode::Fail).await;
     let good = upstream("good", Mode::Echo).await;
-    let clusters = format!(
-        "  - {{ name: c, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}\n  - {{ name: f, endpoints: [{{ address: \"{}\" }}] }}",
-        failing.addr, good.addr, failing.addr
-    );
-    let proxy = start(&listener(
+    let proxy = proxy(
         r#"      - name: only-failing
         match: { attributes: { f: { present: true } } }
         route: [{ cluster: f }]
         retry: { attempts: 2, idempotent: true, retry_on: [error_status], base_interval: 1ms }
       - { name: r, route: [{ cluster: c }], retry: { attempts: 1, idempotent: true, retry_on: [error_status], base_interval: 1ms } }"#,
-        &clusters,
+        &[
+            cluster("c", "", &[failing.addr, good.addr]),
+            cluster("f", "", &[failing.addr]),
+        ],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..10 {
@@ -294,24 +169,25 @@ async fn error_status_is_retried_when_asked_and_forwarded_otherwise() {
         assert_eq!(r.kind, MessageKind::Response);
     }
     // Every attempt fails: the last error response itself reaches the client.
-    let before = failing.seen.load(Ordering::SeqCst);
+    let before = failing.count();
     let r = c.call(&[("f", "1")]).await;
     assert_eq!(r.kind, MessageKind::Error);
     assert_eq!(who(&r), "failing");
-    assert_eq!(failing.seen.load(Ordering::SeqCst) - before, 3);
+    assert_eq!(failing.count() - before, 3);
 }
 
 #[tokio::test]
 async fn max_requests_answers_overloaded() {
     let slow = upstream("slow", Mode::Slow(300)).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: c }] }",
-        &format!(
-            "  - {{ name: c, circuit_breakers: {{ max_requests: 1 }}, endpoints: [{{ address: \"{}\" }}] }}",
-            slow.addr
-        ),
+        &[cluster(
+            "c",
+            "circuit_breakers: { max_requests: 1 }, ",
+            &[slow.addr],
+        )],
         "",
-    ))
+    )
     .await;
     let addr = proxy.listener_addr("in").expect("listener");
     let mut a = Client::connect(addr).await;
@@ -341,18 +217,15 @@ async fn max_requests_answers_overloaded() {
 #[tokio::test]
 async fn rate_limits_per_listener_and_per_route_with_conditions() {
     let good = upstream("good", Mode::Echo).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         r#"      - name: limited
         match: { attributes: { tenant: { present: true } } }
         route: [{ cluster: c }]
         local_rate_limit: { max_tokens: 2, fill_interval: 1h, match: { attributes: { tenant: { exact: noisy } } } }
       - { name: r, route: [{ cluster: c }] }"#,
-        &format!(
-            "  - {{ name: c, endpoints: [{{ address: \"{}\" }}] }}",
-            good.addr
-        ),
+        &[cluster("c", "", &[good.addr])],
         ", local_rate_limit: { max_tokens: 8, fill_interval: 1h }",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     assert_eq!(who(&c.call(&[("tenant", "noisy")]).await), "good");
@@ -381,14 +254,15 @@ async fn rate_limits_per_listener_and_per_route_with_conditions() {
 async fn outlier_detection_ejects_and_brings_back() {
     let failing = upstream("failing", Mode::Fail).await;
     let good = upstream("good", Mode::Echo).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: c }] }",
-        &format!(
-            "  - {{ name: c, outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 300ms, max_ejection_percent: 50 }}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
-            failing.addr, good.addr
-        ),
+        &[cluster(
+            "c",
+            "outlier_detection: { consecutive_errors: 3, base_ejection_time: 300ms, max_ejection_percent: 50 }, ",
+            &[failing.addr, good.addr],
+        )],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     // Round robin alternates: three errors from `failing` within six requests.
@@ -399,15 +273,11 @@ async fn outlier_detection_ejects_and_brings_back() {
         metric(&proxy, "metamesh_outlier_ejections_total", "cluster=\"c\""),
         1
     );
-    let seen = failing.seen.load(Ordering::SeqCst);
+    let seen = failing.count();
     for _ in 0..20 {
         assert_eq!(who(&c.call(&[]).await), "good");
     }
-    assert_eq!(
-        failing.seen.load(Ordering::SeqCst),
-        seen,
-        "ejected: no traffic"
-    );
+    assert_eq!(failing.count(), seen, "ejected: no traffic");
     // The ejection ends after the base time; traffic returns.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -423,14 +293,15 @@ async fn outlier_detection_ejects_and_brings_back() {
 async fn max_ejection_percent_keeps_endpoints_in_service() {
     let a = upstream("a", Mode::Fail).await;
     let b = upstream("b", Mode::Fail).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: c }] }",
-        &format!(
-            "  - {{ name: c, outlier_detection: {{ consecutive_errors: 1, base_ejection_time: 1h, max_ejection_percent: 10 }}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
-            a.addr, b.addr
-        ),
+        &[cluster(
+            "c",
+            "outlier_detection: { consecutive_errors: 1, base_ejection_time: 1h, max_ejection_percent: 10 }, ",
+            &[a.addr, b.addr],
+        )],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..10 {
@@ -447,14 +318,14 @@ async fn max_ejection_percent_keeps_endpoints_in_service() {
 async fn mirror_copies_a_share_with_the_mutation_and_drops_the_answer() {
     let primary = upstream("primary", Mode::Echo).await;
     let shadow = upstream("shadow", Mode::Echo).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: p }], request_mutation: [{ key: x-tier, value: gold }], mirror: { cluster: s, percentage: 50 } }",
-        &format!(
-            "  - {{ name: p, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: s, endpoints: [{{ address: \"{}\" }}] }}",
-            primary.addr, shadow.addr
-        ),
+        &[
+            cluster("p", "", &[primary.addr]),
+            cluster("s", "", &[shadow.addr]),
+        ],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     for _ in 0..2000 {
@@ -463,7 +334,7 @@ async fn mirror_copies_a_share_with_the_mutation_and_drops_the_answer() {
     let sent = metric(&proxy, "metamesh_mirror_total", "result=\"sent\"");
     assert!((850..=1150).contains(&sent), "sent {sent} of 2000 at 50%");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while shadow.seen.load(Ordering::SeqCst) < sent as usize {
+    while shadow.count() < sent as usize {
         assert!(tokio::time::Instant::now() < deadline, "copies lost");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -477,14 +348,14 @@ async fn mirror_copies_a_share_with_the_mutation_and_drops_the_answer() {
 async fn a_stalled_shadow_neither_slows_nor_fails_the_primary() {
     let primary = upstream("primary", Mode::Echo).await;
     let shadow = upstream("shadow", Mode::Stall).await;
-    let proxy = start(&listener(
+    let proxy = proxy(
         "      - { name: r, route: [{ cluster: p }], timeout: 30s, mirror: { cluster: s, percentage: 100, max_in_flight: 4 } }",
-        &format!(
-            "  - {{ name: p, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: s, endpoints: [{{ address: \"{}\" }}] }}",
-            primary.addr, shadow.addr
-        ),
+        &[
+            cluster("p", "", &[primary.addr]),
+            cluster("s", "", &[shadow.addr]),
+        ],
         "",
-    ))
+    )
     .await;
     let mut c = client(&proxy).await;
     // Each copy waits up to the route timeout (30 s) for the stalled shadow: only the
@@ -508,14 +379,15 @@ async fn hash_policy_keeps_a_key_on_one_endpoint() {
     let b = upstream("b", Mode::Echo).await;
     let c3 = upstream("c", Mode::Echo).await;
     for policy in ["ring_hash", "maglev"] {
-        let proxy = start(&listener(
+        let proxy = proxy(
             "      - { name: r, route: [{ cluster: c }], hash_policy: [user-id] }",
-            &format!(
-                "  - {{ name: c, lb_policy: {policy}, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
-                a.addr, b.addr, c3.addr
-            ),
+            &[cluster(
+                "c",
+                &format!("lb_policy: {policy}, "),
+                &[a.addr, b.addr, c3.addr],
+            )],
             "",
-        ))
+        )
         .await;
         let mut c = client(&proxy).await;
         let mut owner = HashMap::new();
