@@ -13,7 +13,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{closed_port, run_consumer, wait_for, Consumer, Provider, Proxy, TempFile};
+use common::{
+    closed_port, endpoint_list, run_consumer, wait_for, Consumer, Provider, Proxy, TempFile,
+};
 use metamesh_codecs::hessian2::Value;
 use metamesh_core::{CodecOptions, Message, MessageKind, Protocol, Side};
 use metamesh_protocols::dubbo::{build, status, DubboProtocol};
@@ -23,16 +25,19 @@ const INTERFACE: &str = "org.apache.dubbo.samples.DemoService";
 
 /// An endpoint list in YAML flow style.
 fn endpoints(providers: &[&Provider]) -> String {
-    let list: Vec<String> = providers
-        .iter()
-        .map(|p| format!("{{ address: \"{}\" }}", p.addr()))
-        .collect();
-    format!("[{}]", list.join(", "))
+    endpoint_list(providers.iter().map(|p| p.addr()))
 }
 
 /// One listener `dubbo-out` on route configuration `dubbo-routes` with a default route to
 /// cluster `demo` over `providers`.
 fn single_cluster_config(providers: &[&Provider], listener_extra: &str) -> String {
+    single_cluster_yaml(listener_extra, "", &endpoints(providers))
+}
+
+/// [`single_cluster_config`] over `endpoints` (a YAML flow list), with `listener_extra`
+/// lines added to the listener and `cluster_extra` lines (indented four spaces) to the
+/// cluster.
+fn single_cluster_yaml(listener_extra: &str, cluster_extra: &str, endpoints: &str) -> String {
     format!(
         r#"admin: {{ address: 127.0.0.1:0 }}
 listeners:
@@ -48,9 +53,8 @@ routes:
         route: [{{ cluster: demo }}]
 clusters:
   - name: demo
-    endpoints: {}
-"#,
-        endpoints(providers)
+{cluster_extra}    endpoints: {endpoints}
+"#
     )
 }
 
@@ -787,21 +791,8 @@ clusters:
 /// response, status 20, same id; no upstream is contacted.
 #[test]
 fn heartbeats_are_answered_locally() {
-    let dead = closed_port();
-    let yaml = format!(
-        r#"admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: dubbo-routes }}
-routes:
-  - name: dubbo-routes
-    routes:
-      - name: default
-        route: [{{ cluster: demo }}]
-clusters:
-  - name: demo
-    endpoints: [{{ address: "127.0.0.1:{dead}" }}]
-"#
-    );
+    let dead = format!("127.0.0.1:{}", closed_port());
+    let yaml = single_cluster_yaml("", "", &endpoint_list([dead]));
     let proxy = Proxy::start(&yaml, &[]);
     let mut c = RawClient::new(proxy.listener("dubbo-out"));
     // dubbo-python's first id is 0; send two heartbeats back to back.
@@ -853,22 +844,13 @@ clusters:
 fn heartbeat_health_checks_follow_a_real_provider() {
     let mut providers = Provider::start_all(&["hb"], &[]);
     let port = providers[0].port;
-    let yaml = format!(
-        r#"admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: dubbo-routes }}
-routes:
-  - name: dubbo-routes
-    routes:
-      - name: default
-        route: [{{ cluster: demo }}]
-clusters:
-  - name: demo
-    protocol: dubbo
+    let yaml = single_cluster_yaml(
+        "",
+        "    protocol: dubbo
     healthy_panic_threshold: 0
-    health_check: {{ type: heartbeat, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }}
-    endpoints: [{{ address: "127.0.0.1:{port}" }}]
-"#
+    health_check: { type: heartbeat, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }
+",
+        &endpoints(&[&providers[0]]),
     );
     let proxy = Proxy::start(&yaml, &[]);
     let health = |proxy: &Proxy| -> String {
@@ -896,36 +878,21 @@ clusters:
         "probes do not use the traffic pool"
     );
 
+    let wait_health = |want: &str, what: &str| {
+        wait_for(Duration::from_secs(20), what, || {
+            (health(&proxy) == want).then_some(())
+        })
+    };
+    let target = proxy.listener("dubbo-out").to_string();
+    let consume =
+        |count: &str| run_consumer(&["--target", &target, "--count", count, "--connections", "1"]);
+
     providers[0].proc.kill();
-    wait_for(
-        Duration::from_secs(20),
-        "the dead provider marked unhealthy",
-        || (health(&proxy) == "failed_health_check").then_some(()),
-    );
-    let summary = run_consumer(&[
-        "--target",
-        &proxy.listener("dubbo-out").to_string(),
-        "--count",
-        "3",
-        "--connections",
-        "1",
-    ]);
-    assert_errors(&summary, 3, &["no healthy upstream"]);
+    wait_health("failed_health_check", "the dead provider marked unhealthy");
+    assert_errors(&consume("3"), 3, &["no healthy upstream"]);
 
     let back = Provider::start_on("hb", port, &[]);
-    wait_for(
-        Duration::from_secs(20),
-        "the provider back in service",
-        || (health(&proxy) == "healthy").then_some(()),
-    );
-    let summary = run_consumer(&[
-        "--target",
-        &proxy.listener("dubbo-out").to_string(),
-        "--count",
-        "5",
-        "--connections",
-        "1",
-    ]);
-    assert_all_ok(&summary, 5);
+    wait_health("healthy", "the provider back in service");
+    assert_all_ok(&consume("5"), 5);
     drop(back);
 }

@@ -7,63 +7,10 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use common::{Proxy, Spawned, TempFile};
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(stem: &str) -> TempDir {
-        let f = TempFile::new(stem, "");
-        let dir = f.path.with_extension("d");
-        drop(f);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nginx_bin() -> PathBuf {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("nginx is missing: run scripts/setup-test-deps.sh once to install nginx-light");
-}
-
-/// Two nginx servers (groups `a` and `b`) in one nginx process.
-struct Nginx {
-    _proc: Spawned,
-    dir: TempDir,
-    ports: [u16; 2],
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// True when the child `pid` has exited (it is a zombie until reaped, or gone).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
-}
+use common::nginx::{curl, Nginx};
+use common::Proxy;
 
 fn server_block(group: &str, port: u16, root: &Path) -> String {
     let root = root.display();
@@ -92,82 +39,25 @@ fn server_block(group: &str, port: u16, root: &Path) -> String {
     )
 }
 
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = TempDir::new("nginx");
-        for sub in ["a/files", "b/files", "a/chunked", "b/chunked", "tmp"] {
-            std::fs::create_dir_all(dir.0.join(sub)).expect("mkdir");
-        }
-        // A port can be taken between choosing it and nginx binding it: try again then.
-        for _ in 0..5 {
-            let ports = [free_port(), free_port()];
-            let d = dir.0.display();
-            let conf = format!(
-                r#"
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log stderr warn;
-user root;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-{a}
-{b}
-}}
-"#,
-                a = server_block("a", ports[0], &dir.0),
-                b = server_block("b", ports[1], &dir.0),
-            );
-            let conf_path = dir.0.join("nginx.conf");
-            std::fs::write(&conf_path, conf).expect("write nginx.conf");
-            let mut cmd = Command::new(nginx_bin());
-            cmd.arg("-e")
-                .arg("stderr")
-                .arg("-p")
-                .arg(&dir.0)
-                .arg("-c")
-                .arg(&conf_path);
-            let proc = Spawned::start("nginx", cmd);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let up = loop {
-                if ports
-                    .iter()
-                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
-                {
-                    break true;
-                }
-                if exited(proc.pid()) || Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if up {
-                return Nginx {
-                    _proc: proc,
-                    dir,
-                    ports,
-                };
-            }
-            eprintln!("nginx did not come up, retrying: {}", proc.stderr());
-        }
-        panic!("nginx failed to start five times");
-    }
-
-    fn root(&self, group: &str) -> PathBuf {
-        self.dir.0.join(group)
-    }
+/// Two nginx servers (groups `a` and `b`, on `ports[0]` and `ports[1]`) in one nginx
+/// process, each with its own root under `dir()/<group>`.
+fn start_nginx() -> Nginx {
+    Nginx::start(
+        "nginx",
+        &["a/files", "b/files", "a/chunked", "b/chunked"],
+        2,
+        |ports, dir| {
+            format!(
+                "    default_type application/octet-stream;\n{}\n{}",
+                server_block("a", ports[0], dir),
+                server_block("b", ports[1], dir)
+            )
+        },
+    )
 }
 
 fn proxy_for(nginx: &Nginx) -> Proxy {
-    let [a, b] = nginx.ports;
+    let [a, b] = [nginx.ports[0], nginx.ports[1]];
     let yaml = format!(
         r#"
 admin: {{ address: 127.0.0.1:0 }}
@@ -201,21 +91,6 @@ clusters:
     Proxy::start(&yaml, &[])
 }
 
-fn curl(args: &[&str]) -> Output {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "120"])
-        .args(args)
-        .output()
-        .expect("curl is missing: run scripts/setup-test-deps.sh");
-    assert!(
-        out.status.success(),
-        "curl {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Runs curl with `-i` and splits the answer into status, lower-cased headers and body.
 fn get(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, String) {
     let mut args = vec!["-i"];
@@ -246,7 +121,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn routes_by_header_and_path_and_mutates_headers_both_ways() {
-    let nginx = Nginx::start();
+    let nginx = start_nginx();
     let proxy = proxy_for(&nginx);
     let base = format!("http://{}", proxy.listener("web"));
 
@@ -300,7 +175,7 @@ fn routes_by_header_and_path_and_mutates_headers_both_ways() {
 
 #[test]
 fn keep_alive_reuses_the_client_and_the_upstream_connection() {
-    let nginx = Nginx::start();
+    let nginx = start_nginx();
     let proxy = proxy_for(&nginx);
     let url = format!("http://{}/reuse", proxy.listener("web"));
     let out = curl(&["-w", "connects=%{num_connects}\n", &url, &url, &url]);
@@ -352,11 +227,11 @@ fn same_file(a: &Path, b: &Path) {
 #[test]
 fn streams_50_mib_chunked_both_ways_with_flat_memory() {
     const SIZE: usize = 50 * 1024 * 1024;
-    let nginx = Nginx::start();
+    let nginx = start_nginx();
     let proxy = proxy_for(&nginx);
     let base = format!("http://{}", proxy.listener("web"));
 
-    let src = nginx.root("a").join("chunked/big.bin");
+    let src = nginx.dir().join("a/chunked/big.bin");
     let mut data = Vec::with_capacity(SIZE);
     let mut x: u32 = 0x9e37_79b9;
     while data.len() < SIZE {
@@ -385,11 +260,11 @@ fn streams_50_mib_chunked_both_ways_with_flat_memory() {
     ]);
     let code = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(code == "201" || code == "204", "upload answered {code}");
-    same_file(&src, &nginx.root("a").join("files/up.bin"));
+    same_file(&src, &nginx.dir().join("a/files/up.bin"));
 
     // Download: nginx's substitution filter drops the length, so the body comes chunked.
-    let dst = nginx.dir.0.join("downloaded.bin");
-    let headers = nginx.dir.0.join("headers.txt");
+    let dst = nginx.dir().join("downloaded.bin");
+    let headers = nginx.dir().join("headers.txt");
     curl(&[
         "-o",
         dst.to_str().expect("utf-8 path"),

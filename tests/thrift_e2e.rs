@@ -13,7 +13,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{closed_port, run_thrift_client, spawn_thrift_client, wait_for, Proxy, ThriftServer};
+use common::{
+    closed_port, endpoint_list, run_thrift_client, spawn_thrift_client, wait_for, Proxy,
+    ThriftServer,
+};
 use serde_json::Value as Json;
 
 /// `TApplicationException` types.
@@ -80,11 +83,7 @@ fn servers(mode: Mode, groups: &[&str], extra: &[&'static str]) -> Vec<ThriftSer
 
 /// An endpoint list in YAML flow style.
 fn endpoints(servers: &[&ThriftServer]) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{{ address: \"{}\" }}", s.addr()))
-        .collect();
-    format!("[{}]", list.join(", "))
+    endpoint_list(servers.iter().map(|s| s.addr()))
 }
 
 /// Runs the Thrift client against `target` in `mode` with `extra` arguments.

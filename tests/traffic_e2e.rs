@@ -14,17 +14,15 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use common::nginx::{curl_within, Nginx};
 use common::{
-    closed_port, endpoint_of, free_ports, run_consumer, wait_for, Consumer, Provider, Proxy,
-    Spawned, TempFile,
+    closed_port, endpoint_list, endpoint_of, free_ports, wait_for, Consumer, Provider, Proxy,
 };
 use metamesh_codecs::hessian2::Value;
 use metamesh_core::{CodecOptions, Message, Protocol, Side};
@@ -38,16 +36,47 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ helpers: config
 
-/// One endpoint in YAML flow style, with a locality.
-fn ep(addr: &str, region: &str, zone: &str) -> String {
-    format!("{{ address: \"{addr}\", locality: {{ region: {region}, zone: \"{zone}\" }} }}")
+/// The node line of a proxy running in zone bj/800002.
+const NODE_IN_800002: &str =
+    "node: { id: c1, cluster: demo, locality: { region: bj, zone: \"800002\", subzone: \"\" } }\n";
+
+/// Route lines: a 10 s timeout and up to three attempts of 2 s each (the calls are idempotent).
+const RETRIES: &str = "        timeout: 10s
+        retry: { attempts: 3, per_try_timeout: 2s, idempotent: true }
+";
+
+/// TCP probes every 200 ms; one failure takes an endpoint out, one success brings it back.
+const TCP_HEALTH_CHECK: &str = "health_check: { type: tcp, interval: 200ms, timeout: 500ms, \
+                                unhealthy_threshold: 1, healthy_threshold: 1 }";
+
+/// One listener `dubbo-out` whose default route (with `route_extra` lines) goes to the
+/// round-robin cluster `demo` (with `cluster_extra` lines) over `endpoints`, a YAML flow
+/// list; `head` comes first (a node line, or nothing).
+fn demo_config(head: &str, route_extra: &str, cluster_extra: &str, endpoints: &str) -> String {
+    format!(
+        r#"{head}admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+routes:
+  - name: r
+    routes:
+      - name: default
+        route: [{{ cluster: demo }}]
+{route_extra}clusters:
+  - name: demo
+    lb_policy: round_robin
+{cluster_extra}    endpoints: {endpoints}
+"#
+    )
 }
 
-/// Endpoints without locality, in YAML flow style.
-fn endpoints(addrs: &[String]) -> String {
-    let list: Vec<String> = addrs
+/// Endpoints in region `bj`, each `(address, zone)`, in YAML flow style.
+fn bj_endpoints(zoned: &[(&str, &str)]) -> String {
+    let list: Vec<String> = zoned
         .iter()
-        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .map(|(addr, zone)| {
+            format!("{{ address: \"{addr}\", locality: {{ region: bj, zone: \"{zone}\" }} }}")
+        })
         .collect();
     format!("[{}]", list.join(", "))
 }
@@ -102,9 +131,9 @@ fn elapsed_s(summary: &Json) -> f64 {
         .unwrap_or_else(|| panic!("elapsed_s missing from consumer summary: {summary:#}"))
 }
 
-/// A dubbo-py consumer of `count` requests over `connections` connections.
-fn consume(target: &str, count: u64, connections: u32) -> Json {
-    run_consumer(&[
+/// Starts a dubbo-py consumer of `count` requests over `connections` connections.
+fn spawn_consumer(target: &str, count: u64, connections: u32) -> Consumer {
+    Consumer::spawn(&[
         "--target",
         target,
         "--count",
@@ -112,6 +141,11 @@ fn consume(target: &str, count: u64, connections: u32) -> Json {
         "--connections",
         &connections.to_string(),
     ])
+}
+
+/// Runs a dubbo-py consumer of `count` requests over `connections` connections.
+fn consume(target: &str, count: u64, connections: u32) -> Json {
+    spawn_consumer(target, count, connections).finish()
 }
 
 /// Polls `f` every 20 ms until it returns `Ok`; fails after `timeout` with `what` and the
@@ -224,46 +258,41 @@ fn locality_failover_to_the_next_zone_and_back() {
     common::python();
     let local_groups = ["z800002-a", "z800002-b"];
     let ports = free_ports(2);
-    let mut local: Vec<Provider> = local_groups
-        .iter()
-        .zip(&ports)
-        .map(|(g, p)| Provider::start_on(g, *p, &[]))
-        .collect();
+    // The own-zone providers, always on the same ports.
+    let start_local = || -> Vec<Provider> {
+        local_groups
+            .iter()
+            .zip(&ports)
+            .map(|(g, p)| Provider::start_on(g, *p, &[]))
+            .collect()
+    };
+    let mut local = start_local();
     let remote = Provider::start_all(&["z800005-a", "z800005-b"], &[]);
     let local_addrs = addrs(&[&local[0], &local[1]]);
     let remote_addrs = addrs(&[&remote[0], &remote[1]]);
-    let yaml = format!(
-        r#"node: {{ id: c1, cluster: demo, locality: {{ region: bj, zone: "800002", subzone: "" }} }}
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
-routes:
-  - name: r
-    routes:
-      - name: default
-        route: [{{ cluster: demo }}]
-        timeout: 10s
-        retry: {{ attempts: 3, per_try_timeout: 2s, idempotent: true }}
-clusters:
-  - name: demo
-    lb_policy: round_robin
-    locality_lb: {{ enabled: true }}
+    let cluster = format!(
+        r#"    locality_lb: {{ enabled: true }}
     connect_timeout: 1s
-    health_check: {{ type: tcp, interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}
+    {TCP_HEALTH_CHECK}
     outlier_detection: {{ consecutive_errors: 5, consecutive_local_origin_failures: 1, interval: 1s, base_ejection_time: 1s, max_ejection_time: 2s, max_ejection_percent: 100 }}
-    endpoints:
-      - {}
-      - {}
-      - {}
-      - {}
-"#,
-        ep(&local_addrs[0], "bj", "800002"),
-        ep(&local_addrs[1], "bj", "800002"),
-        ep(&remote_addrs[0], "bj", "800005"),
-        ep(&remote_addrs[1], "bj", "800005"),
+"#
     );
+    let endpoints = bj_endpoints(&[
+        (local_addrs[0].as_str(), "800002"),
+        (local_addrs[1].as_str(), "800002"),
+        (remote_addrs[0].as_str(), "800005"),
+        (remote_addrs[1].as_str(), "800005"),
+    ]);
+    let yaml = demo_config(NODE_IN_800002, RETRIES, &cluster, &endpoints);
     let proxy = Proxy::start(&yaml, &[]);
     let target = proxy.listener("dubbo-out").to_string();
+    let assert_only_own_zone = |groups: &BTreeMap<String, u64>, summary: &Json, what: &str| {
+        assert_eq!(
+            groups.keys().collect::<Vec<_>>(),
+            local_groups.iter().collect::<Vec<_>>(),
+            "{what}: {groups:?}\n{summary:#}"
+        );
+    };
     let all: Vec<String> = local_addrs.iter().chain(&remote_addrs).cloned().collect();
     proxy.wait_health("demo", &all, "healthy", HEALTH_TIMEOUT);
 
@@ -287,10 +316,10 @@ clusters:
     let summary = consume(&target, 240, 4);
     assert_all_ok(&summary, 240, "all providers up");
     let groups = served_by_group(&summary);
-    assert_eq!(
-        groups.keys().collect::<Vec<_>>(),
-        local_groups.iter().collect::<Vec<_>>(),
-        "only the own zone serves while it is healthy: {groups:?}\n{summary:#}"
+    assert_only_own_zone(
+        &groups,
+        &summary,
+        "only the own zone serves while it is healthy",
     );
     assert!(
         groups.values().all(|n| *n >= 60),
@@ -334,20 +363,12 @@ clusters:
 
     // (c) The providers come back on the same ports: once the probes see them, traffic
     // returns to 800002 entirely.
-    let restarted: Vec<Provider> = local_groups
-        .iter()
-        .zip(&ports)
-        .map(|(g, p)| Provider::start_on(g, *p, &[]))
-        .collect();
+    let restarted = start_local();
     proxy.wait_health("demo", &local_addrs, "healthy", HEALTH_TIMEOUT);
     let summary = consume(&target, 240, 4);
     assert_all_ok(&summary, 240, "after the 800002 providers came back");
     let groups = served_by_group(&summary);
-    assert_eq!(
-        groups.keys().collect::<Vec<_>>(),
-        local_groups.iter().collect::<Vec<_>>(),
-        "traffic is back in the own zone only: {groups:?}\n{summary:#}"
-    );
+    assert_only_own_zone(&groups, &summary, "traffic is back in the own zone only");
     drop(restarted);
 }
 
@@ -359,31 +380,19 @@ fn distribute_mode_splits_traffic_90_10_between_zones() {
     common::python();
     let providers = Provider::start_all(&["z800002", "z800002", "z800005", "z800005"], &[]);
     let a = addrs(&providers.iter().collect::<Vec<_>>());
-    let yaml = format!(
-        r#"node: {{ id: c1, cluster: demo, locality: {{ region: bj, zone: "800002", subzone: "" }} }}
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
-routes:
-  - name: r
-    routes:
-      - name: default
-        route: [{{ cluster: demo }}]
-clusters:
-  - name: demo
-    lb_policy: round_robin
-    locality_lb:
+    let cluster = r#"    locality_lb:
       enabled: true
       locality_weights:
-        - {{ locality: {{ region: bj, zone: "800002" }}, weight: 90 }}
-        - {{ locality: {{ region: bj, zone: "800005" }}, weight: 10 }}
-    endpoints: [{}, {}, {}, {}]
-"#,
-        ep(&a[0], "bj", "800002"),
-        ep(&a[1], "bj", "800002"),
-        ep(&a[2], "bj", "800005"),
-        ep(&a[3], "bj", "800005"),
-    );
+        - { locality: { region: bj, zone: "800002" }, weight: 90 }
+        - { locality: { region: bj, zone: "800005" }, weight: 10 }
+"#;
+    let endpoints = bj_endpoints(&[
+        (a[0].as_str(), "800002"),
+        (a[1].as_str(), "800002"),
+        (a[2].as_str(), "800005"),
+        (a[3].as_str(), "800005"),
+    ]);
+    let yaml = demo_config(NODE_IN_800002, "", cluster, &endpoints);
     let proxy = Proxy::start(&yaml, &[]);
     let target = proxy.listener("dubbo-out").to_string();
     let summary = consume(&target, 2000, 8);
@@ -518,7 +527,7 @@ routes:
             "down",
             "        mirror: { cluster: down, percentage: 100 }\n"
         ),
-        endpoints(&primary_addrs),
+        endpoint_list(&primary_addrs),
         shadow[0].addr(),
         stalled.port,
     );
@@ -665,37 +674,14 @@ fn retries_hide_a_provider_killed_under_load() {
     common::python();
     let mut providers = Provider::start_all(&["r1", "r2", "victim"], &[]);
     let a = addrs(&providers.iter().collect::<Vec<_>>());
-    let yaml = format!(
-        r#"admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: dubbo-out, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
-routes:
-  - name: r
-    routes:
-      - name: default
-        route: [{{ cluster: demo }}]
-        timeout: 10s
-        retry: {{ attempts: 3, per_try_timeout: 2s, idempotent: true }}
-clusters:
-  - name: demo
-    lb_policy: round_robin
-    connect_timeout: 1s
-    outlier_detection: {{ consecutive_errors: 5, consecutive_local_origin_failures: 1, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }}
-    endpoints: {}
-"#,
-        endpoints(&a)
-    );
+    let cluster = "    connect_timeout: 1s
+    outlier_detection: { consecutive_errors: 5, consecutive_local_origin_failures: 1, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }
+";
+    let yaml = demo_config("", RETRIES, cluster, &endpoint_list(&a));
     let proxy = Proxy::start(&yaml, &[]);
     let target = proxy.listener("dubbo-out").to_string();
     const N: u64 = 2000;
-    let consumer = Consumer::spawn(&[
-        "--target",
-        &target,
-        "--count",
-        &N.to_string(),
-        "--connections",
-        "8",
-    ]);
+    let consumer = spawn_consumer(&target, N, 8);
     let victim = &a[2];
     wait_for(
         Duration::from_secs(30),
@@ -778,10 +764,8 @@ fn consistent_hashing_keeps_users_on_their_provider() {
     let a = addrs(&providers.iter().collect::<Vec<_>>());
     let cluster = |name: &str, policy: &str| {
         format!(
-            "  - name: {name}\n    lb_policy: {policy}\n    health_check: {{ type: tcp, \
-             interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}\n    \
-             endpoints: {}\n",
-            endpoints(&a)
+            "  - name: {name}\n    lb_policy: {policy}\n    {TCP_HEALTH_CHECK}\n    endpoints: {}\n",
+            endpoint_list(&a)
         )
     };
     let yaml = format!(
@@ -1031,79 +1015,12 @@ clusters:
 
 // -------------------------------------------------------------------------- 7: HTTP
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(stem: &str) -> TempDir {
-        let f = TempFile::new(stem, "");
-        let dir = f.path.with_extension("d");
-        drop(f);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nginx_bin() -> PathBuf {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("nginx is missing: run scripts/setup-test-deps.sh once to install nginx-light");
-}
-
-/// True when the child `pid` has exited (it is a zombie until reaped, or gone).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
-}
-
-/// One nginx process with a primary server and a shadow server that logs every request
-/// it gets to `shadow.log`.
-struct Nginx {
-    _proc: Spawned,
-    dir: TempDir,
-    primary: u16,
-    shadow: u16,
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = TempDir::new("nginx-traffic");
-        std::fs::create_dir_all(dir.0.join("tmp")).expect("mkdir");
-        // A port can be taken between choosing it and nginx binding it: try again then.
-        for _ in 0..5 {
-            let ports = free_ports(2);
-            let d = dir.0.display();
-            let conf = format!(
-                r#"
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log stderr warn;
-user root;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    log_format shadow '$request_method $request_uri tier=$http_x_tier';
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
+/// One nginx process with a primary server (`ports[0]`) and a shadow server
+/// (`ports[1]`) that logs every request it gets to `shadow.log`.
+fn start_nginx() -> Nginx {
+    Nginx::start("nginx-traffic", &[], 2, |ports, dir| {
+        format!(
+            r#"    log_format shadow '$request_method $request_uri tier=$http_x_tier';
     server {{
         listen 127.0.0.1:{p};
         keepalive_requests 10000;
@@ -1114,73 +1031,29 @@ http {{
         keepalive_requests 10000;
         access_log {d}/shadow.log shadow;
         location / {{ return 200 "shadow\n"; }}
-    }}
-}}
-"#,
-                p = ports[0],
-                s = ports[1],
-            );
-            let conf_path = dir.0.join("nginx.conf");
-            std::fs::write(&conf_path, conf).expect("write nginx.conf");
-            let mut cmd = Command::new(nginx_bin());
-            cmd.arg("-e")
-                .arg("stderr")
-                .arg("-p")
-                .arg(&dir.0)
-                .arg("-c")
-                .arg(&conf_path);
-            let proc = Spawned::start("nginx", cmd);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let up = loop {
-                if ports
-                    .iter()
-                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
-                {
-                    break true;
-                }
-                if exited(proc.pid()) || Instant::now() > deadline {
-                    break false;
-                }
-                thread::sleep(Duration::from_millis(20));
-            };
-            if up {
-                return Nginx {
-                    _proc: proc,
-                    dir,
-                    primary: ports[0],
-                    shadow: ports[1],
-                };
-            }
-            eprintln!("nginx did not come up, retrying: {}", proc.stderr());
-        }
-        panic!("nginx failed to start five times");
-    }
+    }}"#,
+            p = ports[0],
+            s = ports[1],
+            d = dir.display(),
+        )
+    })
+}
 
-    /// The shadow server's access log lines so far.
-    fn shadow_log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.0.join("shadow.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
+/// The shadow server's access log lines so far.
+fn shadow_log(nginx: &Nginx) -> Vec<String> {
+    std::fs::read_to_string(nginx.dir().join("shadow.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// curl over one keep-alive connection to every URL; returns its output, where each
 /// answer ends with a line `code=<status>`.
 fn curl_all(urls: &[String]) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "-w", "code=%{http_code}\n"]);
-    cmd.args(urls);
-    let out = cmd
-        .output()
-        .expect("curl is missing: run scripts/setup-test-deps.sh");
-    assert!(
-        out.status.success(),
-        "curl failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec!["-w", "code=%{http_code}\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = curl_within(Duration::from_secs(60), &args);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -1189,7 +1062,7 @@ fn curl_all(urls: &[String]) -> String {
 /// second nginx server that logs each one.
 #[test]
 fn http_retries_connect_failures_and_mirrors_gets() {
-    let nginx = Nginx::start();
+    let nginx = start_nginx();
     let closed = closed_port();
     let yaml = format!(
         r#"admin: {{ address: 127.0.0.1:0 }}
@@ -1214,8 +1087,8 @@ clusters:
     connect_timeout: 1s
     endpoints: [{{ address: "127.0.0.1:{closed}" }}, {{ address: "127.0.0.1:{p}" }}]
 "#,
-        p = nginx.primary,
-        s = nginx.shadow,
+        p = nginx.ports[0],
+        s = nginx.ports[1],
     );
     let proxy = Proxy::start(&yaml, &[]);
     let base = format!("http://{}", proxy.listener("web"));
@@ -1259,7 +1132,7 @@ clusters:
         Duration::from_secs(20),
         "the shadow server to log every mirrored GET",
         || {
-            let log = nginx.shadow_log();
+            let log = shadow_log(&nginx);
             (log.len() >= N).then_some(log)
         },
     );

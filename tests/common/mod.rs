@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -301,6 +303,35 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A directory under the system temp directory, removed with its contents on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a fresh, empty directory named after `stem`.
+    pub fn new(stem: &str) -> TempDir {
+        let f = TempFile::new(stem, "");
+        let dir = f.path.with_extension("d");
+        drop(f);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An endpoint list in YAML flow style: `[{ address: "a" }, { address: "b" }]`.
+pub fn endpoint_list<S: AsRef<str>>(addrs: impl IntoIterator<Item = S>) -> String {
+    let list: Vec<String> = addrs
+        .into_iter()
+        .map(|a| format!("{{ address: \"{}\" }}", a.as_ref()))
+        .collect();
+    format!("[{}]", list.join(", "))
 }
 
 /// A running `metamesh proxy`.
