@@ -215,6 +215,61 @@ async fn max_requests_answers_overloaded() {
 }
 
 #[tokio::test]
+async fn max_connections_and_max_retries_answer_overloaded() {
+    let good = upstream("good", Mode::Echo).await;
+    let dead = dead_address();
+    let proxy = proxy(
+        r#"      - name: retried
+        match: { attributes: { retried: { present: true } } }
+        route: [{ cluster: r }]
+        retry: { attempts: 2, base_interval: 1ms }
+      - { name: c, route: [{ cluster: c }] }"#,
+        &[
+            // Two shared connections per endpoint, but only one may be open.
+            cluster(
+                "c",
+                "connections_per_endpoint: 2, circuit_breakers: { max_connections: 1 }, ",
+                &[good.addr],
+            ),
+            cluster("r", "circuit_breakers: { max_retries: 0 }, ", &[dead]),
+        ],
+        "",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    // Requests take the two connection slots in turn: the first opens one, the second
+    // would need another.
+    assert_eq!(who(&c.call(&[]).await), "good");
+    assert_eq!(who(&c.call(&[]).await), "local:overloaded");
+    assert_eq!(who(&c.call(&[]).await), "good");
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_upstream_overflow_total",
+            "resource=\"connections\""
+        ),
+        1
+    );
+    // A retry the breaker refuses leaves the first failure as the answer.
+    assert_eq!(
+        who(&c.call(&[("retried", "1")]).await),
+        "local:upstream_connect_failure"
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_upstream_overflow_total",
+            "resource=\"retries\""
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&proxy, "metamesh_upstream_rq_retry_total", "cluster=\"r\""),
+        0
+    );
+}
+
+#[tokio::test]
 async fn rate_limits_per_listener_and_per_route_with_conditions() {
     let good = upstream("good", Mode::Echo).await;
     let proxy = proxy(
