@@ -243,6 +243,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// The token bucket of listener `name`, when it has one.
     pub fn listener_limit(&self, name: &str) -> Option<&TokenBucket> {
+        // Most configurations limit no listener: skip hashing the name per request.
+        if self.listener_limits.is_empty() {
+            return None;
+        }
         self.listener_limits.get(name)
     }
 
