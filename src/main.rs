@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use metamesh_core::snapshot::ConfigStore;
 use metamesh_core::{Bootstrap, ProxyBuilder};
 
 mod demo;
@@ -89,6 +90,69 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
+/// Reloads the configuration file on every SIGHUP: routes, clusters and hooks (a new
+/// hook script included) change without a restart; requests already under way finish on
+/// the configuration they started with. A file that does not load, or that changes the
+/// listeners (which take a restart), leaves the running configuration as it is. Each
+/// attempt prints one JSON line on stdout.
+#[cfg(unix)]
+async fn reload_on_hangup(config: PathBuf, store: std::sync::Arc<ConfigStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: configuration reloads are off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let outcome = load(&config).and_then(|b| {
+            let running = store.load();
+            if listener_shape(&running.bootstrap) != listener_shape(&b) {
+                anyhow::bail!(
+                    "{}: listeners changed; changing listeners takes a restart",
+                    config.display()
+                );
+            }
+            store.update(b).map_err(|errors| {
+                let lines: Vec<String> = errors
+                    .0
+                    .iter()
+                    .map(|e| format!("{}: {e}", config.display()))
+                    .collect();
+                anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
+            })
+        });
+        let line = match outcome {
+            Ok(version) => {
+                tracing::info!(version, "configuration reloaded");
+                serde_json::json!({ "event": "reloaded", "version": version })
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload refused; keeping the running one");
+                serde_json::json!({ "event": "reload_failed", "error": format!("{e:#}") })
+            }
+        };
+        println!("{line}");
+    }
+}
+
+/// What of the listeners a reload cannot change.
+#[cfg(unix)]
+fn listener_shape(b: &Bootstrap) -> Vec<String> {
+    b.listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} {} {} {} {:?}",
+                l.name,
+                l.address,
+                l.protocol,
+                l.route_config,
+                l.max_frame_size(),
+                l.protocol_options
+            )
+        })
+        .collect()
+}
+
 async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()> {
     let bootstrap = load(config)?;
     let signal = shutdown_signal()?;
@@ -109,6 +173,8 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
         "admin": proxy.admin_addr().map(|a| a.to_string()),
     });
     println!("{ready}");
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(config.to_owned(), proxy.store().clone()));
     signal.await;
     tracing::info!("shutting down: draining in-flight requests");
     if proxy.shutdown(drain_timeout).await {

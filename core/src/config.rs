@@ -174,6 +174,9 @@ pub struct Route {
     /// A token bucket for the requests this route matches.
     #[serde(default)]
     pub local_rate_limit: Option<TokenBucket>,
+    /// Names of hooks run on the requests this route matches, after the listener's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 /// Conditions on request attributes, all of which must hold.
@@ -539,9 +542,18 @@ pub struct Endpoint {
 pub struct Hook {
     /// Unique name.
     pub name: String,
-    /// Lua source.
+    /// Lua source defining `on_request(req)` and/or `on_response(resp, req)`.
     pub script: String,
+    /// Memory cap of each of the hook's Lua states, in bytes (default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<usize>,
+    /// Lua VM instructions one call may run (default 1,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_limit: Option<u64>,
 }
+
+/// Smallest memory cap a hook may have (a Lua state needs some to start).
+pub const MIN_HOOK_MEMORY: usize = 256 * 1024;
 
 /// Lowest priority an endpoint may have.
 pub const MAX_PRIORITY: u32 = 127;
@@ -726,8 +738,19 @@ impl Validator {
             self.unsupported("xds".into(), "dynamic configuration over xDS");
         }
         for (i, h) in b.hooks.iter().enumerate() {
-            self.unsupported(named("hooks", &h.name, i), "Lua hooks");
+            let p = named("hooks", &h.name, i);
+            if h.memory_limit.is_some_and(|m| m < MIN_HOOK_MEMORY) {
+                self.err(
+                    format!("{p}.memory_limit"),
+                    format!("must be at least {MIN_HOOK_MEMORY} bytes"),
+                );
+            } else if h.instruction_limit == Some(0) {
+                self.err(format!("{p}.instruction_limit"), "must be greater than 0");
+            } else if let Err(e) = crate::lua::HookProgram::check(h) {
+                self.err(format!("{p}.script"), e);
+            }
         }
+        let hook_names: HashSet<&str> = b.hooks.iter().map(|h| h.name.as_str()).collect();
 
         for (i, l) in b.listeners.iter().enumerate() {
             let p = named("listeners", &l.name, i);
@@ -757,9 +780,7 @@ impl Validator {
                     format!("no route configuration named {:?}", l.route_config),
                 );
             }
-            if !l.hooks.is_empty() {
-                self.unsupported(format!("{p}.hooks"), "Lua hooks");
-            }
+            self.check_hook_names(&format!("{p}.hooks"), &l.hooks, &hook_names);
             if let Some(tb) = &l.local_rate_limit {
                 self.check_bucket(&format!("{p}.local_rate_limit"), tb);
             }
@@ -782,6 +803,7 @@ impl Validator {
                     );
                 }
                 self.check_route(&rp, r, &cluster_names);
+                self.check_hook_names(&format!("{rp}.hooks"), &r.hooks, &hook_names);
             }
         }
 
@@ -1013,6 +1035,14 @@ impl Validator {
         }
         if let Some(tb) = &r.local_rate_limit {
             self.check_bucket(&format!("{rp}.local_rate_limit"), tb);
+        }
+    }
+
+    fn check_hook_names(&mut self, p: &str, names: &[String], hooks: &HashSet<&str>) {
+        for (k, n) in names.iter().enumerate() {
+            if !hooks.contains(n.as_str()) {
+                self.err(format!("{p}[{k}]"), format!("no hook named {n:?}"));
+            }
         }
     }
 
@@ -1268,12 +1298,41 @@ clusters:
     #[test]
     fn duplicate_names_and_unsupported_features_are_reported() {
         let bad = GOOD.replace("name: default", "name: batchjob").replace(
-            "    route_config: dubbo-routes\n",
-            "    route_config: dubbo-routes\n    hooks: [tag]\n",
+            "admin: { address: 127.0.0.1:15000 }",
+            "admin: { address: 127.0.0.1:15000 }\nxds: { address: http://127.0.0.1:15010 }",
         );
         let err = Bootstrap::load(&bad, &registry()).unwrap_err().to_string();
         assert!(err.contains("duplicate route \"batchjob\""), "{err}");
-        assert!(err.contains("hooks: Lua hooks is not supported"), "{err}");
+        assert!(
+            err.contains("xds: dynamic configuration over xDS is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hooks_are_compiled_and_referenced_by_name() {
+        let good = GOOD
+            .replace(
+                "    route_config: dubbo-routes\n",
+                "    route_config: dubbo-routes\n    hooks: [tag]\n",
+            )
+            .replace("        timeout: 2s\n", "        timeout: 2s\n        hooks: [tag]\n")
+            + "hooks:\n  - name: tag\n    script: |\n      function on_request(req) req:set(\"x\", \"1\") end\n";
+        Bootstrap::load(&good, &registry()).expect("valid");
+
+        let bad = good
+            .replace("hooks: [tag]\n    ", "hooks: [tga]\n    ")
+            .replace("req:set(\"x\", \"1\") end", "req:set(\"x\", \"1\")")
+            + "  - name: small\n    script: 'function on_request() end'\n    memory_limit: 1000\n";
+        let err = Bootstrap::load(&bad, &registry()).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"routes[dubbo-routes].routes[batchjob].hooks[0]"),
+            "{err}"
+        );
+        assert!(paths.contains(&"hooks[tag].script"), "{err}");
+        assert!(paths.contains(&"hooks[small].memory_limit"), "{err}");
+        assert!(err.to_string().contains("'end' expected"), "{err}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ use tokio::time::Instant;
 use crate::config::RetryOn;
 use crate::health::{Outcome, Resource};
 use crate::listener::{
-    retry_condition, route_request, ListenerContext, Retries, Routed, DEFAULT_ROUTE_TIMEOUT,
+    response_hooks, retry_condition, route_request, ListenerContext, Retries, Routed,
+    DEFAULT_ROUTE_TIMEOUT,
 };
+use crate::lua::HookProgram;
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind, StreamState};
 use crate::router::Mutation;
 use crate::upstream::{EndpointPool, ExclusiveConnection, UpstreamError};
@@ -281,6 +283,9 @@ struct ResponseDone {
     error: bool,
 }
 
+/// A route and the listener's hooks, for what happens to a response.
+type RoutedHooks<'a> = (&'a crate::router::Route, &'a [Arc<HookProgram>]);
+
 /// What one attempt at an upstream produced before the response was looked at.
 type AttemptFailure = (Option<RetryOn>, LocalReplyKind, String);
 
@@ -292,6 +297,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
         route,
         cluster,
         hash,
+        listener_hooks,
     } = match route_request(ctx, &snapshot, &mut req) {
         Ok(r) => r,
         Err((kind, text)) => return down.local_reply(ctx, &req, kind, &text).await,
@@ -364,7 +370,9 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                     break Err((Some(RetryOn::Reset), LocalReplyKind::UpstreamReset, text));
                 }
             }
-            let (resp, body) = forward(ctx, down, &mut up, &req, route, this_try, hold_error).await;
+            let routed = (route, listener_hooks);
+            let (resp, body) =
+                forward(ctx, down, &mut up, &req, routed, this_try, hold_error).await;
             let again = up.reused
                 && stale == 1
                 && req.stream == StreamState::End
@@ -425,7 +433,8 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                     // The held response's body is never read: the connection goes.
                     continue;
                 }
-                return match deliver(ctx, down, &mut up, &req, route, *head).await {
+                let routed = (route, listener_hooks);
+                return match deliver(ctx, down, &mut up, &req, routed, *head).await {
                     Ok(done) if done.upgrade => {
                         tunnel(down, &mut up).await;
                         Flow::Close
@@ -437,6 +446,18 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                         Flow::Continue
                     }
                     Err(_) => Flow::Close,
+                };
+            }
+            Err(ResponseError::BeforeHead(LocalReplyKind::HookError, text)) => {
+                // The upstream answered; a response hook failed on the answer.
+                cluster.report(index, Outcome::Success);
+                let flow = down
+                    .local_reply(ctx, &req, LocalReplyKind::HookError, &text)
+                    .await;
+                return if body.is_ok() || req.stream == StreamState::End {
+                    flow
+                } else {
+                    Flow::Close
                 };
             }
             Err(ResponseError::BeforeHead(kind, text)) => {
@@ -518,7 +539,7 @@ async fn forward(
     down: &mut Downstream,
     up: &mut ExclusiveConnection,
     req: &Message,
-    route: &crate::router::Route,
+    route: RoutedHooks<'_>,
     deadline: Duration,
     hold_error: bool,
 ) -> (Result<ResponseDone, ResponseError>, Result<(), BodyError>) {
@@ -619,7 +640,7 @@ async fn deliver(
     down: &mut Downstream,
     up: &mut ExclusiveConnection,
     req: &Message,
-    route: &crate::router::Route,
+    route: RoutedHooks<'_>,
     head: Message,
 ) -> Result<ResponseDone, ResponseError> {
     send_response(
@@ -639,11 +660,14 @@ async fn send_response(
     (up_rd, up_buf, up_codec): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
     (down_wr, down_codec): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
     req: &Message,
-    route: &crate::router::Route,
+    route: RoutedHooks<'_>,
     mut head: Message,
 ) -> Result<ResponseDone, ResponseError> {
     ctx.protocol.finish_response(req, &mut head);
-    Mutation::apply_all(&route.response_mutation, &mut head.metadata);
+    Mutation::apply_all(&route.0.response_mutation, &mut head.metadata);
+    if let Err(text) = response_hooks(ctx.protocol.name(), route, &mut head, req) {
+        return Err(ResponseError::BeforeHead(LocalReplyKind::HookError, text));
+    }
     let stream = head.stream;
     let error = head.kind == MessageKind::Error;
     head.request_id = req.request_id;

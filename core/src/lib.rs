@@ -15,6 +15,7 @@ pub mod health;
 mod io;
 pub mod lb;
 pub mod listener;
+pub mod lua;
 pub mod message;
 mod mirror;
 pub mod proxy;
@@ -24,6 +25,8 @@ pub mod snapshot;
 pub mod stats;
 pub mod upstream;
 
+#[cfg(test)]
+mod hook_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, ProtocolOp
 use crate::config::RetryOn;
 use crate::health::{Outcome, Resource, ResourceGuard};
 use crate::io::{FrameWriter, FLUSH_AT};
+use crate::lua::{HookProgram, Verdict};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
 use crate::router::{Mutation, Route};
 use crate::snapshot::{ClusterRuntime, ConfigStore, Snapshot};
@@ -241,14 +242,60 @@ pub(crate) struct Routed<'s> {
     pub(crate) cluster: &'s ClusterRuntime,
     /// The request's consistent-hash key, when the route hashes.
     pub(crate) hash: Option<u64>,
+    /// The listener's hooks (their `on_response` runs after the route's).
+    pub(crate) listener_hooks: &'s [Arc<HookProgram>],
 }
 
 /// A reason to answer locally, with the text for the client.
 pub(crate) type Refusal = (LocalReplyKind, String);
 
-/// Applies the listener's rate limit, matches `req` against the listener's routes,
-/// applies the route's rate limit and request mutation, sends a mirror copy when the
-/// route asks for one, and picks the cluster; or says which local reply to send instead.
+/// Runs the `on_request` of `hooks` in order.
+fn request_hooks(
+    hooks: &[Arc<HookProgram>],
+    req: &mut Message,
+    protocol: &str,
+    route_to: &mut Option<String>,
+) -> Result<(), Refusal> {
+    for hook in hooks {
+        match hook.on_request(req, protocol, route_to) {
+            Verdict::Continue => {}
+            Verdict::Reject(text) => return Err((LocalReplyKind::Rejected, text)),
+            Verdict::Failed(_) => {
+                return Err((
+                    LocalReplyKind::HookError,
+                    format!("hook {} failed", hook.name()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the `on_response` of the route's hooks, then the listener's, each list in
+/// reverse (the hook that saw the request first sees the response last). On failure
+/// the text for the local reply that replaces the response.
+pub(crate) fn response_hooks(
+    protocol: &str,
+    routed: (&Route, &[Arc<HookProgram>]),
+    resp: &mut Message,
+    req: &Message,
+) -> Result<(), String> {
+    let (route, listener_hooks) = routed;
+    for hook in route.hooks.iter().rev().chain(listener_hooks.iter().rev()) {
+        match hook.on_response(resp, req, protocol) {
+            Verdict::Continue => {}
+            Verdict::Reject(_) | Verdict::Failed(_) => {
+                return Err(format!("hook {} failed", hook.name()))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies the listener's rate limit and hooks, matches `req` against the listener's
+/// routes, runs the route's hooks, applies the route's rate limit and request mutation,
+/// sends a mirror copy when the route asks for one, and picks the cluster (the one a hook
+/// named with `route_to`, or the route's); or says which local reply to send instead.
 pub(crate) fn route_request<'s>(
     ctx: &ListenerContext,
     snapshot: &'s Arc<Snapshot>,
@@ -262,19 +309,28 @@ pub(crate) fn route_request<'s>(
             ));
         }
     }
+    let protocol = ctx.protocol.name();
+    let listener_hooks = snapshot.listener_hooks(&ctx.name);
+    let mut route_to = None;
+    request_hooks(listener_hooks, req, protocol, &mut route_to)?;
     let Some(table) = snapshot.route_table(&ctx.route_config) else {
         return Err((
             LocalReplyKind::NoRoute,
             "route configuration not found".into(),
         ));
     };
-    let Some(route) = table.route(&req.metadata) else {
-        return Err((
-            LocalReplyKind::NoRoute,
-            "no route matched the request".into(),
-        ));
+    let route = match table.route(&req.metadata) {
+        Some(r) => r,
+        None if route_to.is_some() => table.hook_route(),
+        None => {
+            return Err((
+                LocalReplyKind::NoRoute,
+                "no route matched the request".into(),
+            ))
+        }
     };
     route.requests.inc();
+    request_hooks(&route.hooks, req, protocol, &mut route_to)?;
     if let Some(bucket) = &route.rate_limit {
         if !bucket.admit(&req.metadata) {
             return Err((
@@ -288,7 +344,21 @@ pub(crate) fn route_request<'s>(
     if let Some(policy) = &route.mirror {
         crate::mirror::send(snapshot, policy, route, req, hash);
     }
-    let Some(cluster) = snapshot.cluster(route.pick_cluster()) else {
+    let index = match &route_to {
+        Some(name) => snapshot.cluster_index(name).ok_or_else(|| {
+            (
+                LocalReplyKind::HookError,
+                format!("a hook routed to {name:?}, which is not a cluster"),
+            )
+        })?,
+        None => route.pick_cluster().ok_or_else(|| {
+            (
+                LocalReplyKind::NoHealthyUpstream,
+                "the route has no destination".to_owned(),
+            )
+        })?,
+    };
+    let Some(cluster) = snapshot.cluster(index) else {
         return Err((
             LocalReplyKind::NoHealthyUpstream,
             "cluster not found".into(),
@@ -298,6 +368,7 @@ pub(crate) fn route_request<'s>(
         route,
         cluster,
         hash,
+        listener_hooks,
     })
 }
 
@@ -380,6 +451,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
         route,
         cluster,
         hash,
+        listener_hooks,
     } = match route_request(ctx, &snapshot, &mut req) {
         Ok(r) => r,
         Err((kind, text)) => return local_reply(ctx, &req, kind, &text),
@@ -425,6 +497,10 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
                 }
                 ctx.protocol.finish_response(&req, &mut resp);
                 Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
+                let hooks = (route, listener_hooks);
+                if let Err(text) = response_hooks(ctx.protocol.name(), hooks, &mut resp, &req) {
+                    return local_reply(ctx, &req, LocalReplyKind::HookError, &text);
+                }
                 return Some(Outgoing::Response(resp, downstream_id, req));
             }
             Ok(Ok(None)) => {

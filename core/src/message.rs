@@ -195,6 +195,8 @@ pub enum LocalReplyKind {
     RateLimited,
     /// A hook or filter rejected the request.
     Rejected,
+    /// A hook failed (script error, instruction budget or memory cap).
+    HookError,
     /// The request could not be decoded.
     BadRequest,
     /// A limit of the proxy (queue, circuit breaker) refused the request.
@@ -214,6 +216,7 @@ impl LocalReplyKind {
             LocalReplyKind::Timeout => "timeout",
             LocalReplyKind::RateLimited => "rate_limited",
             LocalReplyKind::Rejected => "rejected",
+            LocalReplyKind::HookError => "hook_error",
             LocalReplyKind::BadRequest => "bad_request",
             LocalReplyKind::Overloaded => "overloaded",
             LocalReplyKind::Internal => "internal",
@@ -221,7 +224,7 @@ impl LocalReplyKind {
     }
 
     /// Every kind, for pre-registering metrics.
-    pub const ALL: [LocalReplyKind; 10] = [
+    pub const ALL: [LocalReplyKind; 11] = [
         LocalReplyKind::NoRoute,
         LocalReplyKind::NoHealthyUpstream,
         LocalReplyKind::UpstreamConnectFailure,
@@ -229,6 +232,7 @@ impl LocalReplyKind {
         LocalReplyKind::Timeout,
         LocalReplyKind::RateLimited,
         LocalReplyKind::Rejected,
+        LocalReplyKind::HookError,
         LocalReplyKind::BadRequest,
         LocalReplyKind::Overloaded,
         LocalReplyKind::Internal,

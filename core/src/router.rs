@@ -11,6 +11,7 @@ use regex::Regex;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, RetryOn};
+use crate::lua::HookProgram;
 use crate::message::Metadata;
 use crate::ratelimit::TokenBucket;
 use crate::stats::{MirrorStats, Stats};
@@ -216,6 +217,8 @@ pub struct Route {
     pub hash_policy: Vec<String>,
     /// A token bucket for the route's requests.
     pub rate_limit: Option<TokenBucket>,
+    /// Hooks run on the route's requests, after the listener's.
+    pub hooks: Vec<Arc<HookProgram>>,
     /// Requests this route matched.
     pub requests: Counter,
 }
@@ -243,16 +246,22 @@ impl Route {
         ))
     }
 
-    /// Picks a destination cluster index, by weight when there are several.
-    pub fn pick_cluster(&self) -> usize {
-        if self.destinations.len() == 1 {
-            return self.destinations[0].0;
+    /// Picks a destination cluster index, by weight when there are several; `None` for
+    /// the hook route, which has no destinations of its own.
+    pub fn pick_cluster(&self) -> Option<usize> {
+        match self.destinations.as_slice() {
+            [] => None,
+            [(only, _)] => Some(*only),
+            [(first, _), ..] => {
+                let point = rand::thread_rng().gen_range(0..self.total_weight.max(1));
+                Some(
+                    self.destinations
+                        .iter()
+                        .find(|(_, upto)| point < *upto)
+                        .map_or(*first, |(c, _)| *c),
+                )
+            }
         }
-        let point = rand::thread_rng().gen_range(0..self.total_weight);
-        self.destinations
-            .iter()
-            .find(|(_, upto)| point < *upto)
-            .map_or(self.destinations[0].0, |(c, _)| *c)
     }
 
     /// Destination cluster indices in order (for introspection).
@@ -267,13 +276,18 @@ pub struct RouteTable {
     /// Name of the route configuration.
     pub name: String,
     routes: Vec<Route>,
+    hook_route: Route,
 }
+
+/// Name of the route a hook's `route_to` uses when no route matched.
+pub const HOOK_ROUTE: &str = "hook_route_to";
 
 impl RouteTable {
     /// Compiles `rc`; `cluster_index` resolves cluster names (validated beforehand).
     pub(crate) fn compile(
         rc: &config::RouteConfig,
         cluster_index: impl Fn(&str) -> Option<usize>,
+        hook: impl Fn(&str) -> Option<Arc<HookProgram>>,
         stats: &Stats,
     ) -> Result<Self, config::ConfigError> {
         let mut routes = Vec::with_capacity(rc.routes.len());
@@ -339,13 +353,45 @@ impl RouteTable {
                     Some(tb) => Some(TokenBucket::new(tb, &format!("{path}.local_rate_limit"))?),
                     None => None,
                 },
+                hooks: r
+                    .hooks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        hook(n).ok_or_else(|| config::ConfigError {
+                            path: format!("{path}.hooks[{k}]"),
+                            message: format!("no hook named {n:?}"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
                 requests: stats.route(&rc.name, &r.name),
             });
         }
         Ok(Self {
             name: rc.name.clone(),
             routes,
+            hook_route: Route {
+                name: Arc::from(HOOK_ROUTE),
+                conditions: Conditions::default(),
+                destinations: Vec::new(),
+                total_weight: 0,
+                request_mutation: Vec::new(),
+                response_mutation: Vec::new(),
+                timeout: None,
+                retry: None,
+                mirror: None,
+                hash_policy: Vec::new(),
+                rate_limit: None,
+                hooks: Vec::new(),
+                requests: stats.route(&rc.name, HOOK_ROUTE),
+            },
         })
+    }
+
+    /// The route of requests that no route matched but a hook sent to a cluster with
+    /// `route_to`: default settings, no mutation.
+    pub fn hook_route(&self) -> &Route {
+        &self.hook_route
     }
 
     /// The first route matching `metadata`.
@@ -366,8 +412,13 @@ mod tests {
     fn table(yaml: &str) -> RouteTable {
         let rc: config::RouteConfig = serde_yaml_ng::from_str(yaml).expect("yaml");
         let names = ["a", "b", "c"];
-        RouteTable::compile(&rc, |n| names.iter().position(|x| *x == n), &Stats::new())
-            .expect("compile")
+        RouteTable::compile(
+            &rc,
+            |n| names.iter().position(|x| *x == n),
+            |_| None,
+            &Stats::new(),
+        )
+        .expect("compile")
     }
 
     fn md(pairs: &[(&str, &str)]) -> Metadata {
@@ -463,7 +514,7 @@ routes:
         let r = &t.routes()[0];
         let mut counts = [0u32; 3];
         for _ in 0..20_000 {
-            counts[r.pick_cluster()] += 1;
+            counts[r.pick_cluster().expect("a destination")] += 1;
         }
         assert_eq!(counts[2], 0);
         let share = f64::from(counts[0]) / 20_000.0;

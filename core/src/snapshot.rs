@@ -15,6 +15,7 @@ use crate::codec::{Protocol, ProtocolRegistry, DEFAULT_MAX_FRAME_SIZE};
 use crate::config::{self, Bootstrap, ConfigError, ConfigErrors};
 use crate::health::{ClusterShared, HealthCheckSettings, Outcome, OutlierSettings};
 use crate::lb::{ClusterLb, HostInfo, LbSettings, LocalityMode};
+use crate::lua::HookProgram;
 use crate::ratelimit::TokenBucket;
 use crate::router::RouteTable;
 use crate::stats::{ClusterStats, Stats};
@@ -237,10 +238,25 @@ pub struct Snapshot {
     pub bootstrap: Arc<Bootstrap>,
     route_tables: HashMap<String, Arc<RouteTable>>,
     clusters: Vec<ClusterRuntime>,
+    cluster_index: HashMap<String, usize>,
     listener_limits: HashMap<String, TokenBucket>,
+    listener_hooks: HashMap<String, Vec<Arc<HookProgram>>>,
 }
 
 impl Snapshot {
+    /// The hooks of listener `name`, in order.
+    pub fn listener_hooks(&self, name: &str) -> &[Arc<HookProgram>] {
+        if self.listener_hooks.is_empty() {
+            return &[];
+        }
+        self.listener_hooks.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The index of the cluster called `name`.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.cluster_index.get(name).copied()
+    }
+
     /// The token bucket of listener `name`, when it has one.
     pub fn listener_limit(&self, name: &str) -> Option<&TokenBucket> {
         // Most configurations limit no listener: skip hashing the name per request.
@@ -275,6 +291,7 @@ pub struct ConfigStore {
     stats: Arc<Stats>,
     pools: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
     shared: Mutex<HashMap<String, Arc<ClusterShared>>>,
+    hooks: Mutex<HashMap<String, Arc<HookProgram>>>,
     version: AtomicU64,
     update_lock: Mutex<()>,
 }
@@ -292,12 +309,15 @@ impl ConfigStore {
                 bootstrap: Arc::new(Bootstrap::default()),
                 route_tables: HashMap::new(),
                 clusters: Vec::new(),
+                cluster_index: HashMap::new(),
                 listener_limits: HashMap::new(),
+                listener_hooks: HashMap::new(),
             }),
             protocols,
             stats,
             pools: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
+            hooks: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
             update_lock: Mutex::new(()),
         };
@@ -453,9 +473,51 @@ impl ConfigStore {
             .enumerate()
             .map(|(i, c)| (c.name.as_str(), i))
             .collect();
+        // Hooks: an unchanged hook keeps its program, so workers keep their warm states.
+        let mut hook_map = self.hooks.lock().map_err(|_| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: "configuration store is poisoned".into(),
+            }])
+        })?;
+        let mut programs: HashMap<String, Arc<HookProgram>> = HashMap::new();
+        for h in &b.hooks {
+            let kept = hook_map.get(&h.name).filter(|p| p.same_config(h)).cloned();
+            let program = match kept {
+                Some(p) => p,
+                None => match HookProgram::compile(h, &self.stats) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            path: format!("hooks[{}].script", h.name),
+                            message: e,
+                        });
+                        continue;
+                    }
+                },
+            };
+            programs.insert(h.name.clone(), program);
+        }
+        let mut listener_hooks = HashMap::new();
+        for l in &b.listeners {
+            let list: Vec<Arc<HookProgram>> = l
+                .hooks
+                .iter()
+                .filter_map(|n| programs.get(n).cloned())
+                .collect();
+            if !list.is_empty() {
+                listener_hooks.insert(l.name.clone(), list);
+            }
+        }
+
         let mut route_tables = HashMap::new();
         for rc in &b.routes {
-            match RouteTable::compile(rc, |n| index.get(n).copied(), &self.stats) {
+            match RouteTable::compile(
+                rc,
+                |n| index.get(n).copied(),
+                |n| programs.get(n).cloned(),
+                &self.stats,
+            ) {
                 Ok(t) => {
                     route_tables.insert(rc.name.clone(), Arc::new(t));
                 }
@@ -479,6 +541,8 @@ impl ConfigStore {
         }
         *pools = kept;
         *shared_map = kept_shared;
+        *hook_map = programs;
+        let cluster_index = index.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         for p in new_pools {
             p.start_health_check();
         }
@@ -487,7 +551,9 @@ impl ConfigStore {
             bootstrap: Arc::new(b),
             route_tables,
             clusters,
+            cluster_index,
             listener_limits,
+            listener_hooks,
         })
     }
 }

@@ -82,6 +82,22 @@ pub struct RouteResultLabels {
     pub result: String,
 }
 
+/// Labels of per-hook metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// Hook name.
+    pub hook: String,
+}
+
+/// Labels of per-hook metrics with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookReasonLabels {
+    /// Hook name.
+    pub hook: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Labels of per-route metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -114,6 +130,9 @@ pub struct Stats {
     health_check_total: Family<ClusterResultLabels, Counter>,
     endpoints_healthy: Family<ClusterLabels, Gauge>,
     mirror_total: Family<RouteResultLabels, Counter>,
+    hook_calls_total: Family<HookLabels, Counter>,
+    hook_errors_total: Family<HookReasonLabels, Counter>,
+    hook_rejected_total: Family<HookLabels, Counter>,
 }
 
 impl Default for Stats {
@@ -184,6 +203,12 @@ impl Stats {
                 "mirror",
                 "Mirrored request copies, by result (sent, dropped, failed)"
             ),
+            hook_calls_total: family!("hook_calls", "Lua hook calls"),
+            hook_errors_total: family!(
+                "hook_errors",
+                "Lua hook calls that failed, by reason (error, budget, memory)"
+            ),
+            hook_rejected_total: family!("hook_rejected", "Requests a Lua hook rejected"),
             registry,
         }
     }
@@ -261,6 +286,28 @@ impl Stats {
             .clone()
     }
 
+    /// Counters of one hook.
+    pub fn hook(&self, name: &str) -> crate::lua::HookStats {
+        let l = HookLabels {
+            hook: name.to_owned(),
+        };
+        let error = |reason: &str| {
+            self.hook_errors_total
+                .get_or_create(&HookReasonLabels {
+                    hook: name.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .clone()
+        };
+        crate::lua::HookStats {
+            calls: self.hook_calls_total.get_or_create(&l).clone(),
+            errors: error("error"),
+            budget_exceeded: error("budget"),
+            memory_exceeded: error("memory"),
+            rejected: self.hook_rejected_total.get_or_create(&l).clone(),
+        }
+    }
+
     /// Mirror counters of one route.
     pub fn mirror(&self, route_config: &str, route: &str) -> MirrorStats {
         let c = |result: &str| {
@@ -302,7 +349,7 @@ pub struct ListenerStats {
     pub rq_total: Counter,
     /// Heartbeats answered.
     pub heartbeats: Counter,
-    local_replies: [Counter; 10],
+    local_replies: [Counter; LocalReplyKind::ALL.len()],
     stats: Arc<Stats>,
 }
 

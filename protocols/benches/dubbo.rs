@@ -79,7 +79,9 @@ fn pipeline(c: &mut Criterion) {
                 let table = snapshot.route_table("dubbo-routes").expect("table");
                 let route = table.route(&msg.metadata).expect("route");
                 Mutation::apply_all(&route.request_mutation, &mut msg.metadata);
-                let cluster = snapshot.cluster(route.pick_cluster()).expect("cluster");
+                let cluster = snapshot
+                    .cluster(route.pick_cluster().expect("a destination"))
+                    .expect("cluster");
                 let (_, endpoint) = cluster.pick(None, None).expect("endpoint");
                 let mut out = EncodedFrame::new();
                 upstream.encode(&msg, 7, &mut out).expect("encode");

@@ -664,6 +664,7 @@ pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
         LocalReplyKind::NoHealthyUpstream
         | LocalReplyKind::UpstreamConnectFailure
         | LocalReplyKind::UpstreamReset
+        | LocalReplyKind::HookError
         | LocalReplyKind::Internal => status::SERVER_ERROR,
     }
 }

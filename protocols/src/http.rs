@@ -370,7 +370,7 @@ pub fn local_reply_status(kind: LocalReplyKind) -> u16 {
         LocalReplyKind::RateLimited => 429,
         LocalReplyKind::Rejected => 403,
         LocalReplyKind::BadRequest => 400,
-        LocalReplyKind::Internal => 500,
+        LocalReplyKind::HookError | LocalReplyKind::Internal => 500,
     }
 }
 

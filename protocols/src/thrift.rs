@@ -619,6 +619,7 @@ pub fn local_reply_type(kind: LocalReplyKind) -> i32 {
         | LocalReplyKind::RateLimited
         | LocalReplyKind::Rejected
         | LocalReplyKind::Overloaded
+        | LocalReplyKind::HookError
         | LocalReplyKind::Internal => exception_type::INTERNAL_ERROR,
     }
 }
