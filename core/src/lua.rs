@@ -179,20 +179,17 @@ impl HookProgram {
         self.stats.calls.inc();
         let result = STATES.with(|states| {
             let mut states = states.borrow_mut();
-            if !states.contains_key(&self.id) {
-                // Drop the states of programs no configuration holds any more.
-                states.retain(|_, s| s.program.strong_count() > 0);
-                match HookState::new(self, Arc::downgrade(self)) {
-                    Ok(s) => {
-                        states.insert(self.id, s);
-                    }
-                    Err(e) => return Err(e),
+            let r = match states.get_mut(&self.id) {
+                Some(state) => state.call(msg, request, protocol),
+                None => {
+                    // Drop the states of programs no configuration holds any more.
+                    states.retain(|_, s| s.program.strong_count() > 0);
+                    let mut state = HookState::new(self, Arc::downgrade(self))?;
+                    let r = state.call(msg, request, protocol);
+                    states.insert(self.id, state);
+                    r
                 }
-            }
-            let Some(state) = states.get_mut(&self.id) else {
-                return Err(mlua::Error::RuntimeError("hook state missing".into()));
             };
-            let r = state.call(msg, request, protocol);
             if matches!(r, Err(mlua::Error::MemoryError(_))) {
                 // Start over with a fresh state rather than keep one at its cap.
                 states.remove(&self.id);
