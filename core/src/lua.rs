@@ -424,6 +424,7 @@ struct HookState {
 /// Lua run once in a fresh state before the script: takes away what a sandbox must not
 /// offer and keeps a text-only `load`.
 const PRELUDE: &str = r#"
+local text_collect = text_collect
 local text_load = load
 load = function(chunk, name, _mode, env)
   return text_load(chunk, name, "t", env)
