@@ -782,6 +782,17 @@ mod tests {
         );
         assert_eq!(looping.stats.budget_exceeded.get(), 1);
 
+        let hidden = program_with(
+            "function on_request(req) coroutine.wrap(function() while true do end end)() end",
+            None,
+            Some(100_000),
+        );
+        let (v, _) = run(&hidden, &mut request(&[]));
+        assert!(
+            matches!(&v, Verdict::Failed(t) if t.contains(BUDGET_MESSAGE)),
+            "a loop inside a coroutine is budgeted too: {v:?}"
+        );
+
         let bomb = program_with(
             r#"function on_request(req) local s = string.rep("x", 64 * 1024 * 1024) end"#,
             Some(1024 * 1024),
