@@ -32,8 +32,8 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-/// One nginx process running in the foreground from a temporary directory; killed on
-/// drop, and the directory removed.
+/// One nginx process running in the foreground from a temporary directory; stopped (with
+/// its workers) on drop, and the directory removed.
 pub struct Nginx {
     _proc: Spawned,
     dir: TempDir,
@@ -120,6 +120,21 @@ http {{
     /// The directory nginx runs from.
     pub fn dir(&self) -> &Path {
         &self.dir.0
+    }
+}
+
+impl Drop for Nginx {
+    /// Asks nginx to stop first (SIGTERM: the master stops its workers, then exits); the
+    /// process guard's SIGKILL alone would leave the workers running, holding the ports.
+    fn drop(&mut self) {
+        let pid = self._proc.pid();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !exited(pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
