@@ -8,10 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ops::Deref;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::nginx::{curl, Nginx};
 use common::{endpoint_list, run_consumer, wait_for, Consumer, Provider, Proxy, READY_TIMEOUT};
@@ -421,7 +419,7 @@ fn canary_by_user_hash_keeps_each_user_on_one_side() {
 fn reject_unauthenticated_answers_calls_without_a_valid_token() {
     common::python();
     let spawned = Provider::spawn("secure", &["--log-requests"]);
-    let nginx = StoppedNginx::start(&["web"], |_| {
+    let nginx = start_nginx(&["web"], |_| {
         "        location / { return 200 \"principal=$http_x_auth_principal\\n\"; }\n".to_owned()
     });
     let provider = Provider::ready("secure", spawned);
@@ -584,65 +582,27 @@ clusters:
 
 // ------------------------------------------------------------- add_response_attribute
 
-/// nginx, stopped with SIGTERM to its master at the end of a test: the master then stops
-/// its workers and waits for them, where killing the master alone leaves them running.
-struct StoppedNginx(Nginx);
-
-impl StoppedNginx {
-    /// One nginx process with a server per entry of `groups`, on `ports[i]`, each
-    /// answering with `location_block(group)`.
-    fn start(groups: &[&str], location_block: impl Fn(&str) -> String) -> StoppedNginx {
-        StoppedNginx(Nginx::start("nginx-lua", &[], groups.len(), |ports, _| {
-            groups
-                .iter()
-                .zip(ports)
-                .map(|(group, port)| {
-                    format!(
-                        "\n    server {{\n        listen 127.0.0.1:{port};\n{}    }}\n",
-                        location_block(group)
-                    )
-                })
-                .collect()
-        }))
-    }
-}
-
-impl Deref for StoppedNginx {
-    type Target = Nginx;
-    fn deref(&self) -> &Nginx {
-        &self.0
-    }
-}
-
-impl Drop for StoppedNginx {
-    fn drop(&mut self) {
-        let Ok(pid) = std::fs::read_to_string(self.0.dir().join("nginx.pid")) else {
-            return;
-        };
-        let pid = pid.trim().to_owned();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        if !sent.is_ok_and(|s| s.success()) {
-            return;
-        }
-        // The master is this process's child: it stays a zombie until reaped.
-        let gone = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .is_some_and(|state| state == "Z" || state == "X")
+/// One nginx process with a server per entry of `groups` (on `ports[i]`), each with the
+/// `location` directives `locations(group)` gives.
+fn start_nginx(groups: &[&str], locations: impl Fn(&str) -> String) -> Nginx {
+    Nginx::start("nginx-lua", &[], groups.len(), |ports, _| {
+        groups
+            .iter()
+            .zip(ports)
+            .map(|(group, port)| {
+                format!(
+                    "\n    server {{\n        listen 127.0.0.1:{port};\n{}    }}\n",
+                    locations(group)
+                )
             })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !gone() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+            .collect()
+    })
 }
 
 /// Two nginx servers, `a` and `b`, that echo the `x-tier` they received; `/missing`
 /// answers 404 from nginx itself.
-fn start_tier_nginx() -> StoppedNginx {
-    StoppedNginx::start(&["a", "b"], |group| {
+fn start_tier_nginx() -> Nginx {
+    start_nginx(&["a", "b"], |group| {
         format!(
             r#"        location / {{ return 200 "group={group} tier=$http_x_tier\n"; }}
         location /missing {{ return 404 "group={group} missing\n"; }}
@@ -733,7 +693,7 @@ fn copy_header_between_protocols_gives_a_mixed_mesh_one_name() {
         Provider::spawn("users", &[]),
         Provider::spawn("anonymous", &[]),
     ];
-    let nginx = StoppedNginx::start(&["users", "anonymous"], |group| {
+    let nginx = start_nginx(&["users", "anonymous"], |group| {
         format!(
             r#"        location / {{
             return 200 "group={group} x-user-id=$http_x_user_id userId=$http_userid\n";
