@@ -96,12 +96,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 /// listeners (which take a restart), leaves the running configuration as it is. Each
 /// attempt prints one JSON line on stdout.
 #[cfg(unix)]
-async fn reload_on_hangup(config: PathBuf, store: std::sync::Arc<ConfigStore>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot watch SIGHUP: configuration reloads are off");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    config: PathBuf,
+    store: std::sync::Arc<ConfigStore>,
+) {
     while hup.recv().await.is_some() {
         let outcome = load(&config).and_then(|b| {
             let running = store.load();
@@ -172,9 +171,24 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
         "listeners": listeners,
         "admin": proxy.admin_addr().map(|a| a.to_string()),
     });
-    println!("{ready}");
+    // Watch SIGHUP before announcing readiness: its default action ends the process.
     #[cfg(unix)]
-    tokio::spawn(reload_on_hangup(config.to_owned(), proxy.store().clone()));
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_hangup(
+                    hup,
+                    config.to_owned(),
+                    proxy.store().clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: configuration reloads are off")
+            }
+        }
+    }
+    println!("{ready}");
     signal.await;
     tracing::info!("shutting down: draining in-flight requests");
     if proxy.shutdown(drain_timeout).await {

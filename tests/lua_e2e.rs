@@ -1264,3 +1264,30 @@ hooks:
         assert_eq!(outcome["event"], "reloaded", "attempt {attempt}: {outcome}");
     }
 }
+
+/// `print` in a hook goes to the log: stdout carries only the proxy's own lines, even
+/// when a script prints at its top level (which runs at every configuration check).
+#[test]
+fn print_in_a_hook_never_reaches_stdout() {
+    let config = TempFile::new(
+        "lua-hook-output",
+        r#"
+listeners:
+  - { name: l, address: 127.0.0.1:0, protocol: dubbo, route_config: r, hooks: [h] }
+routes:
+  - { name: r, routes: [{ name: d, route: [{ cluster: c }] }] }
+clusters:
+  - { name: c, endpoints: [{ address: "127.0.0.1:1" }] }
+hooks:
+  - name: h
+    script: |
+      print("top-level print")
+      function on_request(req) print("request print") end
+"#,
+    );
+    let out = common::validate(&config.path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("top-level print"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+}

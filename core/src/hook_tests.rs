@@ -35,6 +35,7 @@ routes:
 clusters:
   - {{ name: a, endpoints: [{{ address: "{a}" }}] }}
   - {{ name: b, endpoints: [{{ address: "{b}" }}] }}
+  - {{ name: only-by-hook, endpoints: [{{ address: "{b}" }}] }}
 hooks:
   - name: outer
     script: |
@@ -53,6 +54,7 @@ function on_request(req)
   if user == nil then return req:reject("no user") end
   if user == "crash" then error("boom") end
   if user == "vip" then req:route_to("b") return end
+  if user == "hidden" then req:route_to("only-by-hook") return end
   if user == "lost" then req:route_to("nowhere") return end
   if user == "nomatch" then req:route_to("a") return end
   req:set("tier", user == "bob" and "b" or "a")
@@ -108,6 +110,12 @@ async fn hooks_steer_routing_reject_and_see_responses() {
     assert_eq!(who(&r), "b");
     let r = c.call(&[("user", "nomatch")]).await;
     assert_eq!(who(&r), "a", "route_to with no matching route");
+    let r = c.call(&[("user", "hidden")]).await;
+    assert_eq!(
+        who(&r),
+        "b",
+        "a cluster no route names takes the listener's protocol"
+    );
 
     // Rejections and failures are answered locally; the connection goes on.
     let r = c.call(&[]).await;
@@ -144,8 +152,8 @@ async fn hooks_steer_routing_reject_and_see_responses() {
     );
     assert_eq!(
         metric(&proxy, "metamesh_route_rq_total", "route=\"hook_route_to\""),
-        2,
-        "nomatch and lost went by the hook route"
+        3,
+        "nomatch, hidden and lost went by the hook route"
     );
 }
 

@@ -423,8 +423,25 @@ struct HookState {
 
 /// Lua run once in a fresh state before the script: takes away what a sandbox must not
 /// offer and keeps a text-only `load`.
-const PRELUDE: &str = r#"
-local text_collect = text_collect
+const PRELUDE: &str = r##"
+local text_collect, exhausted = text_collect, budget_exhausted
+local raw_pcall, raw_xpcall, raw_resume = pcall, xpcall, coroutine.resume
+local raw_setmetatable, raw_rawget = setmetatable, rawget
+-- A spent budget cannot be caught: whatever catches errors raises it again.
+local function spent(...)
+  if exhausted() then error("instruction budget exceeded", 0) end
+  return ...
+end
+pcall = function(...) return spent(raw_pcall(...)) end
+xpcall = function(...) return spent(raw_xpcall(...)) end
+coroutine.resume = function(...) return spent(raw_resume(...)) end
+-- Finalizers would run outside the calls they belong to.
+setmetatable = function(t, mt)
+  if type(mt) == "table" and raw_rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not available to hooks", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
 local text_load = load
 load = function(chunk, name, _mode, env)
   return text_load(chunk, name, "t", env)
@@ -437,8 +454,15 @@ collectgarbage = function(opt, ...)
   end
   error("collectgarbage(" .. tostring(opt) .. ") is not available to hooks", 2)
 end
+-- stdout belongs to the proxy: print goes to the log.
+local log, tostring, select, concat = log, tostring, select, table.concat
+print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  log("info", concat(parts, "\t"))
+end
 state = {}
-"#;
+"##;
 
 impl HookState {
     /// A state running `program`, kept while `owner` lives.
@@ -468,11 +492,11 @@ impl HookState {
         let globals = lua.globals();
         let collect: Function = globals.get("collectgarbage")?;
         globals.set("text_collect", collect)?;
-        lua.load(PRELUDE).set_name("=prelude").exec()?;
-        // The prelude's helper stays reachable only through the wrapper.
-        let wrapper: Function = globals.get("collectgarbage")?;
-        globals.set("text_collect", Value::Nil)?;
-        globals.set("collectgarbage", wrapper)?;
+        let spent = budget.clone();
+        globals.set(
+            "budget_exhausted",
+            lua.create_function(move |_, ()| Ok(spent.get() == 0))?,
+        )?;
 
         let name = program.name.clone();
         globals.set(
@@ -480,7 +504,11 @@ impl HookState {
             lua.create_function(move |_, (level, message): (mlua::LuaString, Value)| {
                 let text = match &message {
                     Value::String(s) => s.to_string_lossy(),
-                    other => format!("{other:?}"),
+                    Value::Integer(i) => i.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Boolean(b) => b.to_string(),
+                    Value::Nil => "nil".to_owned(),
+                    other => other.type_name().to_owned(),
                 };
                 match &*level.to_str()? {
                     "error" => tracing::error!(hook = %name, "{text}"),
@@ -504,6 +532,11 @@ impl HookState {
                 Ok((h >> 1) as i64)
             })?,
         )?;
+        budget.set(budget_steps);
+        lua.load(PRELUDE).set_name("=prelude").exec()?;
+        // The prelude keeps its own references to these helpers.
+        globals.set("text_collect", Value::Nil)?;
+        globals.set("budget_exhausted", Value::Nil)?;
 
         budget.set(budget_steps);
         lua.load(&*program.source)
@@ -793,6 +826,32 @@ mod tests {
             "a loop inside a coroutine is budgeted too: {v:?}"
         );
 
+        for escape in [
+            "while true do pcall(function() while true do end end) end",
+            "while true do xpcall(function() while true do end end, function() end) end",
+            "while true do pcall(pcall, function() while true do end end) end",
+            "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+        ] {
+            let p = program_with(
+                &format!("function on_request(req) {escape} end"),
+                None,
+                Some(100_000),
+            );
+            let (v, _) = run(&p, &mut request(&[]));
+            assert!(
+                matches!(&v, Verdict::Failed(t) if t.contains(BUDGET_MESSAGE)),
+                "{escape}: {v:?}"
+            );
+        }
+        let p = program(
+            "function on_request(req) setmetatable({}, { __gc = function() while true do end end }) end",
+        );
+        let (v, _) = run(&p, &mut request(&[]));
+        assert!(
+            matches!(&v, Verdict::Failed(t) if t.contains("__gc")),
+            "{v:?}"
+        );
+
         let bomb = program_with(
             r#"function on_request(req) local s = string.rep("x", 64 * 1024 * 1024) end"#,
             Some(1024 * 1024),
@@ -829,6 +888,16 @@ mod tests {
         let mut m = request(&[]);
         assert_eq!(run(&fine, &mut m).0, Verdict::Continue);
         assert_eq!(m.metadata.get("ok"), Some("yes"));
+    }
+
+    #[test]
+    fn print_goes_to_the_log_not_to_stdout() {
+        let p = program(
+            r#"print("top level", 1)
+               function on_request(req) print("in a call", true, nil) log("info", 42) end"#,
+        );
+        let mut m = request(&[]);
+        assert_eq!(run(&p, &mut m).0, Verdict::Continue);
     }
 
     #[test]

@@ -394,6 +394,18 @@ impl ConfigStore {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        // A cluster no route names (one a hook reaches with `route_to`) speaks the
+        // listeners' protocol when they all speak the same one.
+        let mut listener_protocols = b.listeners.iter().map(|l| l.protocol.as_str());
+        if let Some(only) = listener_protocols.next() {
+            if listener_protocols.all(|p| p == only) {
+                for c in &b.clusters {
+                    if c.protocol.is_none() {
+                        cluster_protocol.entry(c.name.as_str()).or_insert(only);
+                    }
+                }
+            }
+        }
 
         let mut pools = self.pools.lock().map_err(|_| {
             ConfigErrors(vec![ConfigError {
