@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metamesh_core::snapshot::ConfigStore;
-use metamesh_core::{Bootstrap, ProxyBuilder};
+use metamesh_core::{Bootstrap, Proxy, ProxyBuilder, StartError};
 
 mod demo;
 
@@ -90,39 +90,40 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
-/// Reloads the configuration file on every SIGHUP: routes, clusters and hooks (a new
-/// hook script included) change without a restart; requests already under way finish on
-/// the configuration they started with. A file that does not load, or that changes the
-/// listeners (which take a restart), leaves the running configuration as it is. Each
-/// attempt prints one JSON line on stdout.
+/// Reloads the configuration file on every SIGHUP: listeners, routes, clusters and hooks
+/// (a new hook script included) change without a restart; requests already under way
+/// finish on the configuration they started with, and a removed listener drains. A file
+/// that does not load leaves the running configuration as it is. Each attempt prints one
+/// JSON line on stdout, with the listeners' bound addresses after a reload.
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     config: PathBuf,
-    store: std::sync::Arc<ConfigStore>,
+    proxy: Arc<Proxy>,
 ) {
     while hup.recv().await.is_some() {
-        let outcome = load(&config).and_then(|b| {
-            let running = store.load();
-            if listener_shape(&running.bootstrap) != listener_shape(&b) {
-                anyhow::bail!(
-                    "{}: listeners changed; changing listeners takes a restart",
-                    config.display()
-                );
-            }
-            store.update(b).map_err(|errors| {
-                let lines: Vec<String> = errors
-                    .0
-                    .iter()
-                    .map(|e| format!("{}: {e}", config.display()))
-                    .collect();
-                anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
-            })
-        });
+        let outcome = match load(&config) {
+            Ok(b) => proxy.update(b).await.map_err(|e| match e {
+                StartError::Config(errors) => {
+                    let lines: Vec<String> = errors
+                        .0
+                        .iter()
+                        .map(|e| format!("{}: {e}", config.display()))
+                        .collect();
+                    anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
+                }
+                other => anyhow::anyhow!("{}: {other}", config.display()),
+            }),
+            Err(e) => Err(e),
+        };
         let line = match outcome {
             Ok(version) => {
                 tracing::info!(version, "configuration reloaded");
-                serde_json::json!({ "event": "reloaded", "version": version })
+                serde_json::json!({
+                    "event": "reloaded",
+                    "version": version,
+                    "listeners": listener_map(&proxy),
+                })
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "configuration reload refused; keeping the running one");
@@ -133,22 +134,12 @@ async fn reload_on_hangup(
     }
 }
 
-/// What of the listeners a reload cannot change.
-#[cfg(unix)]
-fn listener_shape(b: &Bootstrap) -> Vec<String> {
-    b.listeners
-        .iter()
-        .map(|l| {
-            format!(
-                "{} {} {} {} {} {:?}",
-                l.name,
-                l.address,
-                l.protocol,
-                l.route_config,
-                l.max_frame_size(),
-                l.protocol_options
-            )
-        })
+/// Listener names and their bound addresses, as the event lines print them.
+fn listener_map(proxy: &Proxy) -> serde_json::Map<String, serde_json::Value> {
+    proxy
+        .listeners()
+        .into_iter()
+        .map(|(name, addr)| (name, addr.to_string().into()))
         .collect()
 }
 
@@ -160,15 +151,11 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
         .start(bootstrap)
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let proxy = Arc::new(proxy);
     // One machine-readable line on stdout once every listener is bound.
-    let listeners: serde_json::Map<String, serde_json::Value> = proxy
-        .listeners()
-        .iter()
-        .map(|(name, addr)| (name.clone(), addr.to_string().into()))
-        .collect();
     let ready = serde_json::json!({
         "event": "ready",
-        "listeners": listeners,
+        "listeners": listener_map(&proxy),
         "admin": proxy.admin_addr().map(|a| a.to_string()),
     });
     // Watch SIGHUP before announcing readiness: its default action ends the process.
@@ -177,11 +164,7 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::hangup()) {
             Ok(hup) => {
-                tokio::spawn(reload_on_hangup(
-                    hup,
-                    config.to_owned(),
-                    proxy.store().clone(),
-                ));
+                tokio::spawn(reload_on_hangup(hup, config.to_owned(), proxy.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGHUP: configuration reloads are off")

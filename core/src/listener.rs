@@ -60,7 +60,7 @@ pub(crate) struct ListenerContext {
 
 /// Accepts connections until `shutdown` fires; connection tasks join `tracker`.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,

@@ -1,9 +1,10 @@
 //! Building and running a proxy: register protocols, hand over a bootstrap, bind the
 //! listeners and the admin endpoint, and shut down by draining in-flight requests.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::codec::{Protocol, ProtocolRegistry};
-use crate::config::{Bootstrap, ConfigErrors};
+use crate::config::{Bootstrap, ConfigErrors, Listener as ListenerConfig};
 use crate::listener::{self, ListenerContext};
 use crate::snapshot::ConfigStore;
 use crate::stats::Stats;
@@ -76,65 +77,61 @@ impl ProxyBuilder {
         let snap = store.load();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-
-        let mut bound = Vec::new();
-        for l in &snap.bootstrap.listeners {
-            let path = format!("listeners[{}].address", l.name);
-            let tcp = bind(&path, &l.address).await?;
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
-                path: path.clone(),
-                address: l.address.clone(),
-                source,
-            })?;
-            let protocol = store.protocols().get(&l.protocol).cloned().ok_or_else(|| {
-                StartError::Config(ConfigErrors(vec![crate::config::ConfigError {
-                    path: format!("listeners[{}].protocol", l.name),
-                    message: format!("unknown protocol {:?}", l.protocol),
-                }]))
-            })?;
-            let ctx = Arc::new(ListenerContext {
-                name: Arc::from(l.name.as_str()),
-                protocol,
-                route_config: l.route_config.clone(),
-                store: store.clone(),
-                stats: stats.listener(&l.name),
-                max_frame_size: l.max_frame_size(),
-                protocol_options: Arc::new(l.protocol_options.clone()),
-            });
-            bound.push((l.name.clone(), addr, tcp, ctx));
-        }
         let admin_listener = match &snap.bootstrap.admin {
             Some(a) => Some(bind("admin.address", &a.address).await?),
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-
-        let mut listeners = Vec::new();
-        for (name, addr, tcp, ctx) in bound {
-            tracing::info!(listener = %name, %addr, protocol = ctx.protocol.name(), "listening");
-            tokio::spawn(listener::serve(tcp, ctx, shutdown.clone(), tracker.clone()));
-            listeners.push((name, addr));
-        }
         let admin_state = Arc::new(AdminState {
             store: store.clone(),
             ready: false.into(),
         });
-        let admin_shutdown = CancellationToken::new();
+        let proxy = Proxy {
+            store,
+            listeners: Mutex::new(BTreeMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+            admin_addr,
+            admin_state: admin_state.clone(),
+            shutdown,
+            admin_shutdown: CancellationToken::new(),
+            tracker,
+        };
+        proxy.reconcile().await?;
         if let Some(l) = admin_listener {
             tracing::info!(address = ?admin_addr, "admin listening");
-            tokio::spawn(admin::serve(l, admin_state.clone(), admin_shutdown.clone()));
+            tokio::spawn(admin::serve(
+                l,
+                admin_state.clone(),
+                proxy.admin_shutdown.clone(),
+            ));
         }
         admin_state.ready.store(true, Ordering::Release);
-        Ok(Proxy {
-            store,
-            listeners,
-            admin_addr,
-            admin_state,
-            shutdown,
-            admin_shutdown,
-            tracker,
-        })
+        Ok(proxy)
     }
+}
+
+/// A listener that is accepting connections.
+struct RunningListener {
+    /// Everything of its configuration the running listener depends on.
+    shape: String,
+    /// The configured address (`127.0.0.1:0` stays what it was bound to).
+    address: String,
+    socket: Arc<TcpListener>,
+    bound: SocketAddr,
+    /// Stops accepting and drains the listener's connections.
+    stop: CancellationToken,
+}
+
+/// What of a listener's configuration its running accept loop depends on.
+fn shape(l: &ListenerConfig) -> String {
+    format!(
+        "{} {} {} {} {:?}",
+        l.address,
+        l.protocol,
+        l.route_config,
+        l.max_frame_size(),
+        l.protocol_options
+    )
 }
 
 async fn bind(path: &str, address: &str) -> Result<TcpListener, StartError> {
@@ -152,7 +149,9 @@ async fn bind(path: &str, address: &str) -> Result<TcpListener, StartError> {
 /// A running proxy.
 pub struct Proxy {
     store: Arc<ConfigStore>,
-    listeners: Vec<(String, SocketAddr)>,
+    listeners: Mutex<BTreeMap<String, RunningListener>>,
+    /// Serializes configuration updates.
+    reconciling: tokio::sync::Mutex<()>,
     admin_addr: Option<SocketAddr>,
     admin_state: Arc<AdminState>,
     shutdown: CancellationToken,
@@ -163,15 +162,129 @@ pub struct Proxy {
 impl Proxy {
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.running().get(name).map(|l| l.bound)
     }
 
-    /// Every listener with its bound address.
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.listeners
+    /// Every listener with its bound address, by name.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.running()
+            .iter()
+            .map(|(n, l)| (n.clone(), l.bound))
+            .collect()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningListener>> {
+        // The map holds plain data; a panic elsewhere leaves it usable.
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the running listeners in line with the current snapshot: binds new ones,
+    /// restarts changed ones (on the same socket when the address stayed), and stops
+    /// removed ones, whose connections finish the requests they already read and close.
+    /// Every listener that could be bound is serving when this returns; the first bind
+    /// failure is the error.
+    async fn reconcile(&self) -> Result<(), StartError> {
+        let _one = self.reconciling.lock().await;
+        let snap = self.store.load();
+        let mut first_error = None;
+        let desired: Vec<&ListenerConfig> = snap.bootstrap.listeners.iter().collect();
+        let removed: Vec<String> = self
+            .running()
+            .keys()
+            .filter(|n| !desired.iter().any(|l| &l.name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = self.running().remove(&name) {
+                tracing::info!(listener = %name, address = %old.bound, "listener removed: draining");
+                old.stop.cancel();
+            }
+        }
+        for l in desired {
+            let want = shape(l);
+            let current = self.running().get(&l.name).map(|r| {
+                (
+                    r.shape.clone(),
+                    r.address.clone(),
+                    r.socket.clone(),
+                    r.bound,
+                )
+            });
+            let (socket, bound) = match current {
+                Some((have, _, _, _)) if have == want => continue,
+                // Same address: keep the socket, so no connection attempt is refused.
+                Some((_, address, socket, bound))
+                    if address == l.address || l.address.parse() == Ok(bound) =>
+                {
+                    (socket, bound)
+                }
+                _ => {
+                    let path = format!("listeners[{}].address", l.name);
+                    match bind(&path, &l.address).await {
+                        Ok(tcp) => match tcp.local_addr() {
+                            Ok(bound) => (Arc::new(tcp), bound),
+                            Err(source) => {
+                                first_error.get_or_insert(StartError::Bind {
+                                    path,
+                                    address: l.address.clone(),
+                                    source,
+                                });
+                                continue;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, error = %e, "listener not started");
+                            first_error.get_or_insert(e);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(protocol) = self.store.protocols().get(&l.protocol).cloned() else {
+                first_error.get_or_insert(StartError::Config(ConfigErrors(vec![
+                    crate::config::ConfigError {
+                        path: format!("listeners[{}].protocol", l.name),
+                        message: format!("unknown protocol {:?}", l.protocol),
+                    },
+                ])));
+                continue;
+            };
+            let ctx = Arc::new(ListenerContext {
+                name: Arc::from(l.name.as_str()),
+                protocol,
+                route_config: l.route_config.clone(),
+                store: self.store.clone(),
+                stats: self.store.stats().listener(&l.name),
+                max_frame_size: l.max_frame_size(),
+                protocol_options: Arc::new(l.protocol_options.clone()),
+            });
+            let stop = self.shutdown.child_token();
+            tracing::info!(listener = %l.name, addr = %bound, protocol = ctx.protocol.name(), "listening");
+            tokio::spawn(listener::serve(
+                socket.clone(),
+                ctx,
+                stop.clone(),
+                self.tracker.clone(),
+            ));
+            let replaced = self.running().insert(
+                l.name.clone(),
+                RunningListener {
+                    shape: want,
+                    address: l.address.clone(),
+                    socket,
+                    bound,
+                    stop,
+                },
+            );
+            if let Some(old) = replaced {
+                // Its connections drain; new ones reach the new accept loop.
+                old.stop.cancel();
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The bound admin address.
@@ -184,23 +297,37 @@ impl Proxy {
         &self.store
     }
 
-    /// Swaps in new routes and clusters; listeners stay as they are. In-flight requests
-    /// finish on the snapshot they started with.
-    pub fn update(&self, bootstrap: Bootstrap) -> Result<u64, ConfigErrors> {
-        self.store.update(bootstrap)
+    /// Swaps in a new configuration: routes, clusters and hooks at once, then listeners
+    /// (added ones bound, removed ones drained, changed ones restarted). In-flight
+    /// requests finish on the snapshot they started with. An invalid configuration
+    /// changes nothing; a listener that cannot be bound is the error, with the rest of
+    /// the update in force.
+    pub async fn update(&self, bootstrap: Bootstrap) -> Result<u64, StartError> {
+        let version = self.store.update(bootstrap)?;
+        self.reconcile().await?;
+        Ok(version)
     }
 
     /// Stops accepting, lets connections finish the requests they already read, and
     /// returns when all are done or `drain_timeout` passed. Returns true when everything
     /// drained in time.
-    pub async fn shutdown(self, drain_timeout: Duration) -> bool {
+    pub fn shutdown(
+        &self,
+        drain_timeout: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
         self.admin_state.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
+        // Close the sockets: nothing more is accepted, not even into the backlog.
+        self.running().clear();
         self.tracker.close();
-        let drained = tokio::time::timeout(drain_timeout, self.tracker.wait())
-            .await
-            .is_ok();
-        self.admin_shutdown.cancel();
-        drained
+        let tracker = self.tracker.clone();
+        let admin_shutdown = self.admin_shutdown.clone();
+        async move {
+            let drained = tokio::time::timeout(drain_timeout, tracker.wait())
+                .await
+                .is_ok();
+            admin_shutdown.cancel();
+            drained
+        }
     }
 }

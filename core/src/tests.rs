@@ -297,7 +297,7 @@ async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
     // Send user traffic to the batch cluster from now on.
     let mut swapped = config(batch, user, "");
     swapped.routes[0].routes[2].route[0].cluster = "batch".into();
-    let v = proxy.update(swapped).expect("valid update");
+    let v = proxy.update(swapped).await.expect("valid update");
     assert_eq!(v, 2);
 
     let mut c = Client::connect(addr).await;
@@ -313,7 +313,7 @@ async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
     // An invalid update is refused and the old snapshot stays.
     let mut invalid = config(batch, user, "");
     invalid.routes[0].routes[0].route[0].cluster = "missing".into();
-    let err = proxy.update(invalid).expect_err("invalid");
+    let err = proxy.update(invalid).await.expect_err("invalid");
     assert!(
         err.to_string()
             .contains("routes[rc].routes[batchjob].route[0].cluster"),
@@ -321,6 +321,90 @@ async fn config_update_swaps_routes_and_keeps_in_flight_requests() {
     );
     let r = c.call_id(3, &[("user", "again")]).await;
     assert_eq!(r.metadata.get("served-by"), Some("batch"));
+    proxy.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn listeners_come_and_go_with_the_configuration() {
+    let batch = upstream("batch", Mode::Echo).await;
+    let user = upstream("user", Mode::Echo).await;
+    let proxy = ProxyBuilder::new()
+        .protocols(&registry())
+        .start(config(batch.addr, user.addr, ""))
+        .await
+        .expect("start");
+    let first = proxy.listener_addr("in").expect("listener");
+
+    // A second listener appears; the first keeps its socket and its connections.
+    let mut kept = Client::connect(first).await;
+    assert_eq!(
+        kept.call_id(1, &[("user", "u")])
+            .await
+            .metadata
+            .get("served-by"),
+        Some("user")
+    );
+    let mut two = config(batch.addr, user.addr, "");
+    let mut extra = two.listeners[0].clone();
+    extra.name = "second".into();
+    two.listeners.push(extra);
+    proxy.update(two.clone()).await.expect("update");
+    let second = proxy.listener_addr("second").expect("bound");
+    assert_ne!(second, first);
+    assert_eq!(
+        proxy.listener_addr("in"),
+        Some(first),
+        "unchanged listener kept"
+    );
+    let mut c2 = Client::connect(second).await;
+    assert_eq!(
+        c2.call_id(1, &[("batchjob", "true")])
+            .await
+            .metadata
+            .get("served-by"),
+        Some("batch")
+    );
+    assert_eq!(
+        kept.call_id(2, &[("user", "u")])
+            .await
+            .metadata
+            .get("served-by"),
+        Some("user"),
+        "connections of an unchanged listener are untouched"
+    );
+
+    // The second listener goes: a request it already read is answered, then its
+    // connection closes and nothing accepts on its address any more.
+    c2.send(2, &[("user", "slow"), ("delay-ms", "300")], b"x")
+        .await;
+    wait_in_flight(&proxy).await;
+    proxy
+        .update(config(batch.addr, user.addr, ""))
+        .await
+        .expect("update");
+    let r = c2.recv().await.expect("the request in flight is answered");
+    assert_eq!(r.metadata.get("served-by"), Some("user"));
+    assert!(c2.recv().await.is_none(), "then the connection closes");
+    assert!(
+        TcpStream::connect(second).await.is_err(),
+        "no longer accepting"
+    );
+    assert_eq!(proxy.listener_addr("second"), None);
+
+    // A listener whose settings change on the same address keeps its socket.
+    let mut changed = config(batch.addr, user.addr, "");
+    changed.listeners[0].max_frame_size = Some(8192);
+    changed.listeners[0].address = first.to_string();
+    proxy.update(changed).await.expect("update");
+    assert_eq!(proxy.listener_addr("in"), Some(first));
+    let mut c = Client::connect(first).await;
+    assert_eq!(
+        c.call_id(1, &[("user", "u")])
+            .await
+            .metadata
+            .get("served-by"),
+        Some("user")
+    );
     proxy.shutdown(Duration::from_secs(1)).await;
 }
 

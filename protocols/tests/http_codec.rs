@@ -812,7 +812,10 @@ fn local_replies_are_proper_responses() {
         .iter()
         .map(|k| local_reply_status(*k))
         .collect();
-    assert_eq!(statuses, [404, 503, 503, 503, 504, 429, 403, 400, 503, 500]);
+    assert_eq!(
+        statuses,
+        [404, 503, 503, 503, 504, 429, 403, 500, 400, 503, 500]
+    );
     assert!(HttpProtocol
         .heartbeat_reply(&decode_all(Side::Downstream, &fixture("curl_get"))[0])
         .is_none());
