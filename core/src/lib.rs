@@ -16,6 +16,7 @@ mod io;
 pub mod lb;
 pub mod listener;
 pub mod lua;
+mod lua_pattern;
 pub mod message;
 mod mirror;
 pub mod proxy;
