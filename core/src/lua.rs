@@ -38,6 +38,9 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
 /// Default instruction budget of one call.
 pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 1_000_000;
 
+/// Most matcher steps one pattern function call may take, whatever budget is left.
+const PATTERN_STEPS_PER_CALL: u64 = 10_000_000;
+
 /// The VM hook runs every this many instructions to charge the budget.
 const BUDGET_STEP: u32 = 1000;
 
@@ -537,6 +540,14 @@ impl HookState {
         // The prelude keeps its own references to these helpers.
         globals.set("text_collect", Value::Nil)?;
         globals.set("budget_exhausted", Value::Nil)?;
+        // Pattern matching runs in Rust and draws on the call's budget: a thousand
+        // matcher steps cost what a thousand VM instructions do.
+        crate::lua_pattern::install_metered(
+            &lua,
+            PATTERN_STEPS_PER_CALL,
+            budget.clone(),
+            u64::from(BUDGET_STEP),
+        )?;
 
         budget.set(budget_steps);
         lua.load(&*program.source)
@@ -888,6 +899,30 @@ mod tests {
         let mut m = request(&[]);
         assert_eq!(run(&fine, &mut m).0, Verdict::Continue);
         assert_eq!(m.metadata.get("ok"), Some("yes"));
+    }
+
+    #[test]
+    fn backtracking_patterns_spend_the_call_budget() {
+        for probe in [
+            r#"string.rep("a", 5000):find(".-.-.-.-b")"#,
+            r#"for i = 1, 1e6 do string.rep("a", 300):find("a-a-b") end"#,
+        ] {
+            let p = program(&format!("function on_request(req) {probe} end"));
+            let (v, _) = run(&p, &mut request(&[]));
+            assert!(
+                matches!(&v, Verdict::Failed(t) if t.contains(BUDGET_MESSAGE)),
+                "{probe}: {v:?}"
+            );
+        }
+        let p = program(
+            r#"function on_request(req)
+                 local k, v = ("user=alice; tier=gold"):match("^(%w+)=(%w+)")
+                 req:set(k, v)
+               end"#,
+        );
+        let mut m = request(&[]);
+        assert_eq!(run(&p, &mut m).0, Verdict::Continue);
+        assert_eq!(m.metadata.get("user"), Some("alice"));
     }
 
     #[test]

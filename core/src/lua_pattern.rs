@@ -713,7 +713,7 @@ return lua_find, lua_match, lua_gmatch, lua_gsub
 /// fails with a Lua error containing `instruction budget exceeded`.
 ///
 /// Call it once on a fresh state, before any script runs.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(crate) fn install(lua: &Lua, steps_per_call: u64) -> mlua::Result<()> {
     install_with(
         lua,
@@ -729,7 +729,6 @@ pub(crate) fn install(lua: &Lua, steps_per_call: u64) -> mlua::Result<()> {
 /// steps, and a call may take no more steps than the units left pay for. So a script
 /// that calls the functions in a loop spends the same budget as its other work, rather
 /// than `steps_per_call` afresh on every call.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn install_metered(
     lua: &Lua,
     steps_per_call: u64,
