@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -29,7 +30,7 @@ pub struct DestinationRuleSpec {
     pub host: String,
     /// Policy of every cluster of the service.
     #[serde(default)]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     /// Named groups of endpoints.
     #[serde(default)]
     pub subsets: Vec<Subset>,
@@ -38,7 +39,7 @@ pub struct DestinationRuleSpec {
     pub export_to: Vec<String>,
     /// Which proxies the rule applies to: accepted and ignored (noted).
     #[serde(default)]
-    pub workload_selector: Option<Value>,
+    pub workload_selector: Option<IgnoredAny>,
 }
 
 /// A named group of a service's endpoints.
@@ -54,7 +55,7 @@ pub struct Subset {
     /// Overrides the rule's policy, field by field (`loadBalancer`, `connectionPool`,
     /// `outlierDetection`), as Istio merges them.
     #[serde(default)]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 /// How traffic to a service (or subset) is balanced and protected.
@@ -78,10 +79,10 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// Accepted and ignored (noted).
     #[serde(default)]
-    pub tunnel: Option<Value>,
+    pub tunnel: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
     #[serde(default)]
-    pub proxy_protocol: Option<Value>,
+    pub proxy_protocol: Option<IgnoredAny>,
 }
 
 /// The policy of one port.
@@ -120,10 +121,10 @@ pub struct LoadBalancerSettings {
     pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Accepted and ignored (noted).
     #[serde(default)]
-    pub warmup_duration_secs: Option<Value>,
+    pub warmup_duration_secs: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
     #[serde(default)]
-    pub warmup: Option<Value>,
+    pub warmup: Option<IgnoredAny>,
 }
 
 /// Istio's simple load balancing policies.
@@ -153,7 +154,7 @@ pub struct ConsistentHash {
     pub http_header_name: Option<String>,
     /// Accepted and ignored (noted).
     #[serde(default)]
-    pub http_cookie: Option<Value>,
+    pub http_cookie: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
     #[serde(default)]
     pub use_source_ip: Option<bool>,
@@ -289,13 +290,13 @@ pub struct TcpSettings {
     pub connect_timeout: Option<String>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub tcp_keepalive: Option<Value>,
+    pub tcp_keepalive: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub max_connection_duration: Option<Value>,
+    pub max_connection_duration: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub idle_timeout: Option<Value>,
+    pub idle_timeout: Option<IgnoredAny>,
 }
 
 /// Request settings (applied to every meta protocol).
@@ -313,17 +314,17 @@ pub struct HttpSettings {
     pub max_retries: Option<u32>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub max_requests_per_connection: Option<Value>,
+    pub max_requests_per_connection: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub idle_timeout: Option<Value>,
+    pub idle_timeout: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub h2_upgrade_policy: Option<Value>,
+    pub h2_upgrade_policy: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub use_client_protocol: Option<Value>,
+    pub use_client_protocol: Option<IgnoredAny>,
     /// Accepted and ignored.
     #[serde(default)]
-    pub max_concurrent_streams: Option<Value>,
+    pub max_concurrent_streams: Option<IgnoredAny>,
 }

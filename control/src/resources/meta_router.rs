@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_yaml_ng::Value;
 
 use super::object::Object;
 
@@ -33,7 +33,7 @@ pub struct MetaRouterSpec {
     pub local_rate_limit: Option<LocalRateLimit>,
     /// Aeraki's global rate limit service: accepted and ignored (noted).
     #[serde(default)]
-    pub global_rate_limit: Option<Value>,
+    pub global_rate_limit: Option<IgnoredAny>,
     /// Visibility across namespaces: accepted and ignored.
     #[serde(default)]
     pub export_to: Vec<String>,

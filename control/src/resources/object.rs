@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_yaml_ng::Value;
 
 use crate::error::Source;
 
@@ -30,7 +30,7 @@ pub struct Object<S> {
     pub spec: S,
     /// Written by an API server; accepted and ignored.
     #[serde(default)]
-    pub status: Option<Value>,
+    pub status: Option<IgnoredAny>,
     /// Where the resource was read from.
     #[serde(skip)]
     pub source: Source,
@@ -71,35 +71,35 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     /// Ignored.
     #[serde(default)]
-    pub uid: Option<Value>,
+    pub uid: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub resource_version: Option<Value>,
+    pub resource_version: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub generation: Option<Value>,
+    pub generation: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub creation_timestamp: Option<Value>,
+    pub creation_timestamp: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub deletion_timestamp: Option<Value>,
+    pub deletion_timestamp: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub deletion_grace_period_seconds: Option<Value>,
+    pub deletion_grace_period_seconds: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub managed_fields: Option<Value>,
+    pub managed_fields: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub finalizers: Option<Value>,
+    pub finalizers: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub owner_references: Option<Value>,
+    pub owner_references: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub self_link: Option<Value>,
+    pub self_link: Option<IgnoredAny>,
     /// Ignored.
     #[serde(default)]
-    pub generate_name: Option<Value>,
+    pub generate_name: Option<IgnoredAny>,
 }

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_yaml_ng::Value;
 
 use super::object::Object;
 
@@ -43,7 +43,7 @@ pub struct ServiceEntrySpec {
     pub endpoints: Vec<WorkloadEntry>,
     /// Instances selected from a workload registry: accepted and ignored (noted).
     #[serde(default)]
-    pub workload_selector: Option<Value>,
+    pub workload_selector: Option<IgnoredAny>,
     /// Visibility across namespaces: accepted and ignored.
     #[serde(default)]
     pub export_to: Vec<String>,

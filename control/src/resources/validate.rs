@@ -852,7 +852,14 @@ impl<'a> Checker<'a> {
             }
             if let Some(re) = c.regex.as_deref().filter(|r| *r != "*") {
                 if let Err(e) = compile_regex(re) {
-                    self.err(mr, format!("{ap}.regex"), format!("invalid regex: {e}"));
+                    // The regex crate's messages span lines; keep one line per problem.
+                    let text = e.to_string();
+                    let text: Vec<&str> = text.split_whitespace().collect();
+                    self.err(
+                        mr,
+                        format!("{ap}.regex"),
+                        format!("invalid regex: {}", text.join(" ")),
+                    );
                 }
             }
         }
@@ -920,4 +927,109 @@ impl<'a> Checker<'a> {
 /// The proxy's name for a LuaHook: `namespace.name`.
 pub(crate) fn hook_name(h: &LuaHook) -> String {
     format!("{}.{}", h.namespace(), h.metadata.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{parse_file, Resource};
+
+    fn mesh(text: &str) -> MeshResources {
+        MeshResources::from_resources(parse_file("t.yaml", text).expect("parses"))
+    }
+
+    #[test]
+    fn every_kind_in_every_api_version() {
+        let kinds: [(&str, &[&str], &str); 4] = [
+            (
+                "MetaRouter",
+                super::super::meta_router::API_VERSIONS,
+                "hosts: [a.svc]\n  routes: [{ name: r, route: [{ destination: { host: a.svc } }] }]",
+            ),
+            (
+                "DestinationRule",
+                super::super::destination_rule::API_VERSIONS,
+                "host: a.svc\n  subsets: [{ name: v1, labels: { v: \"1\" } }]",
+            ),
+            (
+                "ServiceEntry",
+                super::super::service_entry::API_VERSIONS,
+                "hosts: [a.svc]\n  ports: [{ number: 1, name: tcp-metaprotocol-dubbo }]",
+            ),
+            (
+                "LuaHook",
+                super::super::lua_hook::API_VERSIONS,
+                "hosts: [a.svc]\n  script: \"function on_request(r) end\"",
+            ),
+        ];
+        for (kind, versions, spec) in kinds {
+            for v in versions {
+                let text = format!(
+                    "apiVersion: {v}\nkind: {kind}\nmetadata: {{ name: x, namespace: n }}\nspec:\n  {spec}\n"
+                );
+                let got =
+                    parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{kind} {v}: {e:?}"));
+                let ok = matches!(
+                    (&got[..], kind),
+                    ([Resource::MetaRouter(_)], "MetaRouter")
+                        | ([Resource::DestinationRule(_)], "DestinationRule")
+                        | ([Resource::ServiceEntry(_)], "ServiceEntry")
+                        | ([Resource::LuaHook(_)], "LuaHook")
+                );
+                assert!(ok, "{kind} {v}: {got:?}");
+            }
+            let text =
+                format!("apiVersion: example.com/v9\nkind: {kind}\nmetadata: {{ name: x }}\n");
+            let err = parse_file("t.yaml", &text).expect_err(kind);
+            assert_eq!(err[0].path(), "apiVersion", "{kind}");
+        }
+    }
+
+    #[test]
+    fn api_server_metadata_and_status_are_accepted() {
+        let text = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: se
+  namespace: n
+  uid: 0d2c
+  resourceVersion: "1234"
+  generation: 2
+  creationTimestamp: "2024-01-01T00:00:00Z"
+  labels: { app: a }
+  managedFields: [{ manager: kubectl }]
+spec:
+  hosts: [a.svc]
+  ports: [{ number: 20880, name: tcp-metaprotocol-dubbo }]
+status: { conditions: [] }
+"#;
+        assert!(mesh(text).validate().is_ok());
+    }
+
+    #[test]
+    fn resources_are_ordered_by_namespace_and_name() {
+        let a = "apiVersion: metamesh.io/v1alpha1\nkind: LuaHook\nmetadata: { name: b, namespace: x }\nspec: { hosts: [h], script: \"function on_request(r) end\" }\n---\napiVersion: metamesh.io/v1alpha1\nkind: LuaHook\nmetadata: { name: a, namespace: y }\nspec: { hosts: [h], script: \"function on_request(r) end\" }\n---\napiVersion: metamesh.io/v1alpha1\nkind: LuaHook\nmetadata: { name: a }\nspec: { hosts: [h], script: \"function on_request(r) end\" }\n";
+        let m = mesh(a);
+        let ids: Vec<String> = m.lua_hooks().iter().map(|h| h.id()).collect();
+        assert_eq!(ids, vec!["LuaHook/default/a", "LuaHook/x/b", "LuaHook/y/a"]);
+    }
+
+    #[test]
+    fn retry_conditions_accept_both_spellings() {
+        assert_eq!(retry_on("connect-failure"), Some(RetryOn::ConnectFailure));
+        assert_eq!(retry_on("connect_failure"), Some(RetryOn::ConnectFailure));
+        assert_eq!(retry_on("5xx"), Some(RetryOn::ErrorStatus));
+        assert_eq!(retry_on(" Reset "), Some(RetryOn::Reset));
+        assert_eq!(retry_on("teapot"), None);
+    }
+
+    #[test]
+    fn regex_errors_are_one_line() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: se }\nspec:\n  hosts: [a.svc]\n  ports: [{ number: 1, name: tcp-metaprotocol-dubbo }]\n---\napiVersion: metamesh.io/v1alpha1\nkind: MetaRouter\nmetadata: { name: m }\nspec:\n  hosts: [a.svc]\n  routes: [{ match: { attributes: { a: { regex: \"(\" } } }, route: [{ destination: { host: a.svc } }] }]\n";
+        let err = mesh(text).validate().expect_err("bad regex");
+        assert_eq!(err.len(), 1);
+        assert!(!err[0].message.contains('\n'), "{}", err[0]);
+        assert_eq!(err[0].path(), "spec.routes[0].match.attributes.a.regex");
+    }
 }
