@@ -61,7 +61,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 break;
             }
             let digit = u128::from(d.to_digit(10).ok_or_else(bad)?);
-            nanos += digit * scale;
+            nanos = nanos.checked_add(digit * scale).ok_or_else(bad)?;
         }
         total = total.checked_add(nanos).ok_or_else(bad)?;
         rest = next;

@@ -127,7 +127,7 @@ pub(crate) fn distribute(
     let mut sums: BTreeMap<Key, (Locality, u64)> = BTreeMap::new();
     for (loc, w) in endpoints {
         let e = sums.entry(key(loc)).or_insert_with(|| (loc.clone(), 0));
-        e.1 += u64::from((*w).max(1));
+        e.1 = e.1.saturating_add(u64::from((*w).max(1)));
     }
     let mut assigned: BTreeMap<Key, u32> = BTreeMap::new();
     let mut covered: BTreeMap<Key, bool> = BTreeMap::new();
@@ -137,10 +137,10 @@ pub(crate) fn distribute(
             .filter(|(k, (loc, _))| !covered.contains_key(*k) && matches(loc, pattern))
             .map(|(k, (_, sum))| (k, *sum))
             .collect();
-        let total: u64 = members.iter().map(|(_, s)| s).sum();
+        let total: u64 = members.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s));
         for (k, sum) in members {
             covered.insert(k.clone(), true);
-            let share = (sum * u64::from(weight)).div_ceil(total.max(1));
+            let share = sum.saturating_mul(u64::from(weight)).div_ceil(total.max(1));
             if share > 0 {
                 assigned.insert(k.clone(), u32::try_from(share).unwrap_or(u32::MAX));
             }

@@ -850,3 +850,79 @@ fn an_empty_mesh_translates_to_an_empty_proxy() {
     let b = translate_ok(&MeshResources::new(), &node("p", "bj/1"));
     assert!(b.listeners.is_empty() && b.clusters.is_empty() && b.routes.is_empty());
 }
+
+#[test]
+fn custom_protocols_can_be_declared() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: rpc, namespace: ns }
+spec:
+  hosts: [rpc.ns.svc]
+  ports: [{ number: 8000, name: tcp-metaprotocol-trpc-main }]
+  endpoints: [{ address: 10.0.0.1 }]
+"#;
+    let builtin = mesh_from(text);
+    assert!(translate(&builtin, &node("p", ""))
+        .expect("translates")
+        .listeners
+        .is_empty());
+    assert!(builtin.notes()[0]
+        .message
+        .contains("meta protocol \"trpc\" is not known"));
+
+    let custom = mesh_from(text).with_protocols(["dubbo", "trpc"]);
+    let b = translate(&custom, &node("p", "")).expect("translates");
+    assert_eq!(b.listeners[0].protocol, "trpc");
+    assert_eq!(b.clusters[0].protocol.as_deref(), Some("trpc"));
+    assert!(custom.notes().is_empty());
+}
+
+/// Every fixture with one line removed, or cut short, must give a translation or errors,
+/// never a panic; and whatever translates must pass the proxy's validation.
+#[test]
+fn mangled_fixtures_never_panic() {
+    let registry = metamesh_protocols::builtin();
+    let mut translated = 0;
+    for name in [
+        "dubbo-batchjob.yaml",
+        "shared-ports.yaml",
+        "locality-failover.yaml",
+        "locality-distribute.yaml",
+        "locality-regions.yaml",
+        "traffic-policy.yaml",
+    ] {
+        let text = read(name);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut variants = Vec::new();
+        for i in 0..lines.len() {
+            let mut v = lines.clone();
+            v.remove(i);
+            variants.push(v.join("\n"));
+            variants.push(lines[..i].join("\n"));
+            let mut v = lines.clone();
+            v[i] = "  x: [";
+            variants.push(v.join("\n"));
+        }
+        for v in variants {
+            let Ok(resources) = parse_file(name, &v) else {
+                continue;
+            };
+            let mesh = MeshResources::from_resources(resources);
+            let _ = mesh.notes();
+            for n in [
+                node("a", "bj/800002"),
+                node("b", "sh/300001/x"),
+                node("c", ""),
+            ] {
+                if let Ok(b) = translate(&mesh, &n) {
+                    translated += 1;
+                    if let Err(e) = b.validate(&registry) {
+                        panic!("{name}: a translation does not validate: {e}\n--- input\n{v}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(translated > 100, "only {translated} variants translated");
+}

@@ -639,10 +639,15 @@ impl<'a> Checker<'a> {
         }
         // (listener port, protocol) contexts the routes serve.
         let mut contexts: Vec<(u16, String)> = Vec::new();
+        let mut listed = HashSet::new();
         for (i, h) in spec.hosts.iter().enumerate() {
             let p = format!("spec.hosts[{i}]");
             if h.is_empty() {
                 self.err(mr, p, "must not be empty");
+                continue;
+            }
+            if !listed.insert(host_key(h)) {
+                self.err(mr, p, format!("host {h:?} is listed twice"));
                 continue;
             }
             let Some(svc) = self.index.service(h) else {
