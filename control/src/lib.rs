@@ -1,6 +1,6 @@
 //! The metamesh control plane's model of the mesh: Kubernetes-style resources
 //! (`MetaRouter`, `DestinationRule`, `ServiceEntry`, `LuaHook`) read from YAML, checked as
-//! a whole, and translated into the configuration of one proxy ([`translate`]). Serving
+//! a whole, and translated into the configuration of one proxy ([`translate()`]). Serving
 //! that configuration (xDS) is built on top of this API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

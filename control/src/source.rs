@@ -215,3 +215,127 @@ async fn run(
         tokio::time::sleep(poll).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: demo, namespace: default }
+spec:
+  hosts: [demo.svc]
+  ports: [{ number: 20880, name: tcp-metaprotocol-dubbo, protocol: TCP }]
+  endpoints: [{ address: 127.0.0.1, ports: { tcp-metaprotocol-dubbo: 20881 } }]
+"#;
+
+    fn router(cluster_subset: &str) -> String {
+        format!(
+            r#"
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{ name: demo, namespace: default }}
+spec:
+  hosts: [demo.svc]
+  routes:
+    - name: all
+      route: [{{ destination: {{ host: demo.svc{cluster_subset} }} }}]
+"#
+        )
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let p = std::env::temp_dir().join(format!(
+                "metamesh-source-{tag}-{}-{nanos}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(p.join("sub")).expect("mkdir");
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn next(rx: &mut watch::Receiver<Option<Arc<Loaded>>>) -> Arc<Loaded> {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a new set within 10 s")
+            .expect("watch alive");
+        rx.borrow().clone().expect("a set")
+    }
+
+    #[test]
+    fn load_dir_reads_nested_yaml_and_reports_every_file_problem() {
+        let d = TempDir::new("load");
+        std::fs::write(d.0.join("entry.yaml"), ENTRY).expect("write");
+        std::fs::write(d.0.join("sub/router.yml"), router("")).expect("write");
+        std::fs::write(d.0.join("notes.txt"), "not yaml at all: [").expect("write");
+        std::fs::write(d.0.join(".hidden.yaml"), "broken: [").expect("write");
+        let (mesh, files) = load_dir(&d.0).expect("loads");
+        assert_eq!(files, ["entry.yaml", "sub/router.yml"]);
+        assert_eq!(mesh.service_entries().len(), 1);
+        assert_eq!(mesh.meta_routers().len(), 1);
+
+        std::fs::write(
+            d.0.join("sub/router.yml"),
+            router("").replace("name: all", "name: [oops]"),
+        )
+        .expect("write");
+        let err = load_dir(&d.0).expect_err("invalid").to_string();
+        assert!(err.contains("sub/router.yml"), "{err}");
+        assert!(err.contains("MetaRouter/default/demo"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_are_published_and_bad_sets_keep_the_last_good_one() {
+        let d = TempDir::new("watch");
+        std::fs::write(d.0.join("entry.yaml"), ENTRY).expect("write");
+        let w = DirWatch::start(
+            d.0.clone(),
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        );
+        let mut rx = w.subscribe();
+        let first = match rx.borrow().clone() {
+            Some(l) => l,
+            None => next(&mut rx).await,
+        };
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.mesh.meta_routers().len(), 0);
+
+        // Added file.
+        std::fs::write(d.0.join("router.yaml"), router("")).expect("write");
+        let second = next(&mut rx).await;
+        assert_eq!(second.generation, 2);
+        assert_eq!(second.mesh.meta_routers().len(), 1);
+
+        // A broken change is refused; the good set stays and the error is told.
+        let mut errors = w.errors();
+        std::fs::write(d.0.join("router.yaml"), "kind: MetaRouter\nspec: [").expect("write");
+        tokio::time::timeout(Duration::from_secs(10), errors.changed())
+            .await
+            .expect("an error within 10 s")
+            .expect("alive");
+        let text = errors.borrow().clone().expect("error text");
+        assert!(text.contains("router.yaml"), "{text}");
+        assert_eq!(rx.borrow().as_ref().map(|l| l.generation), Some(2));
+
+        // Removed file: the next good set has no router.
+        std::fs::remove_file(d.0.join("router.yaml")).expect("rm");
+        let third = next(&mut rx).await;
+        assert_eq!(third.generation, 3);
+        assert_eq!(third.mesh.meta_routers().len(), 0);
+        assert!(errors.borrow().is_none(), "the error clears with a good set");
+    }
+}
