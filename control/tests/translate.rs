@@ -926,3 +926,29 @@ fn mangled_fixtures_never_panic() {
     }
     assert!(translated > 100, "only {translated} variants translated");
 }
+
+#[test]
+fn aeraki_demo_resources() {
+    let b = golden(
+        &["aeraki-demo.yaml"],
+        "aeraki-demo.expected.yaml",
+        &node("consumer", "bj/800002"),
+    );
+    // Consistent hashing on the `method` attribute reaches the routes (Aeraki's reading
+    // of httpHeaderName).
+    assert!(b.routes[1].routes.iter().all(|r| r.hash_policy == vec!["method"]));
+    // A rate limit without routes keeps the default route.
+    assert_eq!(b.routes[0].routes[0].name, "default");
+    assert_eq!(
+        b.listeners[0].local_rate_limit.as_ref().map(|t| t.tokens_per_fill),
+        Some(Some(2))
+    );
+    let notes: Vec<String> = load(&["aeraki-demo.yaml"])
+        .notes()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:#?}");
+    assert!(notes[0].contains("Deployment/meta-thrift/thrift-sample-server-v1"));
+    assert!(notes[1].contains("ServiceEntry/meta-dubbo/dubbo-demoservice: spec.workloadSelector: ignored"));
+}
