@@ -936,11 +936,17 @@ fn aeraki_demo_resources() {
     );
     // Consistent hashing on the `method` attribute reaches the routes (Aeraki's reading
     // of httpHeaderName).
-    assert!(b.routes[1].routes.iter().all(|r| r.hash_policy == vec!["method"]));
+    assert!(b.routes[1]
+        .routes
+        .iter()
+        .all(|r| r.hash_policy == vec!["method"]));
     // A rate limit without routes keeps the default route.
     assert_eq!(b.routes[0].routes[0].name, "default");
     assert_eq!(
-        b.listeners[0].local_rate_limit.as_ref().map(|t| t.tokens_per_fill),
+        b.listeners[0]
+            .local_rate_limit
+            .as_ref()
+            .map(|t| t.tokens_per_fill),
         Some(Some(2))
     );
     let notes: Vec<String> = load(&["aeraki-demo.yaml"])
@@ -950,5 +956,6 @@ fn aeraki_demo_resources() {
         .collect();
     assert_eq!(notes.len(), 2, "{notes:#?}");
     assert!(notes[0].contains("Deployment/meta-thrift/thrift-sample-server-v1"));
-    assert!(notes[1].contains("ServiceEntry/meta-dubbo/dubbo-demoservice: spec.workloadSelector: ignored"));
+    assert!(notes[1]
+        .contains("ServiceEntry/meta-dubbo/dubbo-demoservice: spec.workloadSelector: ignored"));
 }
