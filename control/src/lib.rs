@@ -9,9 +9,8 @@ pub mod duration;
 pub mod error;
 mod locality;
 pub mod resources;
-pub mod source;
 pub mod translate;
 
 pub use error::{Location, Note, ResourceError, Source};
 pub use resources::{parse_file, MeshResources, Resource, BUILTIN_PROTOCOLS};
-pub use translate::{translate, DEFAULT_OUTBOUND_ADDRESS};
+pub use translate::{translate, ValidatedMesh, DEFAULT_OUTBOUND_ADDRESS};

@@ -32,7 +32,38 @@ const DEFAULT_LOCAL_ORIGIN_FAILURES: u32 = 5;
 /// `node.outbound_address`) is returned instead. The result passes
 /// [`Bootstrap::validate`] with the proxy's protocols.
 pub fn translate(mesh: &MeshResources, node: &Node) -> Result<Bootstrap, Vec<ResourceError>> {
-    mesh.validate()?;
+    mesh.validated()?.translate(node)
+}
+
+/// Resources that passed [`MeshResources::validate`]: translated for any number of
+/// proxies without being checked again.
+#[derive(Clone, Copy, Debug)]
+pub struct ValidatedMesh<'a> {
+    mesh: &'a MeshResources,
+}
+
+impl MeshResources {
+    /// Validates the resources once, for translating them for many proxies.
+    pub fn validated(&self) -> Result<ValidatedMesh<'_>, Vec<ResourceError>> {
+        self.validate()?;
+        Ok(ValidatedMesh { mesh: self })
+    }
+}
+
+impl<'a> ValidatedMesh<'a> {
+    /// The resources.
+    pub fn mesh(&self) -> &'a MeshResources {
+        self.mesh
+    }
+
+    /// The configuration of the proxy `node`; fails only on an unusable
+    /// `node.outbound_address`.
+    pub fn translate(&self, node: &Node) -> Result<Bootstrap, Vec<ResourceError>> {
+        translate_valid(self.mesh, node)
+    }
+}
+
+fn translate_valid(mesh: &MeshResources, node: &Node) -> Result<Bootstrap, Vec<ResourceError>> {
     let outbound = node
         .outbound_address
         .as_deref()

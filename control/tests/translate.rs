@@ -959,3 +959,20 @@ fn aeraki_demo_resources() {
     assert!(notes[1]
         .contains("ServiceEntry/meta-dubbo/dubbo-demoservice: spec.workloadSelector: ignored"));
 }
+
+#[test]
+fn a_validated_mesh_translates_for_many_proxies() {
+    let mesh = load(&["locality-regions.yaml"]);
+    let valid = mesh.validated().expect("valid");
+    for n in [
+        node("a", "bj/800002"),
+        node("b", "sh/300001"),
+        node("c", "gz/500001/x"),
+    ] {
+        let once = valid.translate(&n).expect("translates");
+        let checked = translate(&mesh, &n).expect("translates");
+        assert_eq!(to_value(&once), to_value(&checked));
+    }
+    let bad = mesh_from("apiVersion: metamesh.io/v1alpha1\nkind: LuaHook\nmetadata: { name: x }\n");
+    assert!(bad.validated().is_err());
+}
