@@ -9,6 +9,7 @@ pub mod duration;
 pub mod error;
 mod locality;
 pub mod resources;
+pub mod source;
 pub mod translate;
 
 pub use error::{Location, Note, ResourceError, Source};
