@@ -11,6 +11,7 @@ mod locality;
 pub mod resources;
 pub mod source;
 pub mod translate;
+pub mod xds;
 
 pub use error::{Location, Note, ResourceError, Source};
 pub use resources::{parse_file, MeshResources, Resource, BUILTIN_PROTOCOLS};
