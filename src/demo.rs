@@ -186,7 +186,7 @@ async fn consume(
     loop {
         tick.tick().await;
         n += workers;
-        let batch = every > 0 && n % every == 0;
+        let batch = every > 0 && n.is_multiple_of(every);
         let attachments: &[(&str, &str)] = if batch { &[("batchjob", "true")] } else { &[] };
         let req = build::Request {
             dubbo_version: "2.0.2",

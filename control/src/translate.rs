@@ -454,9 +454,7 @@ impl<'a> Translator<'a> {
             .endpoints
             .iter()
             .filter(|ep| {
-                labels.map_or(true, |want| {
-                    want.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
-                })
+                labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
             })
             .filter_map(|ep| {
                 let ip: IpAddr = ep.address.parse().ok()?;

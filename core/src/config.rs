@@ -567,8 +567,12 @@ pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 /// Largest Maglev table.
 pub const MAX_MAGLEV_TABLE: u64 = 5_000_011;
 
-fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+/// True when `n` is prime (Maglev table sizes must be).
+pub fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// A duration written as `2s`, `500ms`, `1m`.

@@ -109,7 +109,7 @@ pub(super) fn collect(mesh: &MeshResources) -> Vec<Note> {
 
     for h in mesh.lua_hooks() {
         for (i, host) in h.spec.hosts.iter().enumerate() {
-            if !host.is_empty() && index.service(host).map_or(true, |s| s.ports.is_empty()) {
+            if !host.is_empty() && index.service(host).is_none_or(|s| s.ports.is_empty()) {
                 note(
                     at(h, format!("spec.hosts[{i}]")),
                     format!(

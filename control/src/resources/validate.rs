@@ -51,10 +51,6 @@ pub(crate) fn route_name(route: &MetaRoute, index: usize) -> String {
     }
 }
 
-fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
-}
-
 pub(super) fn check(mesh: &MeshResources) -> Vec<ResourceError> {
     let mut c = Checker {
         index: Index::new(mesh),
@@ -547,7 +543,7 @@ impl<'a> Checker<'a> {
                 .and_then(|m| m.table_size)
                 .filter(|s| *s != 0)
             {
-                if size > MAX_MAGLEV_TABLE || !is_prime(size) {
+                if size > MAX_MAGLEV_TABLE || !metamesh_core::config::is_prime(size) {
                     self.err(
                         dr,
                         format!("{cp}.maglev.tableSize"),

@@ -25,15 +25,11 @@ pub(super) struct Maglev {
 /// `requested` when it is a prime no larger than [`MAX_MAGLEV_TABLE_SIZE`], otherwise
 /// [`DEFAULT_MAGLEV_TABLE_SIZE`].
 pub(super) fn table_size(requested: usize) -> usize {
-    if requested <= MAX_MAGLEV_TABLE_SIZE && is_prime(requested) {
+    if requested <= MAX_MAGLEV_TABLE_SIZE && crate::config::is_prime(requested as u64) {
         requested
     } else {
         DEFAULT_MAGLEV_TABLE_SIZE
     }
-}
-
-fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 struct Builder {

@@ -210,7 +210,7 @@ impl ClusterLb {
 
         let mut by_percent = Vec::with_capacity(100);
         for (l, &load) in loads.iter().enumerate() {
-            by_percent.extend(std::iter::repeat(l as u32).take(load as usize));
+            by_percent.extend(std::iter::repeat_n(l as u32, load as usize));
         }
 
         let only_level = loads.iter().position(|&l| l == 100);

@@ -573,7 +573,10 @@ fn large_clusters() {
         assert_eq!(lb.priority_loads(), [100, 0]);
         for i in 0..1000u64 {
             let p = lb.pick(Some(i), None, |_| 0).unwrap();
-            assert!(p < 10_000 && p % 2 == 0 && p % 7 != 0, "{policy:?}: {p}");
+            assert!(
+                p < 10_000 && p.is_multiple_of(2) && !p.is_multiple_of(7),
+                "{policy:?}: {p}"
+            );
         }
     }
 }
