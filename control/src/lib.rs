@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ads;
 pub mod duration;
 pub mod error;
 mod locality;

@@ -1,0 +1,74 @@
+//! The aggregated discovery service (ADS): a gRPC server that serves each proxy the
+//! translation of the current mesh over one stream (state of the world and delta), and
+//! the client a proxy runs to take its configuration from such a server. `docs/xds.md`
+//! describes versions, nonces, ACK/NACK and ordering.
+
+pub mod client;
+pub mod server;
+
+use envoy_types::pb::envoy::config::core::v3 as envoy_core;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use metamesh_core::config::{Locality, Node};
+
+pub use client::{AdsClient, AdsClientConfig};
+pub use server::{AdsCounters, AdsServer};
+
+/// Key of the node metadata field that carries [`Node::outbound_address`].
+pub const OUTBOUND_ADDRESS_METADATA: &str = "outbound_address";
+
+/// The proxy identity a discovery request carries, as core's [`Node`]. The outbound
+/// address comes from the string metadata field [`OUTBOUND_ADDRESS_METADATA`].
+pub fn node_from_proto(node: &envoy_core::Node) -> Node {
+    let locality = node
+        .locality
+        .as_ref()
+        .map_or_else(Locality::default, |l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            subzone: l.sub_zone.clone(),
+        });
+    let outbound_address = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(OUTBOUND_ADDRESS_METADATA))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        });
+    Node {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        locality,
+        outbound_address,
+    }
+}
+
+/// Core's [`Node`] as the `node` of a discovery request.
+pub fn node_to_proto(node: &Node) -> envoy_core::Node {
+    let metadata = node.outbound_address.as_ref().map(|a| {
+        let mut s = Struct::default();
+        s.fields.insert(
+            OUTBOUND_ADDRESS_METADATA.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(a.clone())),
+            },
+        );
+        s
+    });
+    let l = &node.locality;
+    let locality =
+        (!l.region.is_empty() || !l.zone.is_empty() || !l.subzone.is_empty()).then(|| {
+            envoy_core::Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.subzone.clone(),
+            }
+        });
+    envoy_core::Node {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        locality,
+        metadata,
+        ..envoy_core::Node::default()
+    }
+}
