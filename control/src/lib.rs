@@ -1,7 +1,8 @@
 //! The metamesh control plane's model of the mesh: Kubernetes-style resources
 //! (`MetaRouter`, `DestinationRule`, `ServiceEntry`, `LuaHook`) read from YAML, checked as
-//! a whole, and translated into the configuration of one proxy ([`translate()`]). Serving
-//! that configuration (xDS) is built on top of this API.
+//! a whole, and translated into the configuration of one proxy ([`translate()`]). [`xds`]
+//! turns that configuration into xDS resources and back, and [`ads`] serves it to proxies
+//! and takes it from a server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -17,6 +17,7 @@ use metamesh_core::config::{Admin, Bootstrap, Node};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
 
 use super::node_to_proto;
 use crate::xds::{self, ResourceKind, XdsResources};
@@ -26,6 +27,17 @@ pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest wait before reconnecting.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle connection is probed, and how long a probe may go unanswered
+/// before the connection counts as lost.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest discovery response accepted (a type's resources for this proxy), in bytes.
+const MAX_RESPONSE_SIZE: usize = 64 << 20;
 
 /// gRPC's `INVALID_ARGUMENT`, the code of a NACK's error detail.
 const INVALID_ARGUMENT: i32 = 3;
@@ -154,10 +166,19 @@ where
     F: Fn(Bootstrap) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
-    let mut client = match AggregatedDiscoveryServiceClient::connect(config.address.clone()).await {
+    let endpoint = match Endpoint::from_shared(config.address.clone()) {
+        Ok(e) => e
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT),
+        Err(e) => return (false, format!("bad server address: {e}")),
+    };
+    let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => return (false, format!("cannot connect: {e}")),
     };
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_SIZE);
     let node = node_to_proto(&config.node);
     let (tx, rx) = mpsc::channel(ResourceKind::ALL.len() * 2);
     for kind in ResourceKind::ALL {

@@ -72,3 +72,46 @@ pub fn node_to_proto(node: &Node) -> envoy_core::Node {
         ..envoy_core::Node::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_survive_the_trip_through_a_discovery_request() {
+        let node = Node {
+            id: "consumer-1".into(),
+            cluster: "demo".into(),
+            locality: Locality {
+                region: "bj".into(),
+                zone: "z1".into(),
+                subzone: "s1".into(),
+            },
+            outbound_address: Some("10.0.0.7".into()),
+        };
+        let back = node_from_proto(&node_to_proto(&node));
+        assert_eq!(
+            serde_json::to_value(&back).ok(),
+            serde_json::to_value(&node).ok()
+        );
+
+        let bare = Node::default();
+        let proto = node_to_proto(&bare);
+        assert!(proto.locality.is_none() && proto.metadata.is_none());
+        assert_eq!(node_from_proto(&proto).outbound_address, None);
+    }
+
+    #[test]
+    fn an_outbound_address_that_is_not_a_string_is_ignored() {
+        let mut proto = node_to_proto(&Node::default());
+        let mut s = Struct::default();
+        s.fields.insert(
+            OUTBOUND_ADDRESS_METADATA.into(),
+            Value {
+                kind: Some(Kind::NumberValue(1.0)),
+            },
+        );
+        proto.metadata = Some(s);
+        assert_eq!(node_from_proto(&proto).outbound_address, None);
+    }
+}

@@ -777,3 +777,63 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse_file, translate, MeshResources};
+
+    fn bootstrap(edit: impl Fn(String) -> String) -> Bootstrap {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/aeraki-demo.yaml");
+        let text = edit(std::fs::read_to_string(path).expect("fixture"));
+        let mesh = MeshResources::from_resources(
+            parse_file("aeraki-demo.yaml", &text).expect("fixture parses"),
+        );
+        translate(&mesh, &Node::default()).expect("fixture translates")
+    }
+
+    fn versions(c: &NodeConfig) -> Vec<(String, Vec<String>)> {
+        c.types
+            .iter()
+            .map(|t| {
+                (
+                    t.version.clone(),
+                    t.entries.iter().map(|e| e.version.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn versions_follow_the_content_not_the_encoding() {
+        let b = bootstrap(|t| t);
+        let one = NodeConfig::build(1, &b).expect("builds");
+        let two = NodeConfig::build(2, &b).expect("builds");
+        assert_eq!(versions(&one), versions(&two));
+        assert!(one.of(ResourceKind::Cluster).entries.len() > 1);
+
+        let moved = bootstrap(|t| t.replace("172.17.0.41", "172.17.0.42"));
+        let three = NodeConfig::build(3, &moved).expect("builds");
+        let changed: Vec<ResourceKind> = ResourceKind::ALL
+            .into_iter()
+            .filter(|k| one.of(*k).version != three.of(*k).version)
+            .collect();
+        assert_eq!(changed, [ResourceKind::ClusterLoadAssignment]);
+        let entries_changed = one
+            .of(ResourceKind::ClusterLoadAssignment)
+            .entries
+            .iter()
+            .zip(&three.of(ResourceKind::ClusterLoadAssignment).entries)
+            .filter(|(a, b)| a.version != b.version)
+            .count();
+        assert_eq!(entries_changed, 1, "only the Thrift service's endpoints");
+    }
+
+    #[test]
+    fn every_kind_has_its_own_slot() {
+        let mut slots: Vec<usize> = ResourceKind::ALL.into_iter().map(slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, [0, 1, 2, 3, 4]);
+    }
+}
