@@ -8,30 +8,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::dubbo::{self, echo_of, RawClient, INTERFACE};
 use common::{
-    closed_port, endpoint_list, run_consumer, wait_for, Consumer, Provider, Proxy, TempFile,
+    assert_all_ok, assert_errors, closed_port, endpoint_list, provider_endpoints, run_consumer,
+    wait_for, Consumer, Provider, Proxy, TempFile,
 };
-use metamesh_codecs::hessian2::Value;
-use metamesh_core::{CodecOptions, Message, MessageKind, Protocol, Side};
-use metamesh_protocols::dubbo::{build, status, DubboProtocol};
+use metamesh_core::{Message, MessageKind};
+use metamesh_protocols::dubbo::{build, status};
 use serde_json::Value as Json;
-
-const INTERFACE: &str = "org.apache.dubbo.samples.DemoService";
-
-/// An endpoint list in YAML flow style.
-fn endpoints(providers: &[&Provider]) -> String {
-    endpoint_list(providers.iter().map(|p| p.addr()))
-}
 
 /// One listener `dubbo-out` on route configuration `dubbo-routes` with a default route to
 /// cluster `demo` over `providers`.
 fn single_cluster_config(providers: &[&Provider], listener_extra: &str) -> String {
-    single_cluster_yaml(listener_extra, "", &endpoints(providers))
+    single_cluster_yaml(listener_extra, "", &provider_endpoints(providers))
 }
 
 /// [`single_cluster_config`] over `endpoints` (a YAML flow list), with `listener_extra`
@@ -58,119 +50,7 @@ clusters:
     )
 }
 
-fn json_u64(v: &Json, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
-}
-
-/// ok == sent == `count`, nothing mismatched, no attachment changed.
-fn assert_all_ok(summary: &Json, count: u64) {
-    assert_eq!(json_u64(summary, "sent"), count, "{summary:#}");
-    assert_eq!(json_u64(summary, "ok"), count, "{summary:#}");
-    assert_eq!(json_u64(summary, "mismatched"), 0, "{summary:#}");
-    assert_eq!(json_u64(summary, "attachment_errors"), 0, "{summary:#}");
-    assert_eq!(json_u64(summary, "error_count"), 0, "{summary:#}");
-}
-
-fn errors_of(summary: &Json) -> Vec<String> {
-    summary["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Every reported error contains every one of `needles`; and there are `count` of them.
-fn assert_errors(summary: &Json, count: u64, needles: &[&str]) {
-    assert_eq!(json_u64(summary, "sent"), count, "{summary:#}");
-    assert_eq!(json_u64(summary, "ok"), 0, "{summary:#}");
-    assert_eq!(json_u64(summary, "error_count"), count, "{summary:#}");
-    assert_eq!(json_u64(summary, "timeouts"), 0, "{summary:#}");
-    let errors = errors_of(summary);
-    assert!(!errors.is_empty(), "{summary:#}");
-    for e in &errors {
-        for n in needles {
-            assert!(e.contains(n), "error {e:?} does not mention {n:?}");
-        }
-    }
-}
-
 // ----------------------------------------------------------------- raw Dubbo over TCP
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// A client-side reader of Dubbo frames from the proxy.
-struct RawClient {
-    stream: TcpStream,
-    buf: BytesMut,
-    codec: Box<dyn metamesh_core::Codec>,
-}
-
-impl RawClient {
-    fn new(addr: SocketAddr) -> Self {
-        RawClient {
-            stream: connect(addr),
-            buf: BytesMut::new(),
-            codec: DubboProtocol.codec(&CodecOptions::new(Side::Upstream)),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to proxy");
-    }
-
-    /// The next frame, or `None` when the proxy closed the connection first.
-    fn read_frame(&mut self) -> Option<Message> {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(m)) => return Some(m),
-                Ok(None) => {}
-                Err(e) => panic!("undecodable frame from the proxy: {e}"),
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("reading from the proxy: {e}"),
-            }
-        }
-    }
-
-    fn expect_frame(&mut self, what: &str) -> Message {
-        self.read_frame()
-            .unwrap_or_else(|| panic!("{what}: the proxy closed the connection without a reply"))
-    }
-
-    /// The proxy closes the connection (EOF or reset) without sending anything more.
-    fn expect_closed(&mut self, what: &str) {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "{what}: expected the proxy to close, got {n} bytes: {:02x?}",
-                &chunk[..n.min(64)]
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("{what}: expected the proxy to close the connection: {e}"),
-        }
-        assert!(
-            self.buf.is_empty(),
-            "{what}: unexpected bytes {:02x?}",
-            &self.buf[..]
-        );
-    }
-}
 
 /// A hessian2 string of at most 1023 ASCII characters.
 fn hessian_str(s: &str) -> Vec<u8> {
@@ -187,25 +67,7 @@ fn hessian_str(s: &str) -> Vec<u8> {
 /// A two-way `sayHello(arg)` request with attachment `req-key=key`, as a Java consumer
 /// would send it.
 fn say_hello(arg: &str, key: &str, id: i64) -> bytes::Bytes {
-    build::Request {
-        dubbo_version: "2.0.2",
-        interface: INTERFACE,
-        version: "1.0",
-        method: "sayHello",
-        args: &[("Ljava/lang/String;", Value::from(arg))],
-        attachments: &[("req-key", key)],
-        two_way: true,
-    }
-    .encode(id)
-}
-
-/// The provider's JSON echo carried by a successful response.
-fn echo_of(reply: &Message) -> Json {
-    assert_eq!(reply.status, Some(u32::from(status::OK)), "{reply:?}");
-    match build::response_value(reply) {
-        Ok(Value::String(s)) => serde_json::from_str(&s).expect("provider echo is JSON"),
-        other => panic!("expected the provider's JSON string, got {other:?}"),
-    }
+    dubbo::say_hello("2.0.2", arg, &[("req-key", key)], id)
 }
 
 fn error_text(reply: &Message) -> String {
@@ -268,8 +130,8 @@ clusters:
   - name: demo-user
     endpoints: {}
 "#,
-        endpoints(&[&batch[0], &batch[1]]),
-        endpoints(&[&user[0], &user[1]]),
+        provider_endpoints(&[&batch[0], &batch[1]]),
+        provider_endpoints(&[&user[0], &user[1]]),
     );
     let proxy = Proxy::start(&yaml, &[]);
     let target = proxy.listener("dubbo-out").to_string();
@@ -284,7 +146,7 @@ clusters:
         "--batchjob-every",
         "3",
     ]);
-    assert_all_ok(&summary, 1000);
+    assert_all_ok(&summary, 1000, "16 connections");
     let groups = &summary["by_group"];
     let group = |g: &str, k: &str| groups[g][k].as_u64().unwrap_or(0);
     assert_eq!(group("batchjob", "batchjob_requests"), 333, "{summary:#}");
@@ -395,7 +257,7 @@ fn dubbo_python_multiplexed_with_colliding_ids() {
     let (a, b) = (a.finish(), b.finish());
     for s in [&a, &b] {
         assert_eq!(s["client"], "dubbo-python", "{s:#}");
-        assert_all_ok(s, 400);
+        assert_all_ok(s, 400, "dubbo-python");
         assert_eq!(
             s["by_group"]["user"]["plain_requests"].as_u64(),
             Some(400),
@@ -449,7 +311,7 @@ clusters:
     connect_timeout: 1s
     endpoints: [{{ address: "127.0.0.1:{dead}" }}]
 "#,
-        endpoints(&[&providers[0]])
+        provider_endpoints(&[&providers[0]])
     );
     let proxy = Proxy::start(&yaml, &[]);
     let noroute = proxy.listener("noroute").to_string();
@@ -484,14 +346,26 @@ clusters:
         &no_route_py,
         3,
         &["status 60", "no route matched the request"],
+        "no route, dubbo-python",
     );
-    assert_errors(&no_route_dp, 2, &["no route matched the request"]);
+    assert_errors(
+        &no_route_dp,
+        2,
+        &["no route matched the request"],
+        "no route, dubbo-py",
+    );
     assert_errors(
         &refused_py,
         2,
         &["status 80", &format!("127.0.0.1:{dead}"), "failed"],
+        "connection refused",
     );
-    assert_errors(&slow_py, 1, &["status 31", "timeout after 200ms"]);
+    assert_errors(
+        &slow_py,
+        1,
+        &["status 31", "timeout after 200ms"],
+        "timeout",
+    );
     // The local timeout answered well before the provider's 2 s delay.
     assert!(
         slow_py["elapsed_s"].as_f64().unwrap_or(f64::MAX) < 1.5,
@@ -562,7 +436,7 @@ fn bad_input_is_contained_per_connection() {
     if junk[0] == 0xda {
         junk[0] = 0;
     }
-    c.send(&junk);
+    c.write(&junk);
     c.expect_closed("random bytes");
 
     // A well-formed header with the wrong magic: closed, bad_magic.
@@ -570,7 +444,7 @@ fn bad_input_is_contained_per_connection() {
     let mut frame = build::frame(0xc2, 0, 1, b"N").to_vec();
     frame[0] = 0xca;
     frame[1] = 0xfe;
-    c.send(&frame);
+    c.write(&frame);
     c.expect_closed("wrong magic");
     proxy.wait_counter(
         "metamesh_downstream_protocol_error_total",
@@ -581,8 +455,8 @@ fn bad_input_is_contained_per_connection() {
     // A frame cut short, then the client's half-close: truncated_frame.
     let mut c = RawClient::new(addr);
     let whole = say_hello("never-complete", "raw-truncated", 3);
-    c.send(&whole[..whole.len() - 5]);
-    c.stream.shutdown(Shutdown::Write).unwrap();
+    c.write(&whole[..whole.len() - 5]);
+    c.shutdown_write();
     c.expect_closed("truncated frame");
     proxy.wait_counter(
         "metamesh_downstream_protocol_error_total",
@@ -596,8 +470,8 @@ fn bad_input_is_contained_per_connection() {
     let big_id: i64 = 0x1234_5678_9abc;
     let mut head = build::frame(0xc2, 0, big_id, &[]).to_vec();
     head[12..16].copy_from_slice(&100_000u32.to_be_bytes());
-    c.send(&head);
-    let reply = c.expect_frame("oversized frame");
+    c.write(&head);
+    let reply = c.read_frame("oversized frame");
     assert_eq!(reply.request_id, big_id as u64, "{reply:?}");
     assert_eq!(
         reply.status,
@@ -616,8 +490,8 @@ fn bad_input_is_contained_per_connection() {
         body.extend(hessian_str(s));
     }
     body.extend_from_slice(&[0x57; 10_000]);
-    c.send(&build::frame(0xc2, 0, 7, &body));
-    let reply = c.expect_frame("deeply nested arguments");
+    c.write(&build::frame(0xc2, 0, 7, &body));
+    let reply = c.read_frame("deeply nested arguments");
     assert_eq!(reply.request_id, 7, "{reply:?}");
     assert_eq!(
         reply.status,
@@ -626,16 +500,16 @@ fn bad_input_is_contained_per_connection() {
     );
     let text = error_text(&reply);
     assert!(text.contains("malformed"), "{text}");
-    c.send(&say_hello("after-bad", "raw-after-bad", 8));
-    let reply = c.expect_frame("a valid request after the malformed one");
+    c.write(&say_hello("after-bad", "raw-after-bad", 8));
+    let reply = c.read_frame("a valid request after the malformed one");
     assert_eq!(reply.request_id, 8);
-    let echo = echo_of(&reply);
+    let echo = echo_of(&reply, "a valid request after the malformed one");
     assert_eq!(echo["args"][0], "after-bad", "{echo:#}");
     assert_eq!(echo["attachments"]["req-key"], "raw-after-bad", "{echo:#}");
     assert_eq!(errors("malformed_body"), 1);
 
     let summary = consumer.finish();
-    assert_all_ok(&summary, 3000);
+    assert_all_ok(&summary, 3000, "the consumer beside the bad input");
     assert_eq!(errors("bad_magic"), 2);
     assert_eq!(errors("truncated_frame"), 1);
     assert_eq!(
@@ -682,7 +556,7 @@ fn sigterm_drains_in_flight_requests() {
     let signalled = Instant::now();
     proxy.proc.terminate();
     let summary = consumer.finish();
-    assert_all_ok(&summary, 1);
+    assert_all_ok(&summary, 1, "the request in flight");
     let status = proxy.proc.wait_exit(Duration::from_secs(15));
     assert!(
         status.success(),
@@ -798,9 +672,9 @@ fn heartbeats_are_answered_locally() {
     // dubbo-python's first id is 0; send two heartbeats back to back.
     let mut both = build::heartbeat(0).to_vec();
     both.extend_from_slice(&build::heartbeat(4242));
-    c.send(&both);
+    c.write(&both);
     for id in [0u64, 4242] {
-        let reply = c.expect_frame("heartbeat");
+        let reply = c.read_frame("heartbeat");
         assert_eq!(reply.kind, MessageKind::Heartbeat, "{reply:?}");
         assert_eq!(reply.request_id, id);
         assert_eq!(reply.status, Some(u32::from(status::OK)));
@@ -811,8 +685,8 @@ fn heartbeats_are_answered_locally() {
         assert_eq!(head[3], 20, "status 20: {head:02x?}");
     }
     // The connection stays open and usable for more heartbeats.
-    c.send(&build::heartbeat(5));
-    assert_eq!(c.expect_frame("third heartbeat").request_id, 5);
+    c.write(&build::heartbeat(5));
+    assert_eq!(c.read_frame("third heartbeat").request_id, 5);
     assert_eq!(
         proxy.counter(
             "metamesh_downstream_heartbeat_total",
@@ -850,7 +724,7 @@ fn heartbeat_health_checks_follow_a_real_provider() {
     healthy_panic_threshold: 0
     health_check: { type: heartbeat, interval: 100ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }
 ",
-        &endpoints(&[&providers[0]]),
+        &provider_endpoints(&[&providers[0]]),
     );
     let proxy = Proxy::start(&yaml, &[]);
     let health = |proxy: &Proxy| -> String {
@@ -889,10 +763,15 @@ fn heartbeat_health_checks_follow_a_real_provider() {
 
     providers[0].proc.kill();
     wait_health("failed_health_check", "the dead provider marked unhealthy");
-    assert_errors(&consume("3"), 3, &["no healthy upstream"]);
+    assert_errors(
+        &consume("3"),
+        3,
+        &["no healthy upstream"],
+        "the provider down",
+    );
 
     let back = Provider::start_on("hb", port, &[]);
     wait_health("healthy", "the provider back in service");
-    assert_all_ok(&consume("5"), 5);
+    assert_all_ok(&consume("5"), 5, "the provider back");
     drop(back);
 }

@@ -9,8 +9,8 @@ mod common;
 
 use std::path::Path;
 
-use common::nginx::{curl, Nginx};
-use common::Proxy;
+use common::nginx::{curl, curl_i, header, Nginx};
+use common::{peak_rss_kib, Proxy};
 
 fn server_block(group: &str, port: u16, root: &Path) -> String {
     let root = root.display();
@@ -91,41 +91,13 @@ clusters:
     Proxy::start(&yaml, &[])
 }
 
-/// Runs curl with `-i` and splits the answer into status, lower-cased headers and body.
-fn get(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let mut args = vec!["-i"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 fn routes_by_header_and_path_and_mutates_headers_both_ways() {
     let nginx = start_nginx();
     let proxy = proxy_for(&nginx);
     let base = format!("http://{}", proxy.listener("web"));
 
-    let (status, h, body) = get(&format!("{base}/hello?x=1"), &[]);
+    let (status, h, body) = curl_i(&format!("{base}/hello?x=1"), &[]);
     assert_eq!(status, 200, "{body}");
     assert!(
         body.starts_with("group=a method=GET uri=/hello?x=1 tier= "),
@@ -134,7 +106,7 @@ fn routes_by_header_and_path_and_mutates_headers_both_ways() {
     assert_eq!(header(&h, "x-group"), Some("a"));
     assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
 
-    let (status, h, body) = get(&format!("{base}/hello"), &["-H", "x-group: b"]);
+    let (status, h, body) = curl_i(&format!("{base}/hello"), &["-H", "x-group: b"]);
     assert_eq!(status, 200);
     assert!(
         body.starts_with("group=b method=GET uri=/hello tier=batch "),
@@ -143,7 +115,7 @@ fn routes_by_header_and_path_and_mutates_headers_both_ways() {
     assert_eq!(header(&h, "x-group"), Some("b"));
     assert_eq!(header(&h, "x-served-by"), Some("metamesh"));
 
-    let (status, h, body) = get(&format!("{base}/b/by-path"), &["-X", "DELETE"]);
+    let (status, h, body) = curl_i(&format!("{base}/b/by-path"), &["-X", "DELETE"]);
     assert_eq!(status, 200);
     assert!(
         body.starts_with("group=b method=DELETE uri=/b/by-path tier= "),
@@ -155,19 +127,19 @@ fn routes_by_header_and_path_and_mutates_headers_both_ways() {
         "by-path has no response mutation"
     );
 
-    let (status, h, _) = get(&format!("{base}/dead"), &[]);
+    let (status, h, _) = curl_i(&format!("{base}/dead"), &[]);
     assert_eq!(status, 503);
     assert_eq!(
         header(&h, "x-metamesh-local-reply"),
         Some("upstream_connect_failure")
     );
 
-    let (status, h, _) = get(&format!("{base}/x"), &["-H", "x-nowhere: 1"]);
+    let (status, h, _) = curl_i(&format!("{base}/x"), &["-H", "x-nowhere: 1"]);
     assert_eq!(status, 404);
     assert_eq!(header(&h, "x-metamesh-local-reply"), Some("no_route"));
 
     // HEAD gets the head of the answer and no body, through the same route.
-    let (status, h, body) = get(&format!("{base}/hello"), &["-I"]);
+    let (status, h, body) = curl_i(&format!("{base}/hello"), &["-I"]);
     assert_eq!(status, 200);
     assert_eq!(header(&h, "x-group"), Some("a"));
     assert!(body.is_empty(), "{body:?}");
@@ -198,17 +170,6 @@ fn keep_alive_reuses_the_client_and_the_upstream_connection() {
         conns.iter().all(|c| *c == conns[0]),
         "nginx saw several connections: {text}"
     );
-}
-
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
 }
 
 fn same_file(a: &Path, b: &Path) {
@@ -243,7 +204,7 @@ fn streams_50_mib_chunked_both_ways_with_flat_memory() {
     std::fs::write(&src, &data).expect("write source");
     drop(data);
 
-    get(&format!("{base}/warm-up"), &[]);
+    curl_i(&format!("{base}/warm-up"), &[]);
     let before = peak_rss_kib(proxy.proc.pid());
 
     // Upload: curl sends the file chunked (and asks for 100-continue first).

@@ -22,17 +22,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::nginx::{curl, Nginx};
+use common::dubbo::{echo_of, RawClient, INTERFACE};
+use common::nginx::{curl_i, header, Nginx};
 use common::{
-    endpoint_list, run_consumer, wait_for, Consumer, Provider, Proxy, Spawned, TempDir, TempFile,
+    assert_all_ok, assert_counts, assert_errors, endpoint_list, errors_of, json_u64, peak_rss_kib,
+    reload, run_consumer, wait_for, Consumer, Provider, Proxy, Spawned, TempDir, TempFile,
 };
-use metamesh_codecs::hessian2::Value;
-use metamesh_core::{CodecOptions, Message, Protocol, Side};
-use metamesh_protocols::dubbo::{build, status, DubboProtocol};
+use metamesh_protocols::dubbo::{build, status};
 use serde_json::Value as Json;
-
-const INTERFACE: &str = "org.apache.dubbo.samples.DemoService";
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -75,60 +72,6 @@ hooks:
 }
 
 // -------------------------------------------------------- helpers: consumer output
-
-fn json_u64(v: &Json, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
-}
-
-/// ok == sent == `count`, nothing mismatched, no attachment changed, no error.
-fn assert_all_ok(summary: &Json, count: u64, what: &str) {
-    for (key, want) in [
-        ("sent", count),
-        ("ok", count),
-        ("mismatched", 0),
-        ("attachment_errors", 0),
-        ("error_count", 0),
-    ] {
-        assert_eq!(
-            json_u64(summary, key),
-            want,
-            "{what}: {key} should be {want}\n--- consumer summary ---\n{summary:#}"
-        );
-    }
-}
-
-fn errors_of(summary: &Json) -> Vec<String> {
-    summary["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// All `count` requests failed (none timed out), and every reported error contains every
-/// one of `needles`.
-fn assert_errors(summary: &Json, count: u64, needles: &[&str], what: &str) {
-    assert_eq!(json_u64(summary, "sent"), count, "{what}: {summary:#}");
-    assert_eq!(json_u64(summary, "ok"), 0, "{what}: {summary:#}");
-    assert_eq!(
-        json_u64(summary, "error_count"),
-        count,
-        "{what}: {summary:#}"
-    );
-    assert_eq!(json_u64(summary, "timeouts"), 0, "{what}: {summary:#}");
-    let errors = errors_of(summary);
-    assert!(!errors.is_empty(), "{what}: {summary:#}");
-    for e in &errors {
-        for n in needles {
-            assert!(e.contains(n), "{what}: error {e:?} does not mention {n:?}");
-        }
-    }
-}
 
 /// What a consumer reports of the replies of one provider group.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -189,112 +132,7 @@ fn rate(summary: &Json, what: &str) -> f64 {
     json_u64(summary, "ok") as f64 / elapsed.max(0.001)
 }
 
-// -------------------------------------------------------------- helpers: raw Dubbo
-
-/// A Dubbo connection driven from the test, for what the peer consumers cannot show:
-/// response attachments (a Java consumer of Dubbo 2.0.2 reads them).
-struct RawClient {
-    stream: TcpStream,
-    buf: BytesMut,
-    codec: Box<dyn metamesh_core::Codec>,
-    next_id: i64,
-}
-
-impl RawClient {
-    fn new(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        RawClient {
-            stream,
-            buf: BytesMut::new(),
-            codec: DubboProtocol.codec(&CodecOptions::new(Side::Upstream)),
-            next_id: 1,
-        }
-    }
-
-    /// A two-way `sayHello(arg)` with `attachments`, sent with Dubbo version
-    /// `dubbo_version`; returns the reply.
-    fn call(&mut self, dubbo_version: &str, arg: &str, attachments: &[(&str, &str)]) -> Message {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = build::Request {
-            dubbo_version,
-            interface: INTERFACE,
-            version: "1.0",
-            method: "sayHello",
-            args: &[("Ljava/lang/String;", Value::from(arg))],
-            attachments,
-            two_way: true,
-        }
-        .encode(id);
-        self.stream.write_all(&frame).expect("write to proxy");
-        let reply = loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(m)) => break m,
-                Ok(None) => {}
-                Err(e) => panic!("{arg}: undecodable frame from the proxy: {e}"),
-            }
-            let mut chunk = [0u8; 16384];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("{arg}: the proxy closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("{arg}: reading from the proxy: {e}"),
-            }
-        };
-        assert_eq!(
-            reply.request_id, id as u64,
-            "{arg}: reply to another request"
-        );
-        reply
-    }
-}
-
-/// The provider's JSON echo carried by a successful response; fails on anything else.
-fn echo_of(reply: &Message, what: &str) -> Json {
-    match build::response_value(reply) {
-        Ok(Value::String(s)) if reply.status == Some(u32::from(status::OK)) => {
-            serde_json::from_str(&s).expect("provider echo is JSON")
-        }
-        other => panic!(
-            "{what}: expected the provider's echo, got status {:?}: {other:?}",
-            reply.status
-        ),
-    }
-}
-
 // ------------------------------------------------------------ helpers: the process
-
-/// Sends SIGHUP to the proxy.
-fn hangup(proxy: &Proxy) {
-    let status = Command::new("kill")
-        .args(["-HUP", &proxy.proc.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP {} failed", proxy.proc.pid());
-}
-
-/// Writes `yaml` over the proxy's configuration file, sends SIGHUP and returns the JSON
-/// line the proxy prints about the reload.
-fn reload(proxy: &mut Proxy, yaml: &str) -> Json {
-    std::fs::write(&proxy.config.path, yaml).expect("rewrite the configuration");
-    hangup(proxy);
-    reload_outcome(proxy)
-}
-
-/// The next `reloaded` / `reload_failed` line on the proxy's stdout.
-fn reload_outcome(proxy: &mut Proxy) -> Json {
-    let line = proxy.proc.wait_line(Duration::from_secs(30), |l| {
-        serde_json::from_str::<Json>(l)
-            .ok()
-            .and_then(|v| v["event"].as_str().map(|e| e.starts_with("reload")))
-            .unwrap_or(false)
-    });
-    serde_json::from_str(&line).expect("reload line is JSON")
-}
 
 /// GET `/ready` on the admin endpoint, giving up after `timeout`; the answer's first
 /// line, or why there was none.
@@ -316,17 +154,6 @@ fn ready_within(admin: SocketAddr, timeout: Duration) -> Result<String, String> 
     })?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     Ok(text.lines().next().unwrap_or_default().to_owned())
-}
-
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
 }
 
 /// Waits until `provider` has logged exactly `want` served requests (failing when it logs
@@ -505,9 +332,15 @@ hooks:
         "--raw-attachments",
         r#"{"caller": "e2e", "x-secret": "hunter2"}"#,
     ]);
-    assert_eq!(json_u64(&removed, "attachment_errors"), 20, "{removed:#}");
-    assert_eq!(json_u64(&removed, "error_count"), 20, "{removed:#}");
-    assert_eq!(json_u64(&removed, "mismatched"), 0, "{removed:#}");
+    assert_counts(
+        &removed,
+        "x-secret removed",
+        &[
+            ("attachment_errors", 20),
+            ("error_count", 20),
+            ("mismatched", 0),
+        ],
+    );
     for e in errors_of(&removed) {
         assert!(
             e.ends_with(r#"(sent, received): {"x-secret": ["hunter2", null]}"#),
@@ -544,7 +377,7 @@ hooks:
 
     // (e) Response attachments reach a client of Dubbo 2.0.2 only.
     let mut raw = RawClient::new(proxy.listener("dubbo-out"));
-    let reply = raw.call(
+    let reply = raw.call_version(
         "2.0.2",
         "raw-batch",
         &[("caller", "raw"), ("batchjob", "true")],
@@ -563,14 +396,14 @@ hooks:
             "response attachment {k}: {reply:?}"
         );
     }
-    let reply = raw.call("2.5.3", "raw-old", &[("caller", "raw")]);
+    let reply = raw.call_version("2.5.3", "raw-old", &[("caller", "raw")]);
     assert_eq!(echo_of(&reply, "raw 2.5.3 call")["group"], "user");
     assert_eq!(
         reply.metadata.get("x-served-by"),
         None,
         "a 2.5.3 client cannot read response attachments: {reply:?}"
     );
-    let reply = raw.call("2.0.2", "raw-anonymous", &[]);
+    let reply = raw.call_version("2.0.2", "raw-anonymous", &[]);
     assert_eq!(
         reply.status,
         Some(u32::from(status::SERVICE_ERROR)),
@@ -675,34 +508,6 @@ fn nginx_log(nginx: &Nginx, group: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Runs curl with `-i`; the status, lower-cased headers and body.
-fn http(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let mut args = vec!["-i"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// An HTTP listener hook sets a header nginx sees, removes one, sends requests to a
 /// second server with `route_to` (also when no route matches), rejects with 403, fails
 /// with 500, and adds response headers curl sees.
@@ -739,7 +544,7 @@ hooks:
     let base = format!("http://{}", proxy.listener("web"));
 
     // A header set, one removed, response headers added.
-    let (status, h, body) = http(&format!("{base}/api/hello"), &["-H", "x-secret: hunter2"]);
+    let (status, h, body) = curl_i(&format!("{base}/api/hello"), &["-H", "x-secret: hunter2"]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body, "group=a method=GET uri=/api/hello tier=read secret=\n",
@@ -751,19 +556,19 @@ hooks:
     assert_eq!(header(&h, "x-request-path"), Some("/api/hello"));
 
     // No route matches: the no-route reply.
-    let (status, h, _) = http(&format!("{base}/elsewhere"), &[]);
+    let (status, h, _) = curl_i(&format!("{base}/elsewhere"), &[]);
     assert_eq!(status, 404);
     assert_eq!(header(&h, "x-metamesh-local-reply"), Some("no_route"));
 
     // reject: 403 with the script's message, no upstream, no on_response.
-    let (status, h, body) = http(&format!("{base}/api/admin"), &[]);
+    let (status, h, body) = curl_i(&format!("{base}/api/admin"), &[]);
     assert_eq!(status, 403, "{body}");
     assert_eq!(header(&h, "x-metamesh-local-reply"), Some("rejected"));
     assert!(body.contains("admin is closed"), "{body:?}");
     assert_eq!(header(&h, "x-served-by"), None);
 
     // A failing hook: 500 naming the hook, not the script's error text.
-    let (status, h, body) = http(&format!("{base}/api/hello"), &["-H", "x-crash: 1"]);
+    let (status, h, body) = curl_i(&format!("{base}/api/hello"), &["-H", "x-crash: 1"]);
     assert_eq!(status, 500, "{body}");
     assert_eq!(header(&h, "x-metamesh-local-reply"), Some("hook_error"));
     assert!(body.contains("hook edge failed"), "{body:?}");
@@ -793,7 +598,7 @@ hooks:
 
     // route_to a second server block, with a body: cluster b, which only the hook
     // routes to (no route names it).
-    let (status, h, body) = http(
+    let (status, h, body) = curl_i(
         &format!("{base}/api/orders"),
         &["-H", "x-pin: b", "--data-binary", "order=1"],
     );
@@ -806,7 +611,7 @@ hooks:
     assert_eq!(header(&h, "x-served-by"), Some("metamesh-lua"));
 
     // route_to where no route matches.
-    let (status, _, body) = http(&format!("{base}/elsewhere"), &["-H", "x-pin: b"]);
+    let (status, _, body) = curl_i(&format!("{base}/elsewhere"), &["-H", "x-pin: b"]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -1136,7 +941,7 @@ fn sighup_replaces_a_hook_under_load() {
     let target = addr.to_string();
     let mut raw = RawClient::new(addr);
     let version_of = |raw: &mut RawClient, what: &str| {
-        let reply = raw.call("2.0.2", what, &[]);
+        let reply = raw.call_version("2.0.2", what, &[]);
         let echo = echo_of(&reply, what);
         (
             echo["attachments"]["x-version"]

@@ -9,10 +9,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-use common::nginx::{curl, Nginx};
-use common::{endpoint_list, run_consumer, wait_for, Consumer, Provider, Proxy, READY_TIMEOUT};
+use common::nginx::{curl_i, Nginx};
+use common::{
+    assert_all_ok, assert_counts, errors_of, provider_endpoints, reload, run_consumer, wait_for,
+    Consumer, Provider, Proxy, READY_TIMEOUT,
+};
 use serde_json::Value as Json;
 
 const ROUTE_BY_BATCHJOB: &str = include_str!("../examples/lua/route_by_batchjob.lua");
@@ -51,24 +53,19 @@ fn hooks_yaml(hooks: &[(&str, &str)]) -> String {
     out
 }
 
-fn endpoints(providers: &[&Provider]) -> String {
-    endpoint_list(providers.iter().map(|p| p.addr()))
-}
-
-fn json_u64(v: &Json, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
-}
-
-/// ok == sent == `count`, nothing mismatched, no attachment changed.
-fn assert_all_ok(summary: &Json, count: u64) {
-    for key in ["sent", "ok"] {
-        assert_eq!(json_u64(summary, key), count, "{key}: {summary:#}");
-    }
-    for key in ["mismatched", "attachment_errors", "error_count"] {
-        assert_eq!(json_u64(summary, key), 0, "{key}: {summary:#}");
-    }
+/// Starts a consumer of `count` requests over two connections, each request with the
+/// attachments of the JSON object `raw`.
+fn spawn_raw(target: &str, count: &str, raw: &str) -> Consumer {
+    Consumer::spawn(&[
+        "--target",
+        target,
+        "--count",
+        count,
+        "--connections",
+        "2",
+        "--raw-attachments",
+        raw,
+    ])
 }
 
 /// A consumer summary's `by_group` as `group -> (batchjob requests, plain requests,
@@ -114,50 +111,10 @@ fn want(entries: &[GroupWant]) -> Groups {
         .collect()
 }
 
-fn errors_of(summary: &Json) -> Vec<String> {
-    summary["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Runs curl with `-i` and splits the answer into status, lower-cased headers and body.
+/// [`curl_i`] with the headers in a map.
 fn get(url: &str, extra: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let mut args = vec!["-i"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-/// Sends SIGHUP to the proxy and returns the JSON line it prints about the reload.
-fn reload(proxy: &mut Proxy, yaml: &str) -> Json {
-    std::fs::write(&proxy.config.path, yaml).expect("rewrite the proxy's config");
-    let status = Command::new("kill")
-        .args(["-HUP", &proxy.proc.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP failed");
-    let line = proxy
-        .proc
-        .wait_line(READY_TIMEOUT, |l| l.contains("reload"));
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reload line {line:?}: {e}"))
+    let (status, headers, body) = curl_i(url, extra);
+    (status, headers.into_iter().collect(), body)
 }
 
 // ------------------------------------------------------------------ route_by_batchjob
@@ -188,8 +145,8 @@ clusters:
   - {{ name: demo-batchjob, endpoints: {} }}
   - {{ name: demo-user, endpoints: {} }}
 {}"#,
-        endpoints(&[&providers[0]]),
-        endpoints(&[&providers[1]]),
+        provider_endpoints(&[&providers[0]]),
+        provider_endpoints(&[&providers[1]]),
         hooks_yaml(&[("tag-batchjob", ROUTE_BY_BATCHJOB)])
     );
     let proxy = Proxy::start(&yaml, &[]);
@@ -205,7 +162,7 @@ clusters:
         "--batchjob-every",
         "3",
     ]);
-    assert_all_ok(&summary, 60);
+    assert_all_ok(&summary, 60, "route_by_batchjob");
     assert_eq!(
         groups(&summary),
         want(&[
@@ -235,9 +192,11 @@ clusters:
         "--raw-attachments",
         r#"{"x-tier": "batch"}"#,
     ]);
-    assert_eq!(json_u64(&summary, "ok"), 10, "{summary:#}");
-    assert_eq!(json_u64(&summary, "attachment_errors"), 20, "{summary:#}");
-    assert_eq!(json_u64(&summary, "mismatched"), 0, "{summary:#}");
+    assert_counts(
+        &summary,
+        "every call claiming x-tier=batch",
+        &[("ok", 10), ("attachment_errors", 20), ("mismatched", 0)],
+    );
     for e in errors_of(&summary) {
         assert!(e.contains(r#""x-tier": ["batch", null]"#), "{e}");
     }
@@ -295,8 +254,8 @@ clusters:
   - {{ name: stable, endpoints: {} }}
   - {{ name: canary, protocol: dubbo, endpoints: {} }}
 {}"#,
-        endpoints(&[stable]),
-        endpoints(&[canary]),
+        provider_endpoints(&[stable]),
+        provider_endpoints(&[canary]),
         hooks_yaml(&[("canary", script)])
     )
 }
@@ -361,7 +320,7 @@ fn canary_by_user_hash_keeps_each_user_on_one_side() {
         .collect();
     let summaries = run_users(&target, &users);
     for (user, s) in users.iter().zip(&summaries) {
-        assert_all_ok(s, 8);
+        assert_all_ok(s, 8, &format!("user {user:?}"));
         let expected = match user {
             Some(u) if to_canary.contains(u) => want(&[("canary", 0, 8, &[("x-canary=true", 8)])]),
             _ => want(&[("stable", 0, 8, &[])]),
@@ -382,7 +341,7 @@ fn canary_by_user_hash_keeps_each_user_on_one_side() {
     assert_eq!(event["event"], "reloaded", "{event}");
     let stable_users: Vec<Option<String>> = to_stable.iter().cloned().map(Some).collect();
     for (user, s) in stable_users.iter().zip(run_users(&target, &stable_users)) {
-        assert_all_ok(&s, 8);
+        assert_all_ok(&s, 8, &format!("user {user:?} after the reload"));
         assert_eq!(
             groups(&s),
             want(&[("canary", 0, 8, &[("x-canary=true", 8)])]),
@@ -402,7 +361,7 @@ fn canary_by_user_hash_keeps_each_user_on_one_side() {
         "the Lua error names the line: {error}"
     );
     let s = &run_users(&target, &stable_users[..1])[0];
-    assert_all_ok(s, 8);
+    assert_all_ok(s, 8, "after the broken script was refused");
     assert_eq!(
         groups(s),
         want(&[("canary", 0, 8, &[("x-canary=true", 8)])]),
@@ -446,7 +405,7 @@ clusters:
   - {{ name: secure, endpoints: {} }}
   - {{ name: web, endpoints: [{{ address: "127.0.0.1:{}" }}] }}
 {}"#,
-        endpoints(&[provider]),
+        provider_endpoints(&[provider]),
         nginx.ports[0],
         hooks_yaml(&[("authenticate", REJECT_UNAUTHENTICATED)])
     );
@@ -472,24 +431,13 @@ clusters:
     ];
     let consumers: Vec<Consumer> = cases
         .iter()
-        .map(|(raw, _)| {
-            Consumer::spawn(&[
-                "--target",
-                &target.to_string(),
-                "--count",
-                "10",
-                "--connections",
-                "2",
-                "--raw-attachments",
-                raw,
-            ])
-        })
+        .map(|(raw, _)| spawn_raw(&target.to_string(), "10", raw))
         .collect();
     for ((raw, expected), consumer) in cases.iter().zip(consumers) {
         let s = consumer.finish();
         match expected {
             Ok(principal) => {
-                assert_all_ok(&s, 10);
+                assert_all_ok(&s, 10, raw);
                 let added = format!("x-auth-principal={principal}");
                 assert_eq!(
                     groups(&s),
@@ -498,9 +446,7 @@ clusters:
                 );
             }
             Err(text) => {
-                assert_eq!(json_u64(&s, "ok"), 0, "{raw}: {s:#}");
-                assert_eq!(json_u64(&s, "error_count"), 10, "{raw}: {s:#}");
-                assert_eq!(json_u64(&s, "timeouts"), 0, "{raw}: {s:#}");
+                assert_counts(&s, raw, &[("ok", 0), ("error_count", 10), ("timeouts", 0)]);
                 let errors = errors_of(&s);
                 assert_eq!(errors.len(), 10, "{s:#}");
                 for e in errors {
@@ -730,8 +676,8 @@ clusters:
   - {{ name: web-users, endpoints: [{{ address: "127.0.0.1:{}" }}] }}
   - {{ name: web-anonymous, endpoints: [{{ address: "127.0.0.1:{}" }}] }}
 {}"#,
-        endpoints(&[&users]),
-        endpoints(&[&anonymous]),
+        provider_endpoints(&[&users]),
+        provider_endpoints(&[&anonymous]),
         nginx.ports[0],
         nginx.ports[1],
         hooks_yaml(&[("copy-user-id", COPY_HEADER_BETWEEN_PROTOCOLS)])
@@ -753,22 +699,11 @@ clusters:
     ];
     let consumers: Vec<Consumer> = cases
         .iter()
-        .map(|(raw, _)| {
-            Consumer::spawn(&[
-                "--target",
-                &target,
-                "--count",
-                "6",
-                "--connections",
-                "2",
-                "--raw-attachments",
-                raw,
-            ])
-        })
+        .map(|(raw, _)| spawn_raw(&target, "6", raw))
         .collect();
     for ((raw, expected), consumer) in cases.iter().zip(consumers) {
         let s = consumer.finish();
-        assert_all_ok(&s, 6);
+        assert_all_ok(&s, 6, raw);
         assert_eq!(&groups(&s), expected, "{raw}: {s:#}");
     }
 

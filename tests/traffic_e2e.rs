@@ -12,24 +12,22 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::dubbo::{echo_of, RawClient};
 use common::nginx::{curl_within, Nginx};
 use common::{
-    closed_port, endpoint_list, endpoint_of, free_ports, wait_for, Consumer, Provider, Proxy,
+    assert_served, closed_port, endpoint_list, endpoint_of, free_ports, wait_for, Consumer,
+    Provider, Proxy,
 };
-use metamesh_codecs::hessian2::Value;
-use metamesh_core::{CodecOptions, Message, Protocol, Side};
-use metamesh_protocols::dubbo::{build, status, DubboProtocol};
+use metamesh_core::Message;
+use metamesh_protocols::dubbo::{build, status};
 use serde_json::Value as Json;
 
-const INTERFACE: &str = "org.apache.dubbo.samples.DemoService";
 /// How long an endpoint may take to change health in `/clusters` (probes run every
 /// 200 ms; the margin is for a loaded CI machine).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -87,28 +85,6 @@ fn addrs(providers: &[&Provider]) -> Vec<String> {
 
 // ---------------------------------------------------------- helpers: consumer output
 
-fn json_u64(v: &Json, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
-}
-
-/// ok == sent == `count`, nothing mismatched, no error.
-fn assert_all_ok(summary: &Json, count: u64, what: &str) {
-    for (key, want) in [
-        ("sent", count),
-        ("ok", count),
-        ("mismatched", 0),
-        ("error_count", 0),
-    ] {
-        assert_eq!(
-            json_u64(summary, key),
-            want,
-            "{what}: {key} should be {want}\n--- consumer summary ---\n{summary:#}"
-        );
-    }
-}
-
 /// Replies per group the providers reported.
 fn served_by_group(summary: &Json) -> BTreeMap<String, u64> {
     summary["by_group"]
@@ -160,90 +136,6 @@ fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T,
             }
             Err(_) => thread::sleep(Duration::from_millis(20)),
         }
-    }
-}
-
-// -------------------------------------------------------------- helpers: raw Dubbo
-
-/// A Dubbo connection to the proxy driven from the test, for request patterns the peer
-/// consumers cannot produce (per-request attachments at volume, pipelining).
-struct RawClient {
-    stream: TcpStream,
-    buf: BytesMut,
-    codec: Box<dyn metamesh_core::Codec>,
-    next_id: i64,
-}
-
-impl RawClient {
-    fn new(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        RawClient {
-            stream,
-            buf: BytesMut::new(),
-            codec: DubboProtocol.codec(&CodecOptions::new(Side::Upstream)),
-            next_id: 1,
-        }
-    }
-
-    /// Writes a two-way `sayHello(arg)` with `attachments`; returns its request id.
-    fn send(&mut self, arg: &str, attachments: &[(&str, &str)]) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = build::Request {
-            dubbo_version: "2.0.2",
-            interface: INTERFACE,
-            version: "1.0",
-            method: "sayHello",
-            args: &[("Ljava/lang/String;", Value::from(arg))],
-            attachments,
-            two_way: true,
-        }
-        .encode(id);
-        self.stream.write_all(&frame).expect("write to proxy");
-        id as u64
-    }
-
-    /// The next frame from the proxy.
-    fn read_frame(&mut self, what: &str) -> Message {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(m)) => return m,
-                Ok(None) => {}
-                Err(e) => panic!("{what}: undecodable frame from the proxy: {e}"),
-            }
-            let mut chunk = [0u8; 16384];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("{what}: the proxy closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("{what}: reading from the proxy: {e}"),
-            }
-        }
-    }
-
-    /// Sends one request and waits for its reply.
-    fn call(&mut self, arg: &str, attachments: &[(&str, &str)]) -> Message {
-        let id = self.send(arg, attachments);
-        let reply = self.read_frame(arg);
-        assert_eq!(reply.request_id, id, "{arg}: reply to another request");
-        reply
-    }
-}
-
-/// The provider's JSON echo carried by a successful response; fails on anything else.
-fn echo_of(reply: &Message, what: &str) -> Json {
-    match build::response_value(reply) {
-        Ok(Value::String(s)) if reply.status == Some(u32::from(status::OK)) => {
-            serde_json::from_str(&s).expect("provider echo is JSON")
-        }
-        other => panic!(
-            "{what}: expected the provider's echo, got status {:?}: {other:?}",
-            reply.status
-        ),
     }
 }
 
@@ -314,7 +206,7 @@ fn locality_failover_to_the_next_zone_and_back() {
 
     // (a) Everything stays in 800002, spread over both providers there.
     let summary = consume(&target, 240, 4);
-    assert_all_ok(&summary, 240, "all providers up");
+    assert_served(&summary, 240, "all providers up");
     let groups = served_by_group(&summary);
     assert_only_own_zone(
         &groups,
@@ -332,7 +224,7 @@ fn locality_failover_to_the_next_zone_and_back() {
         p.proc.kill();
     }
     let summary = consume(&target, 240, 4);
-    assert_all_ok(
+    assert_served(
         &summary,
         240,
         "right after both 800002 providers were killed",
@@ -353,7 +245,7 @@ fn locality_failover_to_the_next_zone_and_back() {
         "failed probes are counted"
     );
     let summary = consume(&target, 120, 4);
-    assert_all_ok(&summary, 120, "with 800002 known to be down");
+    assert_served(&summary, 120, "with 800002 known to be down");
     assert!(
         served_by_group(&summary)
             .keys()
@@ -366,7 +258,7 @@ fn locality_failover_to_the_next_zone_and_back() {
     let restarted = start_local();
     proxy.wait_health("demo", &local_addrs, "healthy", HEALTH_TIMEOUT);
     let summary = consume(&target, 240, 4);
-    assert_all_ok(&summary, 240, "after the 800002 providers came back");
+    assert_served(&summary, 240, "after the 800002 providers came back");
     let groups = served_by_group(&summary);
     assert_only_own_zone(&groups, &summary, "traffic is back in the own zone only");
     drop(restarted);
@@ -396,7 +288,7 @@ fn distribute_mode_splits_traffic_90_10_between_zones() {
     let proxy = Proxy::start(&yaml, &[]);
     let target = proxy.listener("dubbo-out").to_string();
     let summary = consume(&target, 2000, 8);
-    assert_all_ok(&summary, 2000, "distribute 90/10");
+    assert_served(&summary, 2000, "distribute 90/10");
     let groups = served_by_group(&summary);
     let near = groups.get("z800002").copied().unwrap_or(0);
     let far = groups.get("z800005").copied().unwrap_or(0);
@@ -547,7 +439,7 @@ routes:
     const N: u64 = 5000;
     let target = proxy.listener("sampled").to_string();
     let summary = consume(&target, N, 8);
-    assert_all_ok(&summary, N, "primary traffic of the sampled mirror");
+    assert_served(&summary, N, "primary traffic of the sampled mirror");
     assert_eq!(
         summary["by_group"]["primary"]["added_attachments"]["x-mirror=copy"].as_u64(),
         Some(N),
@@ -610,7 +502,7 @@ routes:
     let run = |listener: &str| {
         let target = proxy.listener(listener).to_string();
         let summary = consume(&target, M, 8);
-        assert_all_ok(&summary, M, listener);
+        assert_served(&summary, M, listener);
         elapsed_s(&summary)
     };
     let baseline = run("plain");
@@ -702,7 +594,7 @@ fn retries_hide_a_provider_killed_under_load() {
         "the consumer was nearly done ({at_kill} of {N}) when the provider was killed: \
          the test proves nothing"
     );
-    assert_all_ok(&summary, N, "a provider killed under load");
+    assert_served(&summary, N, "a provider killed under load");
     let groups = served_by_group(&summary);
     assert_eq!(groups.values().sum::<u64>(), N, "{groups:?}");
     let retries = proxy.counter("metamesh_upstream_rq_retry_total", &[("cluster", "demo")]);

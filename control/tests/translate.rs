@@ -30,6 +30,15 @@ fn load(names: &[&str]) -> MeshResources {
     MeshResources::from_resources(names.iter().flat_map(|n| parse(n, &read(n))))
 }
 
+/// The notes of translating one fixture, as text.
+fn notes_of(fixture: &str) -> Vec<String> {
+    load(&[fixture])
+        .notes()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 fn mesh_from(text: &str) -> MeshResources {
     MeshResources::from_resources(parse("inline.yaml", text))
 }
@@ -148,11 +157,7 @@ fn dubbo_batchjob_routing() {
         ]
     );
 
-    let notes: Vec<String> = load(&["dubbo-batchjob.yaml"])
-        .notes()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let notes = notes_of("dubbo-batchjob.yaml");
     assert_eq!(
         notes,
         vec![
@@ -201,11 +206,7 @@ fn services_sharing_a_port_share_a_listener() {
     );
     assert_eq!(m.attributes["method"].exact.as_deref(), Some("delete"));
 
-    let notes: Vec<String> = load(&["shared-ports.yaml"])
-        .notes()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let notes = notes_of("shared-ports.yaml");
     assert_eq!(notes.len(), 2, "{notes:#?}");
     assert!(notes[0].contains("ServiceEntry/shop/orders: spec.ports[1]: port 8080 skipped"));
     assert!(notes[1]
@@ -366,11 +367,7 @@ fn traffic_policies_merge_as_in_istio() {
     assert_eq!(r20881.routes[1].hash_policy, vec!["order-id"]);
     assert_eq!(b.routes[0].routes[2].route[1].weight, Some(1));
 
-    let notes: Vec<String> = load(&["traffic-policy.yaml"])
-        .notes()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let notes = notes_of("traffic-policy.yaml");
     assert_eq!(
         notes,
         vec!["traffic-policy.yaml: DestinationRule/prod/payments: spec.trafficPolicy.tls: ignored: upstream connections are plaintext"]
@@ -949,11 +946,7 @@ fn aeraki_demo_resources() {
             .map(|t| t.tokens_per_fill),
         Some(Some(2))
     );
-    let notes: Vec<String> = load(&["aeraki-demo.yaml"])
-        .notes()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let notes = notes_of("aeraki-demo.yaml");
     assert_eq!(notes.len(), 2, "{notes:#?}");
     assert!(notes[0].contains("Deployment/meta-thrift/thrift-sample-server-v1"));
     assert!(notes[1]

@@ -3,18 +3,8 @@
 //! `on_response`, failures answered locally, and hot replacement.
 
 use crate::config::Bootstrap;
-use crate::message::{Message, MessageKind};
-use crate::proxy::{Proxy, ProxyBuilder};
-use crate::test_peers::{upstream, Client, Mode};
-use crate::testing::registry;
-
-fn who(m: &Message) -> String {
-    match (m.metadata.get("served-by"), m.metadata.get("reason")) {
-        (Some(s), _) => s.to_owned(),
-        (None, Some(r)) => format!("local:{r}"),
-        _ => "?".into(),
-    }
-}
+use crate::message::MessageKind;
+use crate::test_peers::{metric, start, upstream, who, Client, Mode};
 
 fn yaml(a: &str, b: &str, script: &str) -> String {
     let script = script.replace('\n', "\n      ");
@@ -65,22 +55,6 @@ function on_response(resp, req)
   if req:get("user") == "bad-response" then error("response boom") end
 end
 "#;
-
-async fn start(yaml: &str) -> Proxy {
-    ProxyBuilder::new()
-        .protocols(&registry())
-        .start(Bootstrap::from_yaml(yaml).expect("yaml"))
-        .await
-        .expect("start")
-}
-
-fn metric(proxy: &Proxy, name: &str, labels: &str) -> u64 {
-    let text = proxy.store().stats().encode();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
-}
 
 #[tokio::test]
 async fn hooks_steer_routing_reject_and_see_responses() {

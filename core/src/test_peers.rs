@@ -13,8 +13,37 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::codec::{Codec, CodecOptions, Protocol, Side};
+use crate::config::Bootstrap;
 use crate::message::{Message, MessageKind};
-use crate::testing::{frame, payload, TestProtocol};
+use crate::proxy::{Proxy, ProxyBuilder};
+use crate::testing::{frame, payload, registry, TestProtocol};
+
+/// Starts a proxy on `yaml` with the test protocols registered.
+pub(crate) async fn start(yaml: &str) -> Proxy {
+    ProxyBuilder::new()
+        .protocols(&registry())
+        .start(Bootstrap::from_yaml(yaml).expect("yaml"))
+        .await
+        .expect("start")
+}
+
+/// The sum of the samples of counter `name` whose labels contain `labels`.
+pub(crate) fn metric(proxy: &Proxy, name: &str, labels: &str) -> u64 {
+    let text = proxy.store().stats().encode();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Who answered: the upstream's name, or `local:<reason>` for a local reply.
+pub(crate) fn who(m: &Message) -> String {
+    match (m.metadata.get("served-by"), m.metadata.get("reason")) {
+        (Some(s), _) => s.to_owned(),
+        (None, Some(r)) => format!("local:{r}"),
+        _ => "?".into(),
+    }
+}
 
 /// How a test upstream behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,37 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Bootstrap;
-use crate::message::{Message, MessageKind};
-use crate::proxy::{Proxy, ProxyBuilder};
-use crate::test_peers::{upstream, Client, Mode};
-use crate::testing::registry;
-
-/// Who answered: the upstream's name, or `local:<reason>` for a local reply.
-fn who(m: &Message) -> String {
-    match (m.metadata.get("served-by"), m.metadata.get("reason")) {
-        (Some(s), _) => s.to_owned(),
-        (None, Some(r)) => format!("local:{r}"),
-        _ => "?".into(),
-    }
-}
-
-async fn start(yaml: &str) -> Proxy {
-    let b = Bootstrap::from_yaml(yaml).expect("yaml");
-    ProxyBuilder::new()
-        .protocols(&registry())
-        .start(b)
-        .await
-        .expect("start")
-}
-
-fn metric(proxy: &Proxy, name: &str, labels: &str) -> u64 {
-    let text = proxy.store().stats().encode();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
-}
+use crate::message::MessageKind;
+use crate::proxy::Proxy;
+use crate::test_peers::{metric, start, upstream, who, Client, Mode};
 
 fn listener(routes: &str, clusters: &str, listener_extra: &str) -> String {
     format!(

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod dubbo;
 pub mod nginx;
 
 use std::collections::HashMap;
@@ -334,6 +335,11 @@ pub fn endpoint_list<S: AsRef<str>>(addrs: impl IntoIterator<Item = S>) -> Strin
     format!("[{}]", list.join(", "))
 }
 
+/// The endpoint list of `providers`, in YAML flow style.
+pub fn provider_endpoints(providers: &[&Provider]) -> String {
+    endpoint_list(providers.iter().map(|p| p.addr()))
+}
+
 /// A running `metamesh proxy`.
 pub struct Proxy {
     pub listeners: HashMap<String, SocketAddr>,
@@ -485,6 +491,78 @@ impl Consumer {
 /// Runs a consumer to completion and returns its JSON summary.
 pub fn run_consumer(args: &[&str]) -> serde_json::Value {
     Consumer::spawn(args).finish()
+}
+
+/// A number of a consumer summary; fails when it is missing.
+pub fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing from consumer summary: {v:#}"))
+}
+
+/// The messages of a consumer summary's `errors`.
+pub fn errors_of(summary: &serde_json::Value) -> Vec<String> {
+    summary["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every `(key, want)`: the consumer summary's number `key` is `want`.
+pub fn assert_counts(summary: &serde_json::Value, what: &str, want: &[(&str, u64)]) {
+    for &(key, want) in want {
+        assert_eq!(
+            json_u64(summary, key),
+            want,
+            "{what}: {key} should be {want}\n--- consumer summary ---\n{summary:#}"
+        );
+    }
+}
+
+/// ok == sent == `count`, nothing mismatched, no error.
+pub fn assert_served(summary: &serde_json::Value, count: u64, what: &str) {
+    assert_counts(
+        summary,
+        what,
+        &[
+            ("sent", count),
+            ("ok", count),
+            ("mismatched", 0),
+            ("error_count", 0),
+        ],
+    );
+}
+
+/// [`assert_served`], and no attachment changed.
+pub fn assert_all_ok(summary: &serde_json::Value, count: u64, what: &str) {
+    assert_served(summary, count, what);
+    assert_counts(summary, what, &[("attachment_errors", 0)]);
+}
+
+/// All `count` requests failed (none timed out), and every reported error contains every
+/// one of `needles`.
+pub fn assert_errors(summary: &serde_json::Value, count: u64, needles: &[&str], what: &str) {
+    assert_counts(
+        summary,
+        what,
+        &[
+            ("sent", count),
+            ("ok", 0),
+            ("error_count", count),
+            ("timeouts", 0),
+        ],
+    );
+    let errors = errors_of(summary);
+    assert!(!errors.is_empty(), "{what}: {summary:#}");
+    for e in &errors {
+        for n in needles {
+            assert!(e.contains(n), "{what}: error {e:?} does not mention {n:?}");
+        }
+    }
 }
 
 /// A tiny HTTP/1.1 GET; returns the body of a 200 response and fails on anything else.
@@ -661,4 +739,43 @@ pub fn spawn_thrift_client(args: &[&str]) -> Consumer {
 /// Runs `tests/peers/thrift_client.py` to completion and returns its JSON summary.
 pub fn run_thrift_client(args: &[&str]) -> serde_json::Value {
     spawn_thrift_client(args).finish()
+}
+
+/// Peak resident memory of a process, from /proc.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+/// Sends SIGHUP to the proxy.
+pub fn hangup(proxy: &Proxy) {
+    let status = Command::new("kill")
+        .args(["-HUP", &proxy.proc.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -HUP {} failed", proxy.proc.pid());
+}
+
+/// Writes `yaml` over the proxy's configuration file, sends SIGHUP and returns the JSON
+/// line the proxy prints about the reload.
+pub fn reload(proxy: &mut Proxy, yaml: &str) -> serde_json::Value {
+    std::fs::write(&proxy.config.path, yaml).expect("rewrite the configuration");
+    hangup(proxy);
+    reload_outcome(proxy)
+}
+
+/// The next `reloaded` / `reload_failed` line on the proxy's stdout.
+pub fn reload_outcome(proxy: &mut Proxy) -> serde_json::Value {
+    let line = proxy.proc.wait_line(Duration::from_secs(30), |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["event"].as_str().map(|e| e.starts_with("reload")))
+            .unwrap_or(false)
+    });
+    serde_json::from_str(&line).expect("reload line is JSON")
 }

@@ -159,3 +159,32 @@ pub fn curl_within(max_time: Duration, args: &[&str]) -> Output {
     );
     out
 }
+
+/// Runs curl with `-i` and splits the answer into status, lower-cased headers and body.
+pub fn curl_i(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let mut args = vec!["-i"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The first value of header `name` (lower case) in `headers` from [`curl_i`].
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}

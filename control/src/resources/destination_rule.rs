@@ -23,107 +23,82 @@ pub type DestinationRule = Object<DestinationRuleSpec>;
 
 /// Subsets and traffic policy of one service.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     /// The service: a ServiceEntry host, or `*.suffix` for every host under a domain.
-    #[serde(default)]
     pub host: String,
     /// Policy of every cluster of the service.
-    #[serde(default)]
     pub traffic_policy: Option<Box<TrafficPolicy>>,
     /// Named groups of endpoints.
-    #[serde(default)]
     pub subsets: Vec<Subset>,
     /// Visibility across namespaces: accepted and ignored.
-    #[serde(default)]
     pub export_to: Vec<String>,
     /// Which proxies the rule applies to: accepted and ignored (noted).
-    #[serde(default)]
     pub workload_selector: Option<IgnoredAny>,
 }
 
 /// A named group of a service's endpoints.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subset {
     /// Name, referenced by MetaRouter destinations.
-    #[serde(default)]
     pub name: String,
     /// Endpoints whose labels include all of these belong to the subset.
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Overrides the rule's policy, field by field (`loadBalancer`, `connectionPool`,
     /// `outlierDetection`), as Istio merges them.
-    #[serde(default)]
     pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 /// How traffic to a service (or subset) is balanced and protected.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicy {
     /// Load balancing.
-    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection and request limits.
-    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
     /// Passive health checking.
-    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream TLS: accepted and ignored (noted unless `mode: DISABLE`).
-    #[serde(default)]
     pub tls: Option<Value>,
     /// Per-port policies; a port's policy replaces the others for that port.
-    #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub tunnel: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub proxy_protocol: Option<IgnoredAny>,
 }
 
 /// The policy of one port.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortTrafficPolicy {
     /// The port.
-    #[serde(default)]
     pub port: Option<PortSelector>,
     /// Load balancing.
-    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection and request limits.
-    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
     /// Passive health checking.
-    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream TLS: accepted and ignored (noted unless `mode: DISABLE`).
-    #[serde(default)]
     pub tls: Option<Value>,
 }
 
 /// Load balancing settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     /// A standard policy.
-    #[serde(default)]
     pub simple: Option<SimpleLb>,
     /// Consistent hashing.
-    #[serde(default)]
     pub consistent_hash: Option<ConsistentHash>,
     /// Locality-aware balancing.
-    #[serde(default)]
     pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub warmup_duration_secs: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub warmup: Option<IgnoredAny>,
 }
 
@@ -147,184 +122,144 @@ pub enum SimpleLb {
 
 /// Consistent-hash balancing.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConsistentHash {
     /// The request attribute hashed (Aeraki reads the header name as an attribute).
-    #[serde(default)]
     pub http_header_name: Option<String>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub http_cookie: Option<IgnoredAny>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub use_source_ip: Option<bool>,
     /// Accepted and ignored (noted).
-    #[serde(default)]
     pub http_query_parameter_name: Option<String>,
     /// Ring hash (the default algorithm).
-    #[serde(default)]
     pub ring_hash: Option<RingHash>,
     /// Maglev.
-    #[serde(default)]
     pub maglev: Option<Maglev>,
     /// Deprecated form of `ringHash.minimumRingSize`.
-    #[serde(default)]
     pub minimum_ring_size: Option<u64>,
 }
 
 /// Ring hash settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RingHash {
     /// Fewest ring entries (default 1024).
-    #[serde(default)]
     pub minimum_ring_size: Option<u64>,
 }
 
 /// Maglev settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Maglev {
     /// Table size, a prime (default 65537).
-    #[serde(default)]
     pub table_size: Option<u64>,
 }
 
 /// Istio's locality load balancing setting.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct LocalityLbSetting {
     /// Turns it off when false (default on).
-    #[serde(default)]
     pub enabled: Option<bool>,
     /// Traffic shares by locality, per source locality.
-    #[serde(default)]
     pub distribute: Vec<Distribute>,
     /// The region to fail over to, per source region.
-    #[serde(default)]
     pub failover: Vec<Failover>,
     /// Label-based failover: accepted and ignored (noted).
-    #[serde(default)]
     pub failover_priority: Vec<String>,
 }
 
 /// Where traffic from one locality goes.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Distribute {
     /// Source locality, `region/zone/subzone`, with a trailing `*` wildcard allowed.
-    #[serde(default)]
     pub from: String,
     /// Destination locality patterns and their weights (summing to 100).
-    #[serde(default)]
     pub to: BTreeMap<String, u32>,
 }
 
 /// The region traffic from a region fails over to.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Failover {
     /// Source region.
-    #[serde(default)]
     pub from: String,
     /// Region next in line.
-    #[serde(default)]
     pub to: String,
 }
 
 /// Outlier detection, Istio's fields.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Deprecated: errors in a row before ejection (same as `consecutive5xxErrors`).
-    #[serde(default)]
     pub consecutive_errors: Option<u32>,
     /// Error answers and failures in a row before ejection (0 disables).
-    #[serde(default, rename = "consecutive5xxErrors")]
+    #[serde(rename = "consecutive5xxErrors")]
     pub consecutive_5xx_errors: Option<u32>,
     /// Gateway errors in a row before ejection (0 disables).
-    #[serde(default)]
     pub consecutive_gateway_errors: Option<u32>,
     /// Local-origin failures in a row before ejection, with
     /// `splitExternalLocalOriginErrors`.
-    #[serde(default)]
     pub consecutive_local_origin_failures: Option<u32>,
     /// Counts local-origin failures apart from error answers.
-    #[serde(default)]
     pub split_external_local_origin_errors: bool,
     /// Ejection sweep interval, e.g. `10s`.
-    #[serde(default)]
     pub interval: Option<String>,
     /// Base ejection time, e.g. `30s`.
-    #[serde(default)]
     pub base_ejection_time: Option<String>,
     /// Most endpoints ejected at once, in percent.
-    #[serde(default)]
     pub max_ejection_percent: Option<u32>,
     /// Healthy share below which the cluster balances across all endpoints (default 0).
-    #[serde(default)]
     pub min_health_percent: Option<u32>,
 }
 
 /// Connection pool settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionPoolSettings {
     /// Connection settings.
-    #[serde(default)]
     pub tcp: Option<TcpSettings>,
     /// Request settings.
-    #[serde(default)]
     pub http: Option<HttpSettings>,
 }
 
 /// Connection settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpSettings {
     /// Upstream connections open at once.
-    #[serde(default)]
     pub max_connections: Option<u32>,
     /// Connect timeout, e.g. `1s`.
-    #[serde(default)]
     pub connect_timeout: Option<String>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub tcp_keepalive: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub max_connection_duration: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub idle_timeout: Option<IgnoredAny>,
 }
 
 /// Request settings (applied to every meta protocol).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSettings {
     /// Requests waiting for a connection.
-    #[serde(default)]
     pub http1_max_pending_requests: Option<u32>,
     /// Requests in flight.
-    #[serde(default)]
     pub http2_max_requests: Option<u32>,
     /// Retries in flight.
-    #[serde(default)]
     pub max_retries: Option<u32>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub max_requests_per_connection: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub idle_timeout: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub h2_upgrade_policy: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub use_client_protocol: Option<IgnoredAny>,
     /// Accepted and ignored.
-    #[serde(default)]
     pub max_concurrent_streams: Option<IgnoredAny>,
 }
