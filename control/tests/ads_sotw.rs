@@ -74,6 +74,19 @@ async fn first_configuration_is_the_translation_and_changes_push_only_changed_ty
         .collect();
     assert_eq!(same, after);
     assert!(applied.try_recv().is_err(), "nothing new applied");
+
+    // A burst of changes gives one push, of the last state.
+    mesh_tx.send_replace(loaded(4, demo_mesh(|t| t)));
+    mesh_tx.send_replace(loaded(5, demo_mesh(moved_endpoint)));
+    mesh_tx.send_replace(loaded(6, demo_mesh(|t| t)));
+    let last = next(&mut applied, Duration::from_secs(1)).await;
+    assert_eq!(json(&last), json(&first));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        applied.try_recv().is_err(),
+        "one configuration for the burst"
+    );
+    assert_eq!(counters.pushes(ResourceKind::ClusterLoadAssignment), 3);
     assert_eq!(counters.open_streams(), 1);
     drop(client);
     server.stop().await;
