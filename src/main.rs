@@ -34,6 +34,16 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
     },
+    /// Serve xDS (ADS) to proxies from a watched directory of mesh resources
+    /// (MetaRouter, DestinationRule, ServiceEntry, LuaHook).
+    Control {
+        /// Directory of YAML resources, watched for changes.
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// Address the ADS server listens on.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_address: String,
+    },
     /// Check a bootstrap file and print every problem found.
     Validate {
         /// Bootstrap YAML file.
@@ -143,15 +153,95 @@ fn listener_map(proxy: &Proxy) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
+/// Serves ADS from a watched directory until SIGINT or SIGTERM.
+async fn run_control(dir: &Path, address: &str) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("{}: not a directory", dir.display());
+    }
+    let signal = shutdown_signal()?;
+    let watch = metamesh_control::source::DirWatch::start(
+        dir.to_owned(),
+        metamesh_control::source::DEFAULT_POLL_INTERVAL,
+        metamesh_control::source::DEFAULT_SETTLE_TIME,
+    );
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("--xds-address: cannot bind {address}"))?;
+    let bound = listener.local_addr().context("--xds-address")?;
+    let server = metamesh_control::ads::AdsServer::new(watch.subscribe());
+    println!(
+        "{}",
+        serde_json::json!({ "event": "ready", "xds": bound.to_string() })
+    );
+    tracing::info!(%bound, dir = %dir.display(), "serving ADS");
+    server
+        .serve(listener, signal)
+        .await
+        .context("ADS server failed")?;
+    Ok(())
+}
+
+/// Takes the dynamic configuration from the bootstrap's xDS server: the static
+/// resources of the file stay, the server's are added to them, and every new set
+/// replaces the previous one. Returns once the first set is applied.
+async fn follow_xds(
+    proxy: &Arc<Proxy>,
+    base: Bootstrap,
+) -> anyhow::Result<metamesh_control::ads::AdsClient> {
+    let Some(xds) = base.xds.clone() else {
+        anyhow::bail!("no xds server configured");
+    };
+    let mut client_config =
+        metamesh_control::ads::AdsClientConfig::new(xds.address.clone(), base.node.clone());
+    client_config.admin = base.admin.clone();
+    let target = proxy.clone();
+    let client = metamesh_control::ads::AdsClient::start(client_config, move |dynamic| {
+        let target = target.clone();
+        let mut merged = base.clone();
+        merged.listeners.extend(dynamic.listeners);
+        merged.routes.extend(dynamic.routes);
+        merged.clusters.extend(dynamic.clusters);
+        merged.hooks.extend(dynamic.hooks);
+        async move {
+            target
+                .update(merged)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    });
+    let mut ready = client.ready();
+    ready
+        .wait_for(|r| *r)
+        .await
+        .context("the xDS client stopped before the first configuration")?;
+    Ok(client)
+}
+
 async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()> {
     let bootstrap = load(config)?;
     let signal = shutdown_signal()?;
-    let proxy = ProxyBuilder::new()
-        .protocols(&metamesh_protocols::builtin())
-        .start(bootstrap)
+    let dynamic = bootstrap.xds.is_some();
+    let mut builder = ProxyBuilder::new().protocols(&metamesh_protocols::builtin());
+    if dynamic {
+        builder = builder.hold_ready();
+    }
+    let proxy = builder
+        .start(bootstrap.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
     let proxy = Arc::new(proxy);
+    // With a control plane, the proxy is ready once its first full configuration is in.
+    let _xds = if dynamic {
+        let client = tokio::select! {
+            c = follow_xds(&proxy, bootstrap) => c?,
+            _ = shutdown_signal()? => return Ok(()),
+        };
+        proxy.set_ready(true);
+        Some(client)
+    } else {
+        None
+    };
     // One machine-readable line on stdout once every listener is bound.
     let ready = serde_json::json!({
         "event": "ready",
@@ -204,6 +294,13 @@ fn main() -> ExitCode {
         } => {
             init_tracing("info");
             runtime().and_then(|rt| rt.block_on(run_proxy(&config, drain_timeout)))
+        }
+        Command::Control {
+            config_dir,
+            xds_address,
+        } => {
+            init_tracing("info");
+            runtime().and_then(|rt| rt.block_on(run_control(&config_dir, &xds_address)))
         }
         Command::Demo(args) => {
             init_tracing("warn");

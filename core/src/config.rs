@@ -704,13 +704,6 @@ impl Validator {
         });
     }
 
-    fn unsupported(&mut self, path: String, what: &str) {
-        self.err(
-            path,
-            format!("{what} is not supported by this version of metamesh"),
-        );
-    }
-
     fn unique<'a>(&mut self, kind: &str, names: impl Iterator<Item = &'a str>) {
         let mut seen = HashSet::new();
         for (i, n) in names.enumerate() {
@@ -738,8 +731,21 @@ impl Validator {
                 );
             }
         }
-        if b.xds.is_some() {
-            self.unsupported("xds".into(), "dynamic configuration over xDS");
+        if let Some(x) = &b.xds {
+            let rest = x
+                .address
+                .strip_prefix("http://")
+                .or_else(|| x.address.strip_prefix("https://"));
+            let host_port = rest.map(|r| r.trim_end_matches('/'));
+            if !host_port.is_some_and(|hp| {
+                hp.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            }) {
+                self.err(
+                    "xds.address",
+                    format!("{:?} is not an http://host:port address", x.address),
+                );
+            }
         }
         for (i, h) in b.hooks.iter().enumerate() {
             let p = named("hooks", &h.name, i);
@@ -1300,17 +1306,22 @@ clusters:
     }
 
     #[test]
-    fn duplicate_names_and_unsupported_features_are_reported() {
+    fn duplicate_names_and_bad_xds_addresses_are_reported() {
         let bad = GOOD.replace("name: default", "name: batchjob").replace(
             "admin: { address: 127.0.0.1:15000 }",
-            "admin: { address: 127.0.0.1:15000 }\nxds: { address: http://127.0.0.1:15010 }",
+            "admin: { address: 127.0.0.1:15000 }\nxds: { address: 127.0.0.1:15010 }",
         );
         let err = Bootstrap::load(&bad, &registry()).unwrap_err().to_string();
         assert!(err.contains("duplicate route \"batchjob\""), "{err}");
         assert!(
-            err.contains("xds: dynamic configuration over xDS is not supported"),
+            err.contains("xds.address: \"127.0.0.1:15010\" is not an http://host:port"),
             "{err}"
         );
+        let good = GOOD.replace(
+            "admin: { address: 127.0.0.1:15000 }",
+            "admin: { address: 127.0.0.1:15000 }\nxds: { address: http://127.0.0.1:15010 }",
+        );
+        Bootstrap::load(&good, &registry()).expect("an xds server is accepted");
     }
 
     #[test]

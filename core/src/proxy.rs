@@ -40,6 +40,7 @@ pub enum StartError {
 #[derive(Default)]
 pub struct ProxyBuilder {
     protocols: ProtocolRegistry,
+    hold_ready: bool,
 }
 
 impl ProxyBuilder {
@@ -61,6 +62,13 @@ impl ProxyBuilder {
                 self.protocols.register(p.clone());
             }
         }
+        self
+    }
+
+    /// Keeps `/ready` false after start until [`Proxy::set_ready`] says otherwise (a
+    /// proxy that waits for its first configuration from a control plane).
+    pub fn hold_ready(mut self) -> Self {
+        self.hold_ready = true;
         self
     }
 
@@ -105,7 +113,7 @@ impl ProxyBuilder {
                 proxy.admin_shutdown.clone(),
             ));
         }
-        admin_state.ready.store(true, Ordering::Release);
+        admin_state.ready.store(!self.hold_ready, Ordering::Release);
         Ok(proxy)
     }
 }
@@ -290,6 +298,11 @@ impl Proxy {
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Sets what the admin endpoint's `/ready` answers.
+    pub fn set_ready(&self, ready: bool) {
+        self.admin_state.ready.store(ready, Ordering::Release);
     }
 
     /// The configuration store (current snapshot, metrics).
