@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::dubbo::INTERFACE;
 use common::{
-    assert_all_ok, free_ports, metamesh_bin, run_consumer, Provider, Proxy, Spawned, TempDir,
+    assert_all_ok, free_ports, metamesh_bin, peer, python, run_consumer, Provider, Proxy, Spawned,
+    TempDir,
 };
 use serde_json::Value as Json;
 
@@ -83,15 +84,8 @@ fn batch_groups(target: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_proxy_follows_the_control_plane_and_a_metarouter_edit() {
-    let providers = Provider::start_all(&["user", "batchjob"], &[]);
-    let (user, batch) = (&providers[0], &providers[1]);
-    let port = free_ports(1)[0];
-    let dir = TempDir::new("mesh");
-    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
-    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
-
+/// Starts `metamesh control` on `dir`; returns it and its ADS address.
+fn start_control(dir: &TempDir) -> (Spawned, String) {
     let mut cmd = Command::new(metamesh_bin());
     cmd.args(["control", "--xds-address", "127.0.0.1:0", "--config-dir"])
         .arg(&dir.0)
@@ -102,6 +96,71 @@ fn a_proxy_follows_the_control_plane_and_a_metarouter_edit() {
         .unwrap_or_else(|e| control.fail(&format!("ready line {line:?} is not JSON: {e}")));
     let xds = ready["xds"].as_str().unwrap_or_default().to_owned();
     assert!(!xds.is_empty(), "{line}");
+    (control, xds)
+}
+
+#[test]
+fn a_third_party_xds_client_fetches_and_acks_clusters_and_endpoints() {
+    let providers = Provider::start_all(&["user", "batchjob"], &[]);
+    let (user, batch) = (&providers[0], &providers[1]);
+    let port = free_ports(1)[0];
+    let dir = TempDir::new("mesh-py");
+    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
+    let (_control, xds) = start_control(&dir);
+    let out = Command::new(python())
+        .arg(peer("xds_client.py"))
+        .args([
+            "--server",
+            &xds,
+            "--node-id",
+            "py-1",
+            "--region",
+            "bj",
+            "--zone",
+            "800002",
+        ])
+        .output()
+        .expect("run the python xDS client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let v: Json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("summary {stdout:?} is not JSON: {e}\n{stderr}"));
+    assert_eq!(v["errors"], serde_json::json!([]), "{v:#}");
+    let names: Vec<&str> = v["clusters"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    for want in [
+        format!("outbound|{port}||demo.mesh.svc"),
+        format!("outbound|{port}|user|demo.mesh.svc"),
+        format!("outbound|{port}|batchjob|demo.mesh.svc"),
+    ] {
+        assert!(names.contains(&want.as_str()), "{want} missing: {v:#}");
+    }
+    assert_eq!(
+        v["endpoints"][format!("outbound|{port}|batchjob|demo.mesh.svc")],
+        serde_json::json!([batch.addr()]),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["quiet_after_ack"], true,
+        "nothing re-sent after the ACKs: {v:#}"
+    );
+    assert_eq!(v["unknown_type"], "ignored", "{v:#}");
+    assert_eq!(v["no_node"], "INVALID_ARGUMENT", "{v:#}");
+    assert_eq!(v["served_after"], true, "{v:#}");
+}
+
+#[test]
+fn a_proxy_follows_the_control_plane_and_a_metarouter_edit() {
+    let providers = Provider::start_all(&["user", "batchjob"], &[]);
+    let (user, batch) = (&providers[0], &providers[1]);
+    let port = free_ports(1)[0];
+    let dir = TempDir::new("mesh");
+    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
+    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
+    let (control, xds) = start_control(&dir);
 
     let proxy = Proxy::start(
         &format!(
