@@ -1,4 +1,5 @@
-//! `metamesh demo`, the README's run command: it must start, route, and stop by itself.
+//! `metamesh demo`, the README's run command: it must start its control plane, proxy and
+//! providers, route, follow a live MetaRouter edit, and stop by itself.
 
 use std::process::Command;
 
@@ -29,5 +30,14 @@ fn demo_routes_batchjob_traffic_and_exits_cleanly() {
     assert!(batch_tagged > 0 && user_plain > 0, "{last}");
     assert_eq!((batch_plain, user_tagged), (0, 0), "{last}");
     assert!(last.contains("misrouted 0"), "{last}");
+    // Halfway through, the demo edits its MetaRouter file; the embedded control plane
+    // pushes the change and batch calls arrive with the new x-tier.
+    assert!(last.contains("MetaRouter edited at"), "{last}");
+    let live: u64 = last
+        .lines()
+        .filter(|l| l.starts_with("batchjob-"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    assert!(live > 0, "no batch call carried the edited x-tier: {last}");
     assert!(last.contains("errors 0"), "{last}");
 }
