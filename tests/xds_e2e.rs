@@ -216,3 +216,66 @@ xds: {{ address: "http://{xds}" }}
     assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(control);
 }
+
+/// Killing the control plane leaves the proxy serving on its last configuration; a
+/// control plane started again on the same address is found by the proxy, which resyncs
+/// and follows the next MetaRouter edit.
+#[test]
+fn the_proxy_rides_out_a_control_plane_restart() {
+    let providers = Provider::start_all(&["user", "batchjob"], &[]);
+    let (user, batch) = (&providers[0], &providers[1]);
+    let ports = free_ports(2);
+    let (port, xds_port) = (ports[0], ports[1]);
+    let dir = TempDir::new("mesh-restart");
+    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
+    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
+    let control_on = |dir: &TempDir| {
+        let mut cmd = Command::new(metamesh_bin());
+        cmd.args([
+            "control",
+            "--xds-address",
+            &format!("127.0.0.1:{xds_port}"),
+            "--config-dir",
+        ])
+        .arg(&dir.0)
+        .env("RUST_LOG", "info");
+        let mut control = Spawned::start("metamesh control", cmd);
+        let line = control.next_line(Duration::from_secs(30));
+        assert!(line.contains("\"ready\""), "{line}");
+        control
+    };
+    let mut control = control_on(&dir);
+    let proxy = Proxy::start(
+        &format!(
+            "node: {{ id: consumer-2, cluster: demo }}\nadmin: {{ address: 127.0.0.1:0 }}\nxds: {{ address: \"http://127.0.0.1:{xds_port}\" }}\n"
+        ),
+        &[],
+    );
+    let target = proxy.listener(&format!("outbound_{port}")).to_string();
+    assert_eq!(batch_groups(&target), ["batchjob"]);
+
+    // The control plane dies: traffic carries on unchanged.
+    control.kill();
+    let summary = run_consumer(&[
+        "--target",
+        &target,
+        "--count",
+        "60",
+        "--connections",
+        "2",
+        "--batchjob-every",
+        "3",
+    ]);
+    assert_all_ok(&summary, 60, "without a control plane");
+    assert_eq!(batch_groups(&target), ["batchjob"]);
+
+    // A new one on the same address, with an edited MetaRouter: the proxy reconnects,
+    // resyncs and follows it.
+    std::fs::write(dir.0.join("router.yaml"), meta_router("user")).expect("write");
+    let _control = control_on(&dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while batch_groups(&target) != ["user"] {
+        assert!(Instant::now() < deadline, "the proxy never resynced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
