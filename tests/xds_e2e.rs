@@ -279,3 +279,68 @@ fn the_proxy_rides_out_a_control_plane_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// 50 configuration pushes while consumers keep calling: every call succeeds.
+#[test]
+fn fifty_pushes_under_load_fail_no_request() {
+    let providers = Provider::start_all(&["user", "batchjob"], &[]);
+    let (user, batch) = (&providers[0], &providers[1]);
+    let port = free_ports(1)[0];
+    let dir = TempDir::new("mesh-pushes");
+    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
+    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
+    let (_control, xds) = start_control(&dir);
+    let proxy = Proxy::start(
+        &format!(
+            "node: {{ id: consumer-3, cluster: demo }}\nadmin: {{ address: 127.0.0.1:0 }}\nxds: {{ address: \"http://{xds}\" }}\n"
+        ),
+        &[],
+    );
+    let target = proxy.listener(&format!("outbound_{port}")).to_string();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, target) = (stop.clone(), target.clone());
+        std::thread::spawn(move || {
+            let mut runs = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                runs.push(run_consumer(&[
+                    "--target",
+                    &target,
+                    "--count",
+                    "200",
+                    "--connections",
+                    "4",
+                    "--batchjob-every",
+                    "3",
+                ]));
+            }
+            runs
+        })
+    };
+    for i in 1..=50 {
+        let tier = format!("batch-{i}");
+        let text = meta_router("batchjob").replace("value: batch }", &format!("value: {tier} }}"));
+        assert!(text.contains(&tier), "{text}");
+        std::fs::write(dir.0.join("router.yaml"), &text).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !proxy
+            .scrape("/config_dump")
+            .contains(&format!("\"{tier}\""))
+        {
+            assert!(Instant::now() < deadline, "push {i} never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = load.join().expect("load thread");
+    let calls: u64 = runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0)).sum();
+    for r in &runs {
+        assert_all_ok(r, 200, "a run during the pushes");
+    }
+    eprintln!(
+        "50 pushes applied during {} consumer runs, {calls} calls",
+        runs.len()
+    );
+    assert!(runs.len() >= 2, "the load ran across the pushes");
+}
