@@ -796,20 +796,16 @@ fn install_with(lua: &Lua, limits: Limits) -> mlua::Result<()> {
             .set_name("=string")
             .eval()?,
     };
-    let find = {
+    // `string.find` (positions, then captures) or `string.match` (captures only).
+    let search = |positions: bool| {
         let limits = limits.clone();
         lua.create_function(move |lua, args: MultiValue| {
-            let result = limits.run(|budget| find_or_match(lua, &args, budget, true));
+            let result = limits.run(|budget| find_or_match(lua, &args, budget, positions));
             finish(lua, result)
-        })?
+        })
     };
-    let match_ = {
-        let limits = limits.clone();
-        lua.create_function(move |lua, args: MultiValue| {
-            let result = limits.run(|budget| find_or_match(lua, &args, budget, false));
-            finish(lua, result)
-        })?
-    };
+    let find = search(true)?;
+    let match_ = search(false)?;
     let gmatch = {
         let limits = limits.clone();
         lua.create_function(move |lua, args: MultiValue| finish(lua, gmatch(lua, &args, &limits)))?
