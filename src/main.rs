@@ -194,6 +194,7 @@ async fn follow_xds(
     let mut client_config =
         metamesh_control::ads::AdsClientConfig::new(xds.address.clone(), base.node.clone());
     client_config.admin = base.admin.clone();
+    client_config.stats = Some(proxy.store().stats().clone());
     let target = proxy.clone();
     let client = metamesh_control::ads::AdsClient::start(client_config, move |dynamic| {
         let target = target.clone();

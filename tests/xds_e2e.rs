@@ -280,6 +280,50 @@ fn the_proxy_rides_out_a_control_plane_restart() {
     }
 }
 
+/// Consumers calling in a loop on another thread, 200 calls over 4 connections a run.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Json>>,
+}
+
+impl Load {
+    fn start(target: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (stop, target) = (stop.clone(), target.to_owned());
+            std::thread::spawn(move || {
+                let mut runs = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    runs.push(run_consumer(&[
+                        "--target",
+                        &target,
+                        "--count",
+                        "200",
+                        "--connections",
+                        "4",
+                        "--batchjob-every",
+                        "3",
+                    ]));
+                }
+                runs
+            })
+        };
+        Load { stop, thread }
+    }
+
+    /// Stops the load; checks every call of every run succeeded. Returns the runs and
+    /// the number of calls.
+    fn finish(self, what: &str) -> (Vec<Json>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = self.thread.join().expect("load thread");
+        for r in &runs {
+            assert_all_ok(r, 200, what);
+        }
+        let calls = runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0)).sum();
+        (runs, calls)
+    }
+}
+
 /// 50 configuration pushes while consumers keep calling: every call succeeds.
 #[test]
 fn fifty_pushes_under_load_fail_no_request() {
@@ -298,26 +342,7 @@ fn fifty_pushes_under_load_fail_no_request() {
     );
     let target = proxy.listener(&format!("outbound_{port}")).to_string();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, target) = (stop.clone(), target.clone());
-        std::thread::spawn(move || {
-            let mut runs = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                runs.push(run_consumer(&[
-                    "--target",
-                    &target,
-                    "--count",
-                    "200",
-                    "--connections",
-                    "4",
-                    "--batchjob-every",
-                    "3",
-                ]));
-            }
-            runs
-        })
-    };
+    let load = Load::start(&target);
     for i in 1..=50 {
         let tier = format!("batch-{i}");
         let text = meta_router("batchjob").replace("value: batch }", &format!("value: {tier} }}"));
@@ -332,15 +357,147 @@ fn fifty_pushes_under_load_fail_no_request() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let runs = load.join().expect("load thread");
-    let calls: u64 = runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0)).sum();
-    for r in &runs {
-        assert_all_ok(r, 200, "a run during the pushes");
-    }
+    let (runs, calls) = load.finish("a run during the pushes");
     eprintln!(
         "50 pushes applied during {} consumer runs, {calls} calls",
         runs.len()
     );
     assert!(runs.len() >= 2, "the load ran across the pushes");
+}
+
+/// A resource the control plane cannot accept is refused there, with the file and field
+/// named, and the proxies keep their configuration; one the proxy cannot apply (a
+/// listener port already taken on its host) is NACKed with the proxy's reason. Traffic
+/// flows on the last good configuration throughout, and a corrected resource is taken.
+#[test]
+fn invalid_resources_are_refused_or_nacked_while_traffic_flows() {
+    let providers = Provider::start_all(&["user", "batchjob"], &[]);
+    let (user, batch) = (&providers[0], &providers[1]);
+    let ports = free_ports(3);
+    let (port, taken, free) = (ports[0], ports[1], ports[2]);
+    let dir = TempDir::new("mesh-nack");
+    std::fs::write(dir.0.join("service.yaml"), service_entry(port, user, batch)).expect("write");
+    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
+    let (control, xds) = start_control(&dir);
+    let proxy = Proxy::start(
+        &format!(
+            "node: {{ id: consumer-4, cluster: demo }}\nadmin: {{ address: 127.0.0.1:0 }}\nxds: {{ address: \"http://{xds}\" }}\n"
+        ),
+        &[],
+    );
+    let target = proxy.listener(&format!("outbound_{port}")).to_string();
+    let acked = |kind: &str| {
+        proxy.counter(
+            "metamesh_xds_update_total",
+            &[("type", kind), ("result", "ack")],
+        )
+    };
+    let listener_acks = acked("Listener");
+    assert!(listener_acks >= 1, "{}", proxy.scrape("/stats/prometheus"));
+    let load = Load::start(&target);
+
+    // 1. A MetaRouter whose match regex does not compile: refused by the control plane.
+    let broken = meta_router("batchjob")
+        .replace(r#"{ exact: "true" }"#, r#"{ regex: "(true" }"#)
+        .replace("value: batch }", "value: never }");
+    assert!(
+        broken.contains("(true") && broken.contains("never"),
+        "{broken}"
+    );
+    std::fs::write(dir.0.join("router.yaml"), &broken).expect("write");
+    let refusal = common::wait_for(
+        Duration::from_secs(10),
+        "the control plane refuses the MetaRouter",
+        || {
+            let log = control.stderr();
+            log.lines()
+                .find(|l| l.contains("mesh resources refused"))
+                .map(str::to_owned)
+        },
+    );
+    for needle in [
+        "router.yaml",
+        "MetaRouter",
+        "spec.routes[0].match.attributes.batchjob.regex",
+    ] {
+        assert!(refusal.contains(needle), "{needle:?} not in {refusal}");
+    }
+    assert_eq!(
+        batch_groups(&target),
+        ["batchjob"],
+        "the last good routes stay"
+    );
+    assert!(!proxy.scrape("/config_dump").contains("\"never\""));
+
+    // 2. A new service whose port is taken on the proxy's host: the proxy NACKs.
+    let blocker = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("hold a port");
+    std::fs::write(dir.0.join("router.yaml"), meta_router("batchjob")).expect("write");
+    let other = |p: u16| {
+        service_entry(p, user, batch)
+            .replace("name: demo\n", "name: other\n")
+            .replace("demo.mesh.svc", "other.mesh.svc")
+            .replace("metadata: { name: demo,", "metadata: { name: other,")
+    };
+    std::fs::write(dir.0.join("other.yaml"), other(taken)).expect("write");
+    proxy.wait_counter(
+        "metamesh_xds_update_total",
+        &[("type", "Listener"), ("result", "nack")],
+        1,
+    );
+    let nack = common::wait_for(
+        Duration::from_secs(10),
+        "the control plane logs the NACK",
+        || {
+            control
+                .stderr()
+                .lines()
+                .find(|l| l.contains("NACK"))
+                .map(str::to_owned)
+        },
+    );
+    assert!(
+        nack.contains("consumer-4") && nack.contains(&taken.to_string()),
+        "{nack}"
+    );
+    assert_eq!(
+        batch_groups(&target),
+        ["batchjob"],
+        "traffic flows after the NACK"
+    );
+
+    // 3. The service moved to a free port: taken, ACKed, and it routes.
+    std::fs::write(dir.0.join("other.yaml"), other(free)).expect("write");
+    proxy.wait_counter(
+        "metamesh_xds_update_total",
+        &[("type", "Listener"), ("result", "ack")],
+        listener_acks + 1,
+    );
+    // The ACK follows the bind, so the listener is there; with no MetaRouter of its own
+    // the service balances over all its endpoints.
+    let summary = run_consumer(&[
+        "--target",
+        &format!("127.0.0.1:{free}"),
+        "--count",
+        "20",
+        "--connections",
+        "2",
+    ]);
+    assert_all_ok(&summary, 20, "the corrected service");
+    let info = proxy.scrape("/stats/prometheus");
+    assert_eq!(
+        info.lines()
+            .filter(
+                |l| l.starts_with("metamesh_xds_config_info{") && l.contains("type=\"Listener\"")
+            )
+            .count(),
+        1,
+        "one Listener version in force:\n{info}"
+    );
+    drop(blocker);
+    let (runs, calls) = load.finish("a run during the refusals");
+    eprintln!(
+        "refusal, NACK and recovery during {} consumer runs, {calls} calls, 0 failed",
+        runs.len()
+    );
+    assert!(!runs.is_empty());
 }

@@ -180,6 +180,45 @@ async fn a_nack_keeps_the_last_good_configuration_and_the_server_serving() {
     server.stop().await;
 }
 
+/// Removing a service changes clusters, endpoints, routes and listeners. The server sends
+/// clusters first, so for a moment the routes still name removed clusters: the client
+/// waits for the rest of the update instead of refusing it, then applies and ACKs it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_spans_types_is_applied_whole_not_nacked() {
+    let (mesh_tx, mesh_rx) = watch::channel(loaded(1, demo_mesh(|t| t)));
+    let server = serve(mesh_rx, any_port()).await;
+    let (_client, mut applied) = recording_client(server.url(), Arc::new(AtomicBool::new(false)));
+    let first = next(&mut applied, PATIENCE).await;
+    assert_eq!(json(&first), json(&expected(&demo_mesh(|t| t))));
+
+    let smaller = demo_mesh(without_thrift);
+    let want = expected(&smaller);
+    assert!(want.clusters.len() < first.clusters.len());
+    mesh_tx.send_replace(loaded(2, smaller));
+    let second = next(&mut applied, PATIENCE).await;
+    assert_eq!(json(&second), json(&want));
+    let counters = server.server.counters();
+    eventually("every changed type ACKed", || {
+        [
+            ResourceKind::Cluster,
+            ResourceKind::ClusterLoadAssignment,
+            ResourceKind::RouteConfiguration,
+            ResourceKind::Listener,
+        ]
+        .iter()
+        .all(|k| counters.acks(*k) == 2)
+    })
+    .await;
+    for kind in ResourceKind::ALL {
+        assert_eq!(counters.nacks(kind), 0, "{kind} NACKed");
+    }
+    assert!(
+        applied.try_recv().is_err(),
+        "one configuration for the update"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reconnects_to_a_new_server_and_resyncs() {
     let (_mesh_tx, mesh_rx) = watch::channel(loaded(1, demo_mesh(|t| t)));

@@ -343,7 +343,10 @@ impl ConfigStore {
     /// Validates and compiles `bootstrap`, then swaps it in. On error the current
     /// snapshot stays.
     pub fn update(&self, bootstrap: Bootstrap) -> Result<u64, ConfigErrors> {
-        bootstrap.validate(&self.protocols)?;
+        if let Err(e) = bootstrap.validate(&self.protocols) {
+            self.stats.config_update(false, self.load().version);
+            return Err(e);
+        }
         let _serial = self.update_lock.lock().map_err(|_| {
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
@@ -351,8 +354,15 @@ impl ConfigStore {
             }])
         })?;
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = self.compile(bootstrap, version)?;
+        let snapshot = match self.compile(bootstrap, version) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.config_update(false, self.load().version);
+                return Err(e);
+            }
+        };
         self.current.store(Arc::new(snapshot));
+        self.stats.config_update(true, version);
         Ok(version)
     }
 

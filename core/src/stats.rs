@@ -107,6 +107,31 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of per-resource-type xDS results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsResultLabels {
+    /// Resource type (the last part of its type URL, e.g. `Cluster`).
+    pub r#type: String,
+    /// `ack` or `nack`.
+    pub result: String,
+}
+
+/// Labels of the applied-version info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsVersionLabels {
+    /// Resource type.
+    pub r#type: String,
+    /// Version string the server gave the applied resources.
+    pub version: String,
+}
+
+/// Labels of configuration update results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
 /// All metric families of one proxy.
 pub struct Stats {
     registry: Registry,
@@ -133,6 +158,18 @@ pub struct Stats {
     hook_calls_total: Family<HookLabels, Counter>,
     hook_errors_total: Family<HookReasonLabels, Counter>,
     hook_rejected_total: Family<HookLabels, Counter>,
+    config_version: Gauge,
+    config_update_total: Family<ResultLabels, Counter>,
+    xds_connected: Gauge,
+    xds_update_total: Family<XdsResultLabels, Counter>,
+    xds_config_info: Family<XdsVersionLabels, Gauge>,
+    xds_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").finish_non_exhaustive()
+    }
 }
 
 impl Default for Stats {
@@ -150,6 +187,13 @@ impl Stats {
                 let f = Family::default();
                 registry.register($name, $help, f.clone());
                 f
+            }};
+        }
+        macro_rules! metric {
+            ($name:literal, $help:literal) => {{
+                let m = Gauge::default();
+                registry.register($name, $help, m.clone());
+                m
             }};
         }
         Self {
@@ -209,6 +253,27 @@ impl Stats {
                 "Lua hook calls that failed, by reason (error, budget, memory)"
             ),
             hook_rejected_total: family!("hook_rejected", "Requests a Lua hook rejected"),
+            config_version: metric!(
+                "config_version",
+                "Number of the configuration in force (counts applied updates)"
+            ),
+            config_update_total: family!(
+                "config_update",
+                "Configuration updates, by result (success, failure)"
+            ),
+            xds_connected: metric!(
+                "xds_connected",
+                "1 while the ADS stream to the control plane is open"
+            ),
+            xds_update_total: family!(
+                "xds_update",
+                "xDS responses answered, by resource type and result (ack, nack)"
+            ),
+            xds_config_info: family!(
+                "xds_config_info",
+                "The version of each resource type in force (value always 1)"
+            ),
+            xds_versions: Default::default(),
             registry,
         }
     }
@@ -324,6 +389,57 @@ impl Stats {
             dropped: c("dropped"),
             failed: c("failed"),
         }
+    }
+
+    /// Records the outcome of a configuration update; `version` is the number of the
+    /// configuration in force after it.
+    pub fn config_update(&self, ok: bool, version: u64) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_update_total
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// Marks the ADS stream open or closed.
+    pub fn xds_connected(&self, connected: bool) {
+        self.xds_connected.set(i64::from(connected));
+    }
+
+    /// Records an ACK (`accepted`) or a NACK of one resource type. An accepted
+    /// `version` replaces the type's previous one in `xds_config_info`.
+    pub fn xds_update(&self, kind: &str, version: &str, accepted: bool) {
+        let result = if accepted { "ack" } else { "nack" };
+        self.xds_update_total
+            .get_or_create(&XdsResultLabels {
+                r#type: kind.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        if !accepted {
+            return;
+        }
+        // A family cannot be iterated; the version in force per type is kept beside it.
+        let previous = self
+            .xds_versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(kind.to_owned(), version.to_owned());
+        if let Some(old) = previous.filter(|old| old != version) {
+            self.xds_config_info.remove(&XdsVersionLabels {
+                r#type: kind.to_owned(),
+                version: old,
+            });
+        }
+        self.xds_config_info
+            .get_or_create(&XdsVersionLabels {
+                r#type: kind.to_owned(),
+                version: version.to_owned(),
+            })
+            .set(1);
     }
 
     /// The per-route request counter.

@@ -7,13 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc;
 use metamesh_core::config::{Admin, Bootstrap, Node};
+use metamesh_core::stats::Stats;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,6 +57,8 @@ pub struct AdsClientConfig {
     pub initial_backoff: Duration,
     /// Longest wait before reconnecting.
     pub max_backoff: Duration,
+    /// Where to count stream state, ACKs, NACKs and the versions in force.
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl AdsClientConfig {
@@ -66,6 +70,7 @@ impl AdsClientConfig {
             admin: None,
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            stats: None,
         }
     }
 }
@@ -110,6 +115,9 @@ where
     let mut backoff = config.initial_backoff;
     loop {
         let (progressed, why) = session(&config, &apply, &ready).await;
+        if let Some(stats) = &config.stats {
+            stats.xds_connected(false);
+        }
         if progressed {
             backoff = config.initial_backoff;
         }
@@ -146,13 +154,6 @@ impl Resources {
         }
         Some(out)
     }
-}
-
-/// Every cluster has its load assignment.
-fn consistent(r: &XdsResources) -> bool {
-    r.clusters
-        .iter()
-        .all(|c| r.endpoints.iter().any(|e| e.cluster_name == c.name))
 }
 
 /// Runs one stream until it ends; returns whether anything was received, and why it
@@ -199,13 +200,30 @@ where
         Err(status) => return (false, format!("stream refused: {status}")),
     };
     tracing::info!(server = %config.address, node = %config.node.id, "ADS stream open");
+    if let Some(stats) = &config.stats {
+        stats.xds_connected(true);
+    }
     let mut state = Resources::default();
     let mut progressed = false;
+    // A set that does not apply is held for a moment before it is NACKed: the server
+    // sends one type at a time, so a new route can arrive before the cluster it names,
+    // or a cluster's removal before the route that stops using it.
+    let mut held: Option<(tokio::time::Instant, String)> = None;
     loop {
-        let response: DiscoveryResponse = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return (progressed, "stream ended by the server".into()),
-            Err(status) => return (progressed, format!("stream failed: {status}")),
+        let response = tokio::select! {
+            r = responses.message() => match r {
+                Ok(Some(r)) => r,
+                Ok(None) => return (progressed, "stream ended by the server".into()),
+                Err(status) => return (progressed, format!("stream failed: {status}")),
+            },
+            _ = hold_expiry(held.as_ref().map(|h| h.0)) => {
+                if let Some((_, error)) = held.take() {
+                    if let Err(why) = answer(config, &node, &tx, &mut state, Err(error)).await {
+                        return (progressed, why);
+                    }
+                }
+                continue;
+            }
         };
         progressed = true;
         let Some(kind) = ResourceKind::from_type_url(&response.type_url) else {
@@ -225,50 +243,97 @@ where
         };
         let outcome = match XdsResources::from_any(current) {
             Err(e) => Err(e.to_string()),
-            Ok(r) if !consistent(&r) => continue,
-            Ok(r) => match xds::decode(&r, &config.node, config.admin.as_ref()) {
-                Err(e) => Err(e.to_string()),
-                Ok(b) => apply(b).await,
+            Ok(r) => match missing_endpoints(&r) {
+                Some(cluster) => Err(format!("cluster {cluster:?} has no ClusterLoadAssignment")),
+                None => match xds::decode(&r, &config.node, config.admin.as_ref()) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(b) => apply(b).await,
+                },
             },
         };
-        let pending = std::mem::take(&mut state.pending);
-        for (kind, received) in pending {
-            let request = match &outcome {
-                Ok(()) => {
-                    tracing::debug!(%kind, version = %received.version, "configuration applied (ACK)");
-                    DiscoveryRequest {
-                        version_info: received.version.clone(),
-                        ..reply(&node, kind, &received.nonce)
-                    }
+        match outcome {
+            Ok(()) => {
+                held = None;
+                if let Err(why) = answer(config, &node, &tx, &mut state, Ok(())).await {
+                    return (progressed, why);
                 }
-                Err(e) => {
-                    tracing::warn!(%kind, version = %received.version, error = %e, "configuration refused (NACK); keeping the last good one");
-                    DiscoveryRequest {
-                        version_info: state
-                            .good
-                            .get(&kind)
-                            .map(|g| g.version.clone())
-                            .unwrap_or_default(),
-                        error_detail: Some(rpc::Status {
-                            code: INVALID_ARGUMENT,
-                            message: e.clone(),
-                            details: Vec::new(),
-                        }),
-                        ..reply(&node, kind, &received.nonce)
-                    }
-                }
-            };
-            if outcome.is_ok() {
-                state.good.insert(kind, received);
+                ready.send_replace(true);
             }
-            if tx.send(request).await.is_err() {
-                return (progressed, "request channel closed".into());
+            Err(e) => {
+                tracing::debug!(%kind, error = %e, "configuration does not apply yet; waiting for the rest of the update");
+                let since =
+                    held.map_or_else(|| tokio::time::Instant::now() + HOLD_INVALID, |h| h.0);
+                held = Some((since, e));
             }
-        }
-        if outcome.is_ok() {
-            ready.send_replace(true);
         }
     }
+}
+
+/// How long a set that does not apply waits for more responses before it is NACKed.
+const HOLD_INVALID: Duration = Duration::from_secs(1);
+
+/// Resolves at `at`, or never.
+async fn hold_expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A cluster without its load assignment, if any.
+fn missing_endpoints(r: &XdsResources) -> Option<&str> {
+    r.clusters
+        .iter()
+        .find(|c| !r.endpoints.iter().any(|e| e.cluster_name == c.name))
+        .map(|c| c.name.as_str())
+}
+
+/// ACKs (on `Ok`) or NACKs every unanswered response; an ACKed one becomes the type's
+/// last good set, a NACKed one is dropped. Returns why the stream broke, if it did.
+async fn answer(
+    config: &AdsClientConfig,
+    node: &envoy_types::pb::envoy::config::core::v3::Node,
+    tx: &mpsc::Sender<DiscoveryRequest>,
+    state: &mut Resources,
+    outcome: Result<(), String>,
+) -> Result<(), String> {
+    for (kind, received) in std::mem::take(&mut state.pending) {
+        let request = match &outcome {
+            Ok(()) => {
+                tracing::debug!(%kind, version = %received.version, "configuration applied (ACK)");
+                DiscoveryRequest {
+                    version_info: received.version.clone(),
+                    ..reply(node, kind, &received.nonce)
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%kind, version = %received.version, error = %e, "configuration refused (NACK); keeping the last good one");
+                DiscoveryRequest {
+                    version_info: state
+                        .good
+                        .get(&kind)
+                        .map(|g| g.version.clone())
+                        .unwrap_or_default(),
+                    error_detail: Some(rpc::Status {
+                        code: INVALID_ARGUMENT,
+                        message: e.clone(),
+                        details: Vec::new(),
+                    }),
+                    ..reply(node, kind, &received.nonce)
+                }
+            }
+        };
+        if let Some(stats) = &config.stats {
+            stats.xds_update(kind.as_str(), &received.version, outcome.is_ok());
+        }
+        if outcome.is_ok() {
+            state.good.insert(kind, received);
+        }
+        if tx.send(request).await.is_err() {
+            return Err("request channel closed".into());
+        }
+    }
+    Ok(())
 }
 
 fn reply(

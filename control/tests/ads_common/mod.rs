@@ -127,8 +127,9 @@ pub async fn serve(mesh: watch::Receiver<Option<Arc<Loaded>>>, addr: SocketAddr)
     }
 }
 
-/// A client whose `apply` sends each bootstrap to the returned channel; while `refuse`
-/// is set, the next `apply` fails once (and clears it).
+/// A client whose `apply` checks each bootstrap as the proxy does and sends the valid
+/// ones to the returned channel; while `refuse` is set, the next `apply` fails once (and
+/// clears it).
 pub fn recording_client(
     url: String,
     refuse: Arc<AtomicBool>,
@@ -144,6 +145,8 @@ pub fn recording_client(
             if refuse.swap(false, Ordering::SeqCst) {
                 return Err("refused by the test: listener port in use".to_string());
             }
+            b.validate(&metamesh_protocols::builtin())
+                .map_err(|e| e.to_string())?;
             let _ = tx.send(b);
             Ok(())
         }
