@@ -54,13 +54,40 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// The handle that swaps the log filter at runtime (the admin endpoint's `/logging`).
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
 fn init_tracing(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    let _ = LOG_FILTER.set(handle);
+}
+
+/// `/logging` through the reloadable filter.
+struct LogFilter(FilterHandle);
+
+impl metamesh_core::LogControl for LogFilter {
+    fn current(&self) -> String {
+        self.0
+            .with_current(|f| f.to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"))
+    }
+
+    fn set(&self, directive: &str) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(directive)
+            .map_err(|e| format!("invalid filter {directive:?}: {e}"))?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
 }
 
 /// Reads and validates a bootstrap file; errors name the file and the field.
@@ -224,6 +251,9 @@ async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()>
     let signal = shutdown_signal()?;
     let dynamic = bootstrap.xds.is_some();
     let mut builder = ProxyBuilder::new().protocols(&metamesh_protocols::builtin());
+    if let Some(handle) = LOG_FILTER.get() {
+        builder = builder.log_control(Arc::new(LogFilter(handle.clone())));
+    }
     if dynamic {
         builder = builder.hold_ready();
     }

@@ -162,6 +162,9 @@ clusters:
         "every batchjob request carries x-tier=batch: {summary:#}"
     );
     assert_eq!(batch_added.len(), 1, "only x-tier is added: {summary:#}");
+    // Besides: every request got an x-request-id of its own.
+    assert_eq!(summary["request_ids"], 1000, "{summary:#}");
+    assert_eq!(summary["distinct_request_ids"], 1000, "{summary:#}");
     let user_added = groups["user"]["added_attachments"]
         .as_object()
         .expect("user added_attachments");

@@ -325,6 +325,9 @@ fn passthrough(mode: Mode) {
         if mode.is_header() {
             assert_eq!(num(s, &["server_headers", "x-tenant=acme"]), 150, "{s:#}");
             assert!(keys(s, "added_headers").is_empty(), "{s:#}");
+            // Each request got a request id of its own on the way.
+            assert_eq!(num(s, &["request_ids"]), 150, "{s:#}");
+            assert_eq!(num(s, &["distinct_request_ids"]), 150, "{s:#}");
             assert_eq!(
                 num(s, &["response_headers", "x-served-by-group=echo"]),
                 150,

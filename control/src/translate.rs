@@ -108,6 +108,7 @@ fn translate_valid(mesh: &MeshResources, node: &Node) -> Result<Bootstrap, Vec<R
         routes,
         clusters,
         hooks,
+        ..Bootstrap::default()
     })
 }
 

@@ -71,6 +71,7 @@ fn node_and_admin_come_from_the_proxy() {
     node.id = "other".into();
     let admin = Admin {
         address: "127.0.0.1:15001".into(),
+        ..Admin::default()
     };
     let back = xds::decode(&resources, &node, Some(&admin)).expect("decode");
     assert_eq!(back.node.id, "other");

@@ -1,4 +1,5 @@
-//! The admin endpoint: `/ready`, `/stats/prometheus`, `/config_dump` and `/clusters`.
+//! The admin endpoint: `/ready`, `/stats/prometheus`, `/config_dump`, `/clusters` and
+//! `/logging`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::ConfigStore;
 
+/// Reads and replaces the process's log filter, for `/logging`.
+pub trait LogControl: Send + Sync {
+    /// The filter in force, as a directive (`info`, `metamesh_core=debug,info`, ...).
+    fn current(&self) -> String;
+    /// Replaces the filter with `directive`; the error says why it was refused.
+    fn set(&self, directive: &str) -> Result<(), String>;
+}
+
+/// Levels `/logging?level=` takes.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 /// State the admin endpoint reports on.
 pub(crate) struct AdminState {
     pub(crate) store: Arc<ConfigStore>,
+    pub(crate) log: Option<Arc<dyn LogControl>>,
     pub(crate) ready: AtomicBool,
 }
 
@@ -59,6 +72,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     match req.uri().path() {
+        "/logging" => logging(state, &req),
         "/ready" => {
             if state.ready.load(Ordering::Acquire) {
                 reply(StatusCode::OK, TEXT, "LIVE\n")
@@ -148,7 +162,102 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /ready, /stats/prometheus, /config_dump, /clusters\n",
+            "not found; try /ready, /stats/prometheus, /config_dump, /clusters, /logging\n",
         ),
+    }
+}
+
+/// `GET /logging` shows the filter; `POST /logging?level=debug` sets every target to a
+/// level, `POST /logging?filter=metamesh_core=debug,info` sets a whole directive.
+fn logging(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let Some(log) = &state.log else {
+        return reply(
+            StatusCode::NOT_IMPLEMENTED,
+            TEXT,
+            "this process does not let its log filter be changed\n",
+        );
+    };
+    let query = req.uri().query().unwrap_or("");
+    let mut wanted = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "level" if LEVELS.contains(&v.as_str()) => wanted = Some(v),
+            "level" => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    format!("unknown level {v:?}; use one of {}\n", LEVELS.join(", ")),
+                )
+            }
+            "filter" => wanted = Some(v),
+            other => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    format!("unknown parameter {other:?}; use level= or filter=\n"),
+                )
+            }
+        }
+    }
+    let Some(directive) = wanted else {
+        return reply(StatusCode::OK, TEXT, format!("{}\n", log.current()));
+    };
+    if req.method() != hyper::Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "changing the log filter takes a POST\n",
+        );
+    }
+    match log.set(&directive) {
+        Ok(()) => {
+            tracing::info!(filter = %directive, "log filter changed through the admin endpoint");
+            reply(StatusCode::OK, TEXT, format!("{}\n", log.current()))
+        }
+        Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+    }
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && v.is_char_boundary(i + 3) => {
+                match u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            percent_decode("metamesh_core%3Ddebug%2Cinfo"),
+            "metamesh_core=debug,info"
+        );
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%4"), "%4");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use crate::message::{LocalReply, Message};
+use crate::message::{LocalReply, Message, Operation, ResponseClass};
 
 /// [`DecodeError::reason`] of a connection that closed inside a frame; the engine treats
 /// it as a broken connection rather than a protocol error.
@@ -294,6 +294,28 @@ pub trait Protocol: Send + Sync + 'static {
     /// example whether a Dubbo client understands response attachments).
     fn finish_response(&self, request: &Message, response: &mut Message) {
         let _ = (request, response);
+    }
+
+    /// The class of `response` for metrics and access logs. The default tells success
+    /// from error by the response's kind; protocols with HTTP-style status codes report
+    /// their hundreds.
+    fn response_class(&self, response: &Message) -> ResponseClass {
+        ResponseClass::of_kind(response.kind)
+    }
+
+    /// What `request` asks for, for access logs. The default reads the metadata keys
+    /// the built-in codecs use: `service`, `interface` or `:authority` for the service,
+    /// `method` or `:method` for the method, and `:path`.
+    fn operation<'m>(&self, request: &'m Message) -> Operation<'m> {
+        let md = &request.metadata;
+        Operation {
+            service: md
+                .get("service")
+                .or_else(|| md.get("interface"))
+                .or_else(|| md.get(":authority")),
+            method: md.get("method").or_else(|| md.get(":method")),
+            path: md.get(":path"),
+        }
     }
 }
 

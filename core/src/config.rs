@@ -36,6 +36,12 @@ pub struct Bootstrap {
     /// Lua hooks, referenced by listeners.
     #[serde(default)]
     pub hooks: Vec<Hook>,
+    /// The access log, for every listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+    /// Request ids and trace context, for every listener.
+    #[serde(default, skip_serializing_if = "Tracing::is_default")]
+    pub tracing: Tracing,
 }
 
 /// Identity and placement of this proxy.
@@ -72,11 +78,78 @@ pub struct Locality {
 }
 
 /// The admin endpoint.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Address to bind, loopback unless said otherwise.
+    /// Address to bind. Must be a loopback address unless `allow_remote` is set: the
+    /// endpoint changes log levels and shows the whole configuration.
     pub address: String,
+    /// Allow a non-loopback `address`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remote: bool,
+}
+
+/// The access log: one line per request, written by a thread of its own.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// File to append to; `/dev/stdout` and `/dev/stderr` name the process's streams.
+    pub path: String,
+    /// `json` (one object per line, the default) or `text`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// The line for `format: text`, with `%OPERATOR%` fields (see docs/observability.md);
+    /// the default resembles Envoy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<String>,
+    /// Request metadata keys whose values are logged (`metadata` object in JSON,
+    /// `%REQ(key)%` in text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<String>,
+}
+
+/// How access log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// A line built from `text_format`.
+    Text,
+}
+
+/// Request ids and trace context.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Give a request without an `x-request-id` one (a random UUID), carried upstream
+    /// in its metadata.
+    #[serde(default = "yes")]
+    pub request_id: bool,
+    /// Give a request that carries a W3C `traceparent` a new span id (the proxy's span,
+    /// a child of the caller's), keeping its trace id and flags.
+    #[serde(default = "yes")]
+    pub traceparent: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            request_id: true,
+            traceparent: true,
+        }
+    }
+}
+
+impl Tracing {
+    fn is_default(&self) -> bool {
+        *self == Tracing::default()
+    }
 }
 
 /// The xDS server.
@@ -724,11 +797,36 @@ impl Validator {
         let cluster_names: HashSet<&str> = b.clusters.iter().map(|c| c.name.as_str()).collect();
 
         if let Some(admin) = &b.admin {
-            if admin.address.parse::<SocketAddr>().is_err() {
-                self.err(
+            match admin.address.parse::<SocketAddr>() {
+                Err(_) => self.err(
                     "admin.address",
                     format!("{:?} is not an ip:port address", admin.address),
-                );
+                ),
+                Ok(a) if !a.ip().is_loopback() && !admin.allow_remote => self.err(
+                    "admin.address",
+                    format!(
+                        "{a} is not a loopback address; the admin endpoint changes log levels and shows the configuration, so set allow_remote: true to expose it"
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(log) = &b.access_log {
+            if log.path.trim().is_empty() {
+                self.err("access_log.path", "must not be empty");
+            }
+            if let Some(f) = &log.text_format {
+                if log.format != AccessLogFormat::Text {
+                    self.err("access_log.text_format", "only used with format: text");
+                }
+                if let Err(e) = crate::observe::LineFormat::parse(f) {
+                    self.err("access_log.text_format", e);
+                }
+            }
+            for (i, k) in log.metadata.iter().enumerate() {
+                if k.is_empty() {
+                    self.err(format!("access_log.metadata[{i}]"), "must not be empty");
+                }
             }
         }
         if let Some(x) = &b.xds {

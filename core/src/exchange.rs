@@ -4,6 +4,7 @@
 //! upload or download never sits in memory; an upgrade turns both connections into a
 //! byte tunnel.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,11 +21,14 @@ use tokio::time::Instant;
 use crate::config::RetryOn;
 use crate::health::{Outcome, Resource};
 use crate::listener::{
-    response_hooks, retry_condition, route_request, ListenerContext, Retries, Routed,
+    observe_and_route, response_hooks, retry_condition, ListenerContext, Retries, Routed,
     DEFAULT_ROUTE_TIMEOUT,
 };
 use crate::lua::HookProgram;
-use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind, StreamState};
+use crate::message::{
+    LocalReply, LocalReplyKind, Message, MessageKind, ResponseClass, StreamState,
+};
+use crate::observe::Observed;
 use crate::router::Mutation;
 use crate::upstream::{EndpointPool, ExclusiveConnection, UpstreamError};
 
@@ -115,6 +119,7 @@ enum SendError {
 /// Serves one downstream connection of a protocol that does not multiplex.
 pub(crate) async fn serve(
     stream: TcpStream,
+    peer: Option<std::net::SocketAddr>,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
 ) {
@@ -147,7 +152,7 @@ pub(crate) async fn serve(
         };
         let flow = match msg.kind {
             MessageKind::Request | MessageKind::OnewayRequest => {
-                exchange(&ctx, &mut down, msg).await
+                exchange(&ctx, &mut down, msg, peer).await
             }
             MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg)
             {
@@ -210,13 +215,15 @@ impl Downstream {
         &mut self,
         ctx: &ListenerContext,
         req: &Message,
-        kind: LocalReplyKind,
-        text: &str,
+        (kind, text): (LocalReplyKind, &str),
+        obs: &mut Observed<'_>,
     ) -> Flow {
         ctx.stats.local_reply(kind);
         tracing::debug!(listener = %ctx.name, reason = kind.as_str(), message = text, "local reply");
         let mut flow = Flow::Continue;
-        if req.kind != MessageKind::OnewayRequest {
+        if req.kind == MessageKind::OnewayRequest {
+            obs.unanswered(kind);
+        } else {
             let reply = ctx.protocol.local_reply(
                 req,
                 LocalReply {
@@ -224,6 +231,7 @@ impl Downstream {
                     message: text,
                 },
             );
+            obs.answer(&*ctx.protocol, &reply, Some(kind));
             flow = self.reply(&reply).await;
         }
         if flow == Flow::Continue && req.stream == StreamState::More {
@@ -281,6 +289,11 @@ enum ResponseError {
 struct ResponseDone {
     upgrade: bool,
     error: bool,
+    /// Class and status of the response head.
+    class: ResponseClass,
+    status: Option<u32>,
+    /// Bytes of the head as received.
+    head_bytes: u64,
 }
 
 /// A route and the listener's hooks, for what happens to a response.
@@ -290,18 +303,25 @@ type RoutedHooks<'a> = (&'a crate::router::Route, &'a [Arc<HookProgram>]);
 type AttemptFailure = (Option<RetryOn>, LocalReplyKind, String);
 
 /// One request from head to the end of its response, with retries.
-async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message) -> Flow {
+async fn exchange(
+    ctx: &ListenerContext,
+    down: &mut Downstream,
+    mut req: Message,
+    peer: Option<std::net::SocketAddr>,
+) -> Flow {
     ctx.stats.rq_total.inc();
     let snapshot = ctx.store.load();
+    let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
     let Routed {
         route,
         cluster,
         hash,
         listener_hooks,
-    } = match route_request(ctx, &snapshot, &mut req) {
+    } = match routed {
         Ok(r) => r,
-        Err((kind, text)) => return down.local_reply(ctx, &req, kind, &text).await,
+        Err((kind, text)) => return down.local_reply(ctx, &req, (kind, &text), &mut obs).await,
     };
+    obs.route(route);
     let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
         let text = format!(
             "{} ({})",
@@ -309,9 +329,51 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
             cluster.name
         );
         return down
-            .local_reply(ctx, &req, LocalReplyKind::Overloaded, &text)
+            .local_reply(ctx, &req, (LocalReplyKind::Overloaded, &text), &mut obs)
             .await;
     };
+    // Body bytes pumped each way, over every attempt.
+    let body_in = AtomicU64::new(0);
+    let body_out = AtomicU64::new(0);
+    let flow = attempts(
+        ctx,
+        down,
+        &req,
+        (route, cluster, hash, listener_hooks),
+        (&mut obs, &body_in, &body_out),
+    )
+    .await;
+    let (sent_up, sent_down) = (
+        body_in.load(Ordering::Relaxed),
+        body_out.load(Ordering::Relaxed),
+    );
+    obs.rx_bytes += sent_up;
+    obs.tx_bytes += sent_down;
+    cluster.stats.tx_bytes.inc_by(sent_up);
+    cluster.stats.rx_bytes.inc_by(sent_down);
+    flow
+}
+
+/// The route's cluster, the request's hash and the listener's hooks.
+type Target<'s> = (
+    &'s crate::router::Route,
+    &'s crate::snapshot::ClusterRuntime,
+    Option<u64>,
+    &'s [Arc<HookProgram>],
+);
+
+/// Body byte counts: request pieces sent upstream, response pieces sent downstream.
+type Counted<'a, 'o> = (&'a mut Observed<'o>, &'a AtomicU64, &'a AtomicU64);
+
+/// Tries the request on the cluster's endpoints as the retry policy allows, and answers
+/// the client with a response or a local reply.
+async fn attempts(
+    ctx: &ListenerContext,
+    down: &mut Downstream,
+    req: &Message,
+    (route, cluster, hash, listener_hooks): Target<'_>,
+    (obs, body_in, body_out): Counted<'_, '_>,
+) -> Flow {
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     let deadline = Instant::now() + total;
     let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
@@ -323,12 +385,13 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
         let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
             let text = format!("no healthy upstream in cluster {}", cluster.name);
             return down
-                .local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text)
+                .local_reply(ctx, req, (LocalReplyKind::NoHealthyUpstream, &text), obs)
                 .await;
         };
         exclude = Some(index);
         let pool: &EndpointPool = &endpoint.pool;
-        let _active = pool.begin_request();
+        obs.attempt(&cluster.name, pool.address());
+        let active = pool.begin_request();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let this_try = per_try.map_or(remaining, |t| t.min(remaining));
         // An error response is held back for a retry only when one could follow.
@@ -348,19 +411,19 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
             };
             if !continued {
                 continued = true;
-                if let Some(cont) = ctx.protocol.continue_reply(&req) {
+                if let Some(cont) = ctx.protocol.continue_reply(req) {
                     if down.reply(&cont).await == Flow::Close {
                         return Flow::Close;
                     }
                 }
             }
-            match send(&mut up.wr, &up.codec, &req).await {
+            match send(&mut up.wr, &up.codec, req).await {
                 Ok(()) => {}
                 Err(SendError::Encode(e)) => {
                     pool.stats().rq_error("encode");
                     let text = format!("{} ({})", UpstreamError::Encode(e), cluster.name);
                     return down
-                        .local_reply(ctx, &req, LocalReplyKind::Internal, &text)
+                        .local_reply(ctx, req, (LocalReplyKind::Internal, &text), obs)
                         .await;
                 }
                 Err(SendError::Io) if up.reused && stale == 1 => continue,
@@ -371,8 +434,16 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                 }
             }
             let routed = (route, listener_hooks);
-            let (resp, body) =
-                forward(ctx, down, &mut up, &req, routed, this_try, hold_error).await;
+            let (resp, body) = forward(
+                ctx,
+                down,
+                &mut up,
+                req,
+                routed,
+                (this_try, hold_error),
+                (body_in, body_out),
+            )
+            .await;
             let again = up.reused
                 && stale == 1
                 && req.stream == StreamState::End
@@ -403,12 +474,14 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                         continue;
                     }
                 }
-                return down.local_reply(ctx, &req, kind, &text).await;
+                return down.local_reply(ctx, req, (kind, &text), obs).await;
             }
         };
 
         match resp {
             Ok(done) => {
+                active.responded(done.class, req.frame.len(), done.head_bytes);
+                obs.answered(done.class, done.status, done.head_bytes, None);
                 cluster.report(
                     index,
                     if done.error {
@@ -434,7 +507,13 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                     continue;
                 }
                 let routed = (route, listener_hooks);
-                return match deliver(ctx, down, &mut up, &req, routed, *head).await {
+                let class = ctx.protocol.response_class(&head);
+                active.responded(class, req.frame.len(), head.frame.len() as u64);
+                let delivered = deliver(ctx, down, &mut up, req, routed, *head, body_out).await;
+                if let Ok(done) = &delivered {
+                    obs.answered(done.class, done.status, done.head_bytes, None);
+                }
+                return match delivered {
                     Ok(done) if done.upgrade => {
                         tunnel(down, &mut up).await;
                         Flow::Close
@@ -452,7 +531,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                 // The upstream answered; a response hook failed on the answer.
                 cluster.report(index, Outcome::Success);
                 let flow = down
-                    .local_reply(ctx, &req, LocalReplyKind::HookError, &text)
+                    .local_reply(ctx, req, (LocalReplyKind::HookError, &text), obs)
                     .await;
                 return if body.is_ok() || req.stream == StreamState::End {
                     flow
@@ -475,7 +554,7 @@ async fn exchange(ctx: &ListenerContext, down: &mut Downstream, mut req: Message
                     continue;
                 }
                 let text = format!("{text} ({})", cluster.name);
-                let flow = down.local_reply(ctx, &req, kind, &text).await;
+                let flow = down.local_reply(ctx, req, (kind, &text), obs).await;
                 // The body may have been cut off halfway: the connection is out of step.
                 return if body.is_ok() || req.stream == StreamState::End {
                     flow
@@ -540,8 +619,8 @@ async fn forward(
     up: &mut ExclusiveConnection,
     req: &Message,
     route: RoutedHooks<'_>,
-    deadline: Duration,
-    hold_error: bool,
+    (deadline, hold_error): (Duration, bool),
+    (body_in, body_out): (&AtomicU64, &AtomicU64),
 ) -> (Result<ResponseDone, ResponseError>, Result<(), BodyError>) {
     let Downstream {
         rd: down_rd,
@@ -562,12 +641,17 @@ async fn forward(
             return up_wr.flush().await.map_err(|_| BodyError::Upstream);
         }
         up_wr.flush().await.map_err(|_| BodyError::Upstream)?;
-        pump_body(ctx, (down_rd, down_buf, down_codec), (up_wr, up_codec))
-            .await
-            .map_err(|e| match e {
-                Pump::Read => BodyError::Downstream,
-                Pump::Write => BodyError::Upstream,
-            })
+        pump_body(
+            ctx,
+            (down_rd, down_buf, down_codec),
+            (up_wr, up_codec),
+            body_in,
+        )
+        .await
+        .map_err(|e| match e {
+            Pump::Read => BodyError::Downstream,
+            Pump::Write => BodyError::Upstream,
+        })
     };
 
     let response = async {
@@ -604,9 +688,9 @@ async fn forward(
             ctx,
             (up_rd, up_buf, up_codec),
             (down_wr, down_codec),
-            req,
-            route,
+            (req, route),
             head,
+            body_out,
         )
         .await
     };
@@ -642,14 +726,15 @@ async fn deliver(
     req: &Message,
     route: RoutedHooks<'_>,
     head: Message,
+    body_out: &AtomicU64,
 ) -> Result<ResponseDone, ResponseError> {
     send_response(
         ctx,
         (&mut up.rd, &mut up.buf, &up.codec),
         (&mut down.out, &down.codec),
-        req,
-        route,
+        (req, route),
         head,
+        body_out,
     )
     .await
 }
@@ -659,9 +744,9 @@ async fn send_response(
     ctx: &ListenerContext,
     (up_rd, up_buf, up_codec): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
     (down_wr, down_codec): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
-    req: &Message,
-    route: RoutedHooks<'_>,
+    (req, route): (&Message, RoutedHooks<'_>),
     mut head: Message,
+    body_out: &AtomicU64,
 ) -> Result<ResponseDone, ResponseError> {
     ctx.protocol.finish_response(req, &mut head);
     Mutation::apply_all(&route.0.response_mutation, &mut head.metadata);
@@ -670,6 +755,14 @@ async fn send_response(
     }
     let stream = head.stream;
     let error = head.kind == MessageKind::Error;
+    let done = |upgrade| ResponseDone {
+        upgrade,
+        error,
+        class: ctx.protocol.response_class(&head),
+        status: head.status,
+        head_bytes: head.frame.len() as u64,
+    };
+    let (finished, upgraded) = (done(false), done(true));
     head.request_id = req.request_id;
     send(down_wr, down_codec, &head)
         .await
@@ -679,27 +772,19 @@ async fn send_response(
         .await
         .map_err(|_| ResponseError::AfterHead)?;
     match stream {
-        StreamState::End => {
-            return Ok(ResponseDone {
-                upgrade: false,
-                error,
-            })
-        }
-        StreamState::Upgrade => {
-            return Ok(ResponseDone {
-                upgrade: true,
-                error,
-            })
-        }
+        StreamState::End => return Ok(finished),
+        StreamState::Upgrade => return Ok(upgraded),
         StreamState::More => {}
     }
-    pump_body(ctx, (up_rd, up_buf, up_codec), (down_wr, down_codec))
-        .await
-        .map_err(|_| ResponseError::AfterHead)?;
-    Ok(ResponseDone {
-        upgrade: false,
-        error,
-    })
+    pump_body(
+        ctx,
+        (up_rd, up_buf, up_codec),
+        (down_wr, down_codec),
+        body_out,
+    )
+    .await
+    .map_err(|_| ResponseError::AfterHead)?;
+    Ok(finished)
 }
 
 /// Which side of a body pump failed.
@@ -714,6 +799,7 @@ async fn pump_body(
     ctx: &ListenerContext,
     (rd, buf, from): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
     (wr, to): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
+    counted: &AtomicU64,
 ) -> Result<(), Pump> {
     loop {
         let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
@@ -727,6 +813,7 @@ async fn pump_body(
         };
         send(wr, to, &piece).await.map_err(|_| Pump::Write)?;
         wr.flush().await.map_err(|_| Pump::Write)?;
+        counted.fetch_add(piece.frame.len() as u64, Ordering::Relaxed);
         if piece.stream == StreamState::End {
             return Ok(());
         }

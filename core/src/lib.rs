@@ -19,6 +19,7 @@ pub mod lua;
 mod lua_pattern;
 pub mod message;
 mod mirror;
+pub mod observe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;
@@ -39,10 +40,14 @@ mod tests;
 #[cfg(test)]
 mod traffic_tests;
 
+pub use admin::LogControl;
 pub use codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, OptionError,
     Protocol, ProtocolOptions, ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE, TRUNCATED_FRAME,
 };
 pub use config::{Bootstrap, ConfigError, ConfigErrors};
-pub use message::{LocalReply, LocalReplyKind, Message, MessageKind, Metadata, StreamState};
+pub use message::{
+    LocalReply, LocalReplyKind, Message, MessageKind, Metadata, Operation, ResponseClass,
+    StreamState,
+};
 pub use proxy::{Proxy, ProxyBuilder, StartError};

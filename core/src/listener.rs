@@ -21,6 +21,7 @@ use crate::health::{Outcome, Resource, ResourceGuard};
 use crate::io::{FrameWriter, FLUSH_AT};
 use crate::lua::{HookProgram, Verdict};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
+use crate::observe::Observed;
 use crate::router::{Mutation, Route};
 use crate::snapshot::{ClusterRuntime, ConfigStore, Snapshot};
 use crate::stats::ListenerStats;
@@ -100,8 +101,9 @@ async fn serve_connection(
     ctx.stats.cx_total.inc();
     ctx.stats.cx_active.inc();
     let _active = ActiveConnection(ctx.stats.clone());
+    let peer = stream.peer_addr().ok();
     if !ctx.protocol.multiplexing() {
-        crate::exchange::serve(stream, ctx, shutdown).await;
+        crate::exchange::serve(stream, peer, ctx, shutdown).await;
         return;
     }
     let (mut rd, wr) = stream.into_split();
@@ -126,7 +128,7 @@ async fn serve_connection(
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(msg)) => {
-                    if !dispatch(&ctx, msg, &tx, &in_flight, &permits).await {
+                    if !dispatch(&ctx, msg, peer, &tx, &in_flight, &permits).await {
                         break 'conn;
                     }
                 }
@@ -181,6 +183,7 @@ async fn serve_connection(
 async fn dispatch(
     ctx: &Arc<ListenerContext>,
     msg: Message,
+    peer: Option<std::net::SocketAddr>,
     tx: &mpsc::Sender<Outgoing>,
     in_flight: &TaskTracker,
     permits: &Arc<Semaphore>,
@@ -195,7 +198,7 @@ async fn dispatch(
             let tx = tx.clone();
             in_flight.spawn(async move {
                 let _permit = permit;
-                if let Some(out) = handle_request(&ctx, msg).await {
+                if let Some(out) = handle_request(&ctx, msg, peer).await {
                     let _ = tx.send(out).await;
                 }
             });
@@ -226,13 +229,20 @@ fn local_reply(
     req: &Message,
     kind: LocalReplyKind,
     message: &str,
+    obs: Option<&mut Observed<'_>>,
 ) -> Option<Outgoing> {
     ctx.stats.local_reply(kind);
     tracing::debug!(listener = %ctx.name, reason = kind.as_str(), message, "local reply");
     if req.kind == MessageKind::OnewayRequest {
+        if let Some(obs) = obs {
+            obs.unanswered(kind);
+        }
         return None;
     }
     let reply = ctx.protocol.local_reply(req, LocalReply { kind, message });
+    if let Some(obs) = obs {
+        obs.answer(&*ctx.protocol, &reply, Some(kind));
+    }
     Some(Outgoing::Message(reply, req.request_id))
 }
 
@@ -301,6 +311,7 @@ pub(crate) fn route_request<'s>(
     snapshot: &'s Arc<Snapshot>,
     req: &mut Message,
 ) -> Result<Routed<'s>, Refusal> {
+    crate::observe::propagate(&snapshot.bootstrap.tracing, req);
     if let Some(bucket) = snapshot.listener_limit(&ctx.name) {
         if !bucket.admit(&req.metadata) {
             return Err((
@@ -370,6 +381,20 @@ pub(crate) fn route_request<'s>(
         hash,
         listener_hooks,
     })
+}
+
+/// Starts observing a request just decoded, and routes it.
+pub(crate) fn observe_and_route<'s>(
+    ctx: &'s ListenerContext,
+    snapshot: &'s Arc<Snapshot>,
+    req: &mut Message,
+    peer: Option<std::net::SocketAddr>,
+) -> (Observed<'s>, Result<Routed<'s>, Refusal>) {
+    let logger = snapshot.access_log.as_ref();
+    let mut obs = Observed::start(&ctx.stats, logger, &ctx.name, peer, req);
+    let routed = route_request(ctx, snapshot, req);
+    obs.request(&*ctx.protocol, req);
+    (obs, routed)
 }
 
 /// A failure an attempt can end with, as retry policies name them.
@@ -444,25 +469,31 @@ impl<'s> Retries<'s> {
 }
 
 /// Routes one request and produces what goes back to the client.
-async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgoing> {
+async fn handle_request(
+    ctx: &ListenerContext,
+    mut req: Message,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Outgoing> {
     let downstream_id = req.request_id;
     let snapshot = ctx.store.load();
+    let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
     let Routed {
         route,
         cluster,
         hash,
         listener_hooks,
-    } = match route_request(ctx, &snapshot, &mut req) {
+    } = match routed {
         Ok(r) => r,
-        Err((kind, text)) => return local_reply(ctx, &req, kind, &text),
+        Err((kind, text)) => return local_reply(ctx, &req, kind, &text, Some(&mut obs)),
     };
+    obs.route(route);
     let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
         let text = format!(
             "{} ({})",
             UpstreamError::Overflow(Resource::Requests),
             cluster.name
         );
-        return local_reply(ctx, &req, LocalReplyKind::Overloaded, &text);
+        return local_reply(ctx, &req, LocalReplyKind::Overloaded, &text, Some(&mut obs));
     };
     let expect_response = req.kind != MessageKind::OnewayRequest;
     let req = Arc::new(req);
@@ -475,9 +506,16 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
         retries.next_attempt();
         let Some((index, endpoint)) = cluster.pick(hash, exclude) else {
             let text = format!("no healthy upstream in cluster {}", cluster.name);
-            return local_reply(ctx, &req, LocalReplyKind::NoHealthyUpstream, &text);
+            return local_reply(
+                ctx,
+                &req,
+                LocalReplyKind::NoHealthyUpstream,
+                &text,
+                Some(&mut obs),
+            );
         };
         exclude = Some(index);
+        obs.attempt(&cluster.name, endpoint.pool.address());
         let remaining = deadline.saturating_duration_since(Instant::now());
         let this_try = per_try.map_or(remaining, |t| t.min(remaining));
         let call = endpoint.pool.call(req.clone(), expect_response);
@@ -499,8 +537,15 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
                 Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
                 let hooks = (route, listener_hooks);
                 if let Err(text) = response_hooks(ctx.protocol.name(), hooks, &mut resp, &req) {
-                    return local_reply(ctx, &req, LocalReplyKind::HookError, &text);
+                    return local_reply(
+                        ctx,
+                        &req,
+                        LocalReplyKind::HookError,
+                        &text,
+                        Some(&mut obs),
+                    );
                 }
+                obs.answer(&*ctx.protocol, &resp, None);
                 return Some(Outgoing::Response(resp, downstream_id, req));
             }
             Ok(Ok(None)) => {
@@ -541,7 +586,7 @@ async fn handle_request(ctx: &ListenerContext, mut req: Message) -> Option<Outgo
                 continue;
             }
         }
-        return local_reply(ctx, &req, kind, &text);
+        return local_reply(ctx, &req, kind, &text, Some(&mut obs));
     }
 }
 
@@ -573,7 +618,7 @@ async fn write_loop(
                         frame = EncodedFrame::new();
                         let text = format!("the response could not be encoded: {e}");
                         if let Some(Outgoing::Message(reply, id)) =
-                            local_reply(&ctx, &req, LocalReplyKind::Internal, &text)
+                            local_reply(&ctx, &req, LocalReplyKind::Internal, &text, None)
                         {
                             if let Err(e) = codec.encode(&reply, id, &mut frame) {
                                 tracing::warn!(error = %e, "cannot encode a local reply; dropped");

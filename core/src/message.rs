@@ -239,6 +239,92 @@ impl LocalReplyKind {
     ];
 }
 
+/// The class of a response, for metrics and access logs. Protocols with numeric status
+/// codes in the HTTP style report their hundreds (`1xx` to `5xx`); others report success
+/// or error from the response's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseClass {
+    /// `1xx`.
+    Status1xx,
+    /// `2xx`.
+    Status2xx,
+    /// `3xx`.
+    Status3xx,
+    /// `4xx`.
+    Status4xx,
+    /// `5xx`.
+    Status5xx,
+    /// A response of a protocol without status classes whose transport status is success.
+    Success,
+    /// A response of a protocol without status classes that reports a failure.
+    Error,
+}
+
+impl ResponseClass {
+    /// Every class, in label order.
+    pub const ALL: [ResponseClass; 7] = [
+        ResponseClass::Status1xx,
+        ResponseClass::Status2xx,
+        ResponseClass::Status3xx,
+        ResponseClass::Status4xx,
+        ResponseClass::Status5xx,
+        ResponseClass::Success,
+        ResponseClass::Error,
+    ];
+
+    /// Stable name used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseClass::Status1xx => "1xx",
+            ResponseClass::Status2xx => "2xx",
+            ResponseClass::Status3xx => "3xx",
+            ResponseClass::Status4xx => "4xx",
+            ResponseClass::Status5xx => "5xx",
+            ResponseClass::Success => "success",
+            ResponseClass::Error => "error",
+        }
+    }
+
+    /// The class of an HTTP-style status code (100–599); `None` outside that range.
+    pub fn of_status_code(code: u32) -> Option<ResponseClass> {
+        Some(match code {
+            100..=199 => ResponseClass::Status1xx,
+            200..=299 => ResponseClass::Status2xx,
+            300..=399 => ResponseClass::Status3xx,
+            400..=499 => ResponseClass::Status4xx,
+            500..=599 => ResponseClass::Status5xx,
+            _ => return None,
+        })
+    }
+
+    /// The class from a response's kind alone.
+    pub fn of_kind(kind: MessageKind) -> ResponseClass {
+        if kind == MessageKind::Error {
+            ResponseClass::Error
+        } else {
+            ResponseClass::Success
+        }
+    }
+
+    /// Position in [`ResponseClass::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a request asks for, in words an operator reads in an access log: the service
+/// (Dubbo interface, Thrift service, HTTP authority), the method and, for protocols
+/// with one, the path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Operation<'m> {
+    /// Service, interface or authority.
+    pub service: Option<&'m str>,
+    /// Method (an RPC method or an HTTP method).
+    pub method: Option<&'m str>,
+    /// Path, for protocols that address resources by path.
+    pub path: Option<&'m str>,
+}
+
 /// A local reply to build: why, and a human-readable message for the client.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalReply<'a> {

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, LogControl};
 use crate::codec::{Protocol, ProtocolRegistry};
 use crate::config::{Bootstrap, ConfigErrors, Listener as ListenerConfig};
 use crate::listener::{self, ListenerContext};
@@ -41,6 +41,7 @@ pub enum StartError {
 pub struct ProxyBuilder {
     protocols: ProtocolRegistry,
     hold_ready: bool,
+    log_control: Option<Arc<dyn LogControl>>,
 }
 
 impl ProxyBuilder {
@@ -72,6 +73,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Lets the admin endpoint's `/logging` read and change the log filter.
+    pub fn log_control(mut self, control: Arc<dyn LogControl>) -> Self {
+        self.log_control = Some(control);
+        self
+    }
+
     /// The protocols registered so far.
     pub fn registry(&self) -> &ProtocolRegistry {
         &self.protocols
@@ -92,6 +99,7 @@ impl ProxyBuilder {
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let admin_state = Arc::new(AdminState {
             store: store.clone(),
+            log: self.log_control.clone(),
             ready: false.into(),
         });
         let proxy = Proxy {

@@ -14,7 +14,7 @@ use crate::config::{self, RetryOn};
 use crate::lua::HookProgram;
 use crate::message::Metadata;
 use crate::ratelimit::TokenBucket;
-use crate::stats::{MirrorStats, Stats};
+use crate::stats::{ByClass, MirrorStats, Stats};
 use prometheus_client::metrics::counter::Counter;
 
 /// One attribute condition.
@@ -221,6 +221,8 @@ pub struct Route {
     pub hooks: Vec<Arc<HookProgram>>,
     /// Requests this route matched.
     pub requests: Counter,
+    /// Answers to the route's requests, by class.
+    pub responses: ByClass,
 }
 
 impl Route {
@@ -365,6 +367,7 @@ impl RouteTable {
                     })
                     .collect::<Result<_, _>>()?,
                 requests: stats.route(&rc.name, &r.name),
+                responses: stats.route_responses(&rc.name, &r.name),
             });
         }
         Ok(Self {
@@ -384,6 +387,7 @@ impl RouteTable {
                 rate_limit: None,
                 hooks: Vec::new(),
                 requests: stats.route(&rc.name, HOOK_ROUTE),
+                responses: stats.route_responses(&rc.name, HOOK_ROUTE),
             },
         })
     }

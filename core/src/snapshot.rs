@@ -16,6 +16,7 @@ use crate::config::{self, Bootstrap, ConfigError, ConfigErrors};
 use crate::health::{ClusterShared, HealthCheckSettings, Outcome, OutlierSettings};
 use crate::lb::{ClusterLb, HostInfo, LbSettings, LocalityMode};
 use crate::lua::HookProgram;
+use crate::observe::AccessLogger;
 use crate::ratelimit::TokenBucket;
 use crate::router::RouteTable;
 use crate::stats::{ClusterStats, Stats};
@@ -241,6 +242,8 @@ pub struct Snapshot {
     cluster_index: HashMap<String, usize>,
     listener_limits: HashMap<String, TokenBucket>,
     listener_hooks: HashMap<String, Vec<Arc<HookProgram>>>,
+    /// Where request entries go, when the access log is on.
+    pub access_log: Option<Arc<AccessLogger>>,
 }
 
 impl Snapshot {
@@ -312,6 +315,7 @@ impl ConfigStore {
                 cluster_index: HashMap::new(),
                 listener_limits: HashMap::new(),
                 listener_hooks: HashMap::new(),
+                access_log: None,
             }),
             protocols,
             stats,
@@ -546,6 +550,23 @@ impl ConfigStore {
                 Err(e) => errors.push(e),
             }
         }
+        // The writer of an unchanged access log carries over (and so does its file).
+        let access_log = match &b.access_log {
+            None => None,
+            Some(cfg) => match self.load().access_log.clone().filter(|l| l.is_for(cfg)) {
+                Some(same) => Some(same),
+                None => match AccessLogger::start(cfg, &self.stats) {
+                    Ok(l) => Some(l),
+                    Err(message) => {
+                        errors.push(ConfigError {
+                            path: "access_log.path".into(),
+                            message,
+                        });
+                        None
+                    }
+                },
+            },
+        };
         let mut listener_limits = HashMap::new();
         for l in &b.listeners {
             if let Some(tb) = &l.local_rate_limit {
@@ -576,6 +597,7 @@ impl ConfigStore {
             cluster_index,
             listener_limits,
             listener_hooks,
+            access_log,
         })
     }
 }

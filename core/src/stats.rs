@@ -2,15 +2,18 @@
 //! clusters resolve their labelled handles when they are built, so the request path only
 //! increments atomics.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::message::LocalReplyKind;
+use crate::message::{LocalReplyKind, ResponseClass};
 
 /// Labels of per-listener metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +110,46 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of per-listener responses by class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerClassLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Response class (`2xx`, `5xx`, `success`, `error`, ...).
+    pub class: String,
+}
+
+/// Labels of per-route responses by class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabels {
+    /// Route configuration name.
+    pub route_config: String,
+    /// Route name.
+    pub route: String,
+    /// Response class.
+    pub class: String,
+}
+
+/// Labels of per-cluster responses by class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterClassLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Response class.
+    pub class: String,
+}
+
+/// Labels of per-endpoint responses by class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointClassLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// Endpoint address.
+    pub endpoint: String,
+    /// Response class.
+    pub class: String,
+}
+
 /// Labels of per-resource-type xDS results.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdsResultLabels {
@@ -158,6 +201,20 @@ pub struct Stats {
     hook_calls_total: Family<HookLabels, Counter>,
     hook_errors_total: Family<HookReasonLabels, Counter>,
     hook_rejected_total: Family<HookLabels, Counter>,
+    downstream_rq_active: Family<ListenerLabels, Gauge>,
+    downstream_rq_duration: Family<ListenerLabels, LatencyHistogram>,
+    downstream_response_total: Family<ListenerClassLabels, Counter>,
+    downstream_rx_bytes_total: Family<ListenerLabels, Counter>,
+    downstream_tx_bytes_total: Family<ListenerLabels, Counter>,
+    route_response_total: Family<RouteClassLabels, Counter>,
+    upstream_rq_active: Family<ClusterLabels, Gauge>,
+    upstream_cx_active: Family<ClusterLabels, Gauge>,
+    upstream_rq_duration: Family<ClusterLabels, LatencyHistogram>,
+    upstream_response_total: Family<ClusterClassLabels, Counter>,
+    upstream_rx_bytes_total: Family<ClusterLabels, Counter>,
+    upstream_tx_bytes_total: Family<ClusterLabels, Counter>,
+    upstream_endpoint_response_total: Family<EndpointClassLabels, Counter>,
+    access_log_total: Family<ResultLabels, Counter>,
     config_version: Gauge,
     config_update_total: Family<ResultLabels, Counter>,
     xds_connected: Gauge,
@@ -253,6 +310,53 @@ impl Stats {
                 "Lua hook calls that failed, by reason (error, budget, memory)"
             ),
             hook_rejected_total: family!("hook_rejected", "Requests a Lua hook rejected"),
+            downstream_rq_active: family!(
+                "downstream_rq_active",
+                "Downstream requests being handled"
+            ),
+            downstream_rq_duration: family!(
+                "downstream_rq_duration_seconds",
+                "Time from a request's decoding to its answer being handed to the connection"
+            ),
+            downstream_response_total: family!(
+                "downstream_response",
+                "Answers to downstream requests (forwarded or local), by class"
+            ),
+            downstream_rx_bytes_total: family!(
+                "downstream_rx_bytes",
+                "Request bytes received from clients (heads and bodies)"
+            ),
+            downstream_tx_bytes_total: family!(
+                "downstream_tx_bytes",
+                "Response bytes sent to clients (heads and bodies)"
+            ),
+            route_response_total: family!("route_response", "Answers per route, by class"),
+            upstream_rq_active: family!("upstream_rq_active", "Upstream requests in flight"),
+            upstream_cx_active: family!("upstream_cx_active", "Open upstream connections"),
+            upstream_rq_duration: family!(
+                "upstream_rq_duration_seconds",
+                "Time from sending a request to an endpoint to its response head"
+            ),
+            upstream_response_total: family!(
+                "upstream_response",
+                "Responses received from a cluster's endpoints, by class"
+            ),
+            upstream_rx_bytes_total: family!(
+                "upstream_rx_bytes",
+                "Response bytes received from a cluster's endpoints"
+            ),
+            upstream_tx_bytes_total: family!(
+                "upstream_tx_bytes",
+                "Request bytes sent to a cluster's endpoints"
+            ),
+            upstream_endpoint_response_total: family!(
+                "upstream_endpoint_response",
+                "Responses received from each endpoint, by class"
+            ),
+            access_log_total: family!(
+                "access_log",
+                "Access log entries, by result (written, dropped, failed)"
+            ),
             config_version: metric!(
                 "config_version",
                 "Number of the configuration in force (counts applied updates)"
@@ -299,8 +403,24 @@ impl Stats {
                 })
                 .clone()
         });
+        let responses = {
+            let (family, listener) = (self.downstream_response_total.clone(), name.to_owned());
+            ByClass::new(move |class| {
+                family
+                    .get_or_create(&ListenerClassLabels {
+                        listener: listener.clone(),
+                        class: class.to_owned(),
+                    })
+                    .clone()
+            })
+        };
         ListenerStats {
             name: name.into(),
+            rq_active: self.downstream_rq_active.get_or_create(&l).clone(),
+            rq_duration: self.downstream_rq_duration.get_or_create(&l).clone(),
+            responses,
+            rx_bytes: self.downstream_rx_bytes_total.get_or_create(&l).clone(),
+            tx_bytes: self.downstream_tx_bytes_total.get_or_create(&l).clone(),
             cx_total: self.downstream_cx_total.get_or_create(&l).clone(),
             cx_active: self.downstream_cx_active.get_or_create(&l).clone(),
             rq_total: self.downstream_rq_total.get_or_create(&l).clone(),
@@ -323,8 +443,25 @@ impl Stats {
                 })
                 .clone()
         };
+        let responses = {
+            let (family, cluster) = (self.upstream_response_total.clone(), name.to_owned());
+            ByClass::new(move |class| {
+                family
+                    .get_or_create(&ClusterClassLabels {
+                        cluster: cluster.clone(),
+                        class: class.to_owned(),
+                    })
+                    .clone()
+            })
+        };
         ClusterStats {
             name: name.into(),
+            rq_active: self.upstream_rq_active.get_or_create(&l).clone(),
+            cx_active: self.upstream_cx_active.get_or_create(&l).clone(),
+            rq_duration: self.upstream_rq_duration.get_or_create(&l).clone(),
+            responses,
+            rx_bytes: self.upstream_rx_bytes_total.get_or_create(&l).clone(),
+            tx_bytes: self.upstream_tx_bytes_total.get_or_create(&l).clone(),
             retries: self.upstream_rq_retry_total.get_or_create(&l).clone(),
             ejections: self.outlier_ejections_total.get_or_create(&l).clone(),
             ejected: self.outlier_ejected.get_or_create(&l).clone(),
@@ -347,6 +484,45 @@ impl Stats {
             .get_or_create(&EndpointLabels {
                 cluster: cluster.to_owned(),
                 endpoint: endpoint.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Response counters of one endpoint, by class.
+    pub fn endpoint_responses(&self, cluster: &str, endpoint: &str) -> ByClass {
+        let family = self.upstream_endpoint_response_total.clone();
+        let (cluster, endpoint) = (cluster.to_owned(), endpoint.to_owned());
+        ByClass::new(move |class| {
+            family
+                .get_or_create(&EndpointClassLabels {
+                    cluster: cluster.clone(),
+                    endpoint: endpoint.clone(),
+                    class: class.to_owned(),
+                })
+                .clone()
+        })
+    }
+
+    /// Response counters of one route, by class.
+    pub fn route_responses(&self, route_config: &str, route: &str) -> ByClass {
+        let family = self.route_response_total.clone();
+        let (route_config, route) = (route_config.to_owned(), route.to_owned());
+        ByClass::new(move |class| {
+            family
+                .get_or_create(&RouteClassLabels {
+                    route_config: route_config.clone(),
+                    route: route.clone(),
+                    class: class.to_owned(),
+                })
+                .clone()
+        })
+    }
+
+    /// The access log counter of `result` (`written`, `dropped`, `failed`).
+    pub fn access_log(&self, result: &str) -> Counter {
+        self.access_log_total
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .clone()
     }
@@ -457,6 +633,16 @@ impl Stats {
 #[derive(Clone)]
 pub struct ListenerStats {
     name: Arc<str>,
+    /// Requests being handled.
+    pub rq_active: Gauge,
+    /// Request durations.
+    pub rq_duration: LatencyHistogram,
+    /// Answers by class.
+    pub responses: ByClass,
+    /// Request bytes received.
+    pub rx_bytes: Counter,
+    /// Response bytes sent.
+    pub tx_bytes: Counter,
     /// Connections accepted.
     pub cx_total: Counter,
     /// Connections open.
@@ -506,6 +692,18 @@ pub struct MirrorStats {
 #[derive(Clone)]
 pub struct ClusterStats {
     name: Arc<str>,
+    /// Requests in flight.
+    pub rq_active: Gauge,
+    /// Open connections.
+    pub cx_active: Gauge,
+    /// Time to the response head, per attempt.
+    pub rq_duration: LatencyHistogram,
+    /// Responses by class.
+    pub responses: ByClass,
+    /// Response bytes received.
+    pub rx_bytes: Counter,
+    /// Request bytes sent.
+    pub tx_bytes: Counter,
     /// Retries.
     pub retries: Counter,
     /// Outlier ejections.
@@ -560,6 +758,11 @@ impl ClusterStats {
         self.stats.endpoint(&self.name, address)
     }
 
+    /// The response counters of one of the cluster's endpoints.
+    pub fn endpoint_responses(&self, address: &str) -> ByClass {
+        self.stats.endpoint_responses(&self.name, address)
+    }
+
     /// Counts an upstream frame that could not be decoded.
     pub fn protocol_error(&self, reason: &str) {
         self.stats
@@ -569,5 +772,123 @@ impl ClusterStats {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+}
+
+/// Counters of one subject by response class, each created (and so shown) on first use.
+#[derive(Clone)]
+pub struct ByClass(Arc<ByClassInner>);
+
+struct ByClassInner {
+    slots: [OnceLock<Counter>; ResponseClass::ALL.len()],
+    make: Box<dyn Fn(&'static str) -> Counter + Send + Sync>,
+}
+
+impl ByClass {
+    fn new(make: impl Fn(&'static str) -> Counter + Send + Sync + 'static) -> ByClass {
+        ByClass(Arc::new(ByClassInner {
+            slots: Default::default(),
+            make: Box::new(make),
+        }))
+    }
+
+    /// Counts one response of `class`.
+    pub fn inc(&self, class: ResponseClass) {
+        self.0.slots[class.index()]
+            .get_or_init(|| (self.0.make)(class.as_str()))
+            .inc();
+    }
+}
+
+impl std::fmt::Debug for ByClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByClass").finish_non_exhaustive()
+    }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds: 25 µs to 10 s.
+const LATENCY_BOUNDS_NS: [u64; 18] = [
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A latency histogram with fixed buckets (25 µs to 10 s) that records with three
+/// relaxed atomic additions and no lock. Rendered in seconds.
+#[derive(Clone, Default)]
+pub struct LatencyHistogram(Arc<HistogramInner>);
+
+#[derive(Default)]
+struct HistogramInner {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_NS.len() + 1);
+        let mut count = 0;
+        for (i, b) in self.0.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_NS
+                .get(i)
+                .map_or(f64::MAX, |ns| *ns as f64 / 1e9);
+            buckets.push((bound, n));
+        }
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }

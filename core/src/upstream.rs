@@ -16,12 +16,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
 use crate::health::{ClusterShared, HealthCheckSettings, HostHealth, OwnedResourceGuard, Resource};
 use crate::io::{FrameWriter, FLUSH_AT};
-use crate::message::{LocalReplyKind, Message, MessageKind};
-use crate::stats::ClusterStats;
+use crate::message::{LocalReplyKind, Message, MessageKind, ResponseClass};
+use crate::stats::{ByClass, ClusterStats};
 
 /// Why an upstream request got no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,6 +204,23 @@ pub(crate) struct ExclusiveConnection {
     pub(crate) reused: bool,
     /// Counts the connection against the cluster's limit while it lives.
     _counted: OwnedResourceGuard,
+    _open: OpenConnection,
+}
+
+/// Counts an upstream connection as open until dropped.
+pub(crate) struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ExclusiveConnection {
@@ -224,6 +242,7 @@ pub struct EndpointPool {
     active: AtomicUsize,
     stats: ClusterStats,
     requests: Counter,
+    responses: ByClass,
     health: HostHealth,
     shared: Arc<ClusterShared>,
 }
@@ -247,6 +266,7 @@ impl EndpointPool {
             next_slot: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             requests: stats.endpoint(&address.to_string()),
+            responses: stats.endpoint_responses(&address.to_string()),
             stats,
             health: HostHealth::default(),
             shared,
@@ -334,6 +354,7 @@ impl EndpointPool {
             codec: Mutex::new(self.protocol.codec(&options)),
             reused: false,
             _counted: counted,
+            _open: OpenConnection::new(&self.stats.cx_active),
         })
     }
 
@@ -350,9 +371,13 @@ impl EndpointPool {
     /// Counts a request sent to this endpoint; the guard counts it finished.
     pub(crate) fn begin_request(&self) -> ActiveGuard<'_> {
         self.stats.rq_total.inc();
+        self.stats.rq_active.inc();
         self.requests.inc();
         self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(&self.active)
+        ActiveGuard {
+            pool: self,
+            start: tokio::time::Instant::now(),
+        }
     }
 
     /// The metric handles of the endpoint's cluster.
@@ -388,12 +413,20 @@ impl EndpointPool {
         msg: Arc<Message>,
         expect_response: bool,
     ) -> Result<Option<Message>, UpstreamError> {
-        let _active = self.begin_request();
+        let active = self.begin_request();
         let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let conn = self.connection(slot).await?;
+        let sent = msg.frame.len();
         let r = conn.call(msg, expect_response).await;
-        if let Err(e) = &r {
-            self.stats.rq_error(e.reason());
+        match &r {
+            Err(e) => self.stats.rq_error(e.reason()),
+            Ok(Some(resp)) => {
+                let class = self.protocol.response_class(resp);
+                active.responded(class, sent, resp.frame.len() as u64);
+            }
+            Ok(None) => {
+                self.stats.tx_bytes.inc_by(sent as u64);
+            }
         }
         r
     }
@@ -450,7 +483,7 @@ impl EndpointPool {
             shared.clone(),
             tx.downgrade(),
             self.stats.clone(),
-            counted,
+            (counted, OpenConnection::new(&self.stats.cx_active)),
         ));
         tracing::debug!(cluster_endpoint = %self.address, "upstream connection established");
         Ok(Arc::new(MuxConnection {
@@ -462,11 +495,28 @@ impl EndpointPool {
 }
 
 /// Counts a request in flight to an endpoint until dropped.
-pub(crate) struct ActiveGuard<'a>(&'a AtomicUsize);
+pub(crate) struct ActiveGuard<'a> {
+    pool: &'a EndpointPool,
+    start: tokio::time::Instant,
+}
+
+impl ActiveGuard<'_> {
+    /// Records the response head: its class, the time to it, and the bytes of the
+    /// request (`sent`) and the head (`received`).
+    pub(crate) fn responded(&self, class: ResponseClass, sent: usize, received: u64) {
+        let stats = &self.pool.stats;
+        stats.rq_duration.observe(self.start.elapsed());
+        stats.responses.inc(class);
+        self.pool.responses.inc(class);
+        stats.tx_bytes.inc_by(sent as u64);
+        stats.rx_bytes.inc_by(received);
+    }
+}
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.stats.rq_active.dec();
     }
 }
 
@@ -511,7 +561,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     tx: mpsc::WeakSender<Outbound>,
     stats: ClusterStats,
-    counted: OwnedResourceGuard,
+    counted: (OwnedResourceGuard, OpenConnection),
 ) {
     let _counted = counted;
     let mut codec = protocol.codec(&options);

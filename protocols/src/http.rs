@@ -54,8 +54,8 @@ use metamesh_codecs::http1::{
 };
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions, Side,
-    StreamState,
+    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions,
+    ResponseClass, Side, StreamState,
 };
 use smallvec::SmallVec;
 
@@ -1112,6 +1112,13 @@ impl Protocol for HttpProtocol {
         option_in(options, OPTION_MAX_HEADER_BYTES, &MAX_HEADER_BYTES_RANGE)?;
         option_in(options, OPTION_MAX_HEADERS, &MAX_HEADERS_RANGE)?;
         Ok(())
+    }
+
+    fn response_class(&self, response: &Message) -> ResponseClass {
+        response
+            .status
+            .and_then(ResponseClass::of_status_code)
+            .unwrap_or_else(|| ResponseClass::of_kind(response.kind))
     }
 
     fn continue_reply(&self, request: &Message) -> Option<Message> {

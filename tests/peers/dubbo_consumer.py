@@ -23,7 +23,9 @@ provider's JSON echo at all (a reply delivered to the wrong caller). ``by_group`
 other replies (including those with attachment errors) by the group the provider reports,
 split by whether this request carried batchjob=true. ``added_attachments`` counts
 attachments the provider saw that this consumer did not send (e.g. one added by a proxy),
-as "key=value".
+as "key=value" -- except ``x-request-id``, whose values differ per request:
+``request_ids`` counts the replies whose request reached the provider with one and
+``distinct_request_ids`` how many different ones there were.
 
 Exit status is 2 only for bad command-line arguments or a missing library.
 """
@@ -106,6 +108,8 @@ class Results:
         self.errors = []
         self.error_count = 0
         self.by_group = {}
+        self.request_ids = set()
+        self.with_request_id = 0
         self.samples = []
 
     def error(self, text, kind=None):
@@ -142,6 +146,11 @@ class Results:
                        % (req["key"], got_att.get("req-key"), got_args[:1]), "mismatch")
             return
         added = {k: v for k, v in got_att.items() if k not in req["attachments"]}
+        rid = added.pop("x-request-id", None)
+        if rid is not None:
+            with self.lock:
+                self.with_request_id += 1
+                self.request_ids.add(rid)
         self._count_group(group, req, added)
         wrong = {k: [v, got_att.get(k)] for k, v in req["attachments"].items() if got_att.get(k) != v}
         if wrong:
@@ -172,6 +181,8 @@ class Results:
             "error_count": self.error_count,
             "errors": self.errors,
             "by_group": self.by_group,
+            "request_ids": self.with_request_id,
+            "distinct_request_ids": len(self.request_ids),
             "samples": self.samples,
             "elapsed_s": round(elapsed, 3),
         }

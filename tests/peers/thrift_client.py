@@ -113,6 +113,9 @@ def main(argv=None):
     by_group_tagged = {}
     server_headers = {}
     added_headers = {}
+    # x-request-id differs per request: counted apart from the other headers.
+    request_ids = set()
+    with_request_id = [0]
     response_headers = {}
     reply_types = {}
     mux_services = {}
@@ -235,6 +238,10 @@ def main(argv=None):
                 if any(seen.get(k) != v for k, v in sent_headers.items()):
                     stats["header_errors"] += 1
                 for k, v in seen.items():
+                    if k == "x-request-id" and k not in sent_headers:
+                        with_request_id[0] += 1
+                        request_ids.add(v)
+                        continue
                     bump(server_headers, "%s=%s" % (k, v) if k != "x-req-key" else k)
                     if k not in sent_headers:
                         bump(added_headers, "%s=%s" % (k, v))
@@ -300,6 +307,8 @@ def main(argv=None):
         "mux_services": mux_services,
         "server_headers": server_headers,
         "added_headers": added_headers,
+        "request_ids": with_request_id[0],
+        "distinct_request_ids": len(request_ids),
         "response_headers": response_headers,
         "reply_types": reply_types,
         "samples": samples,
