@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
             subzone: String::new(),
         },
         outbound_address: None,
+        ..Node::default()
     };
     let before = peak_rss_kib();
     let mesh = load(&text);

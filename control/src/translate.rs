@@ -7,8 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use metamesh_core::config::{
     Bootstrap, CircuitBreakers, Cluster, ConfigDuration, Destination, Endpoint, Hook, KeyValue,
-    LbPolicy, Listener, LocalityLb, LocalityWeight, MaglevConfig, Mirror, Node, OutlierDetection,
-    Retry, RingHashConfig, Route, RouteConfig, RouteMatch, StringMatch, TokenBucket,
+    InterceptionMode, LbPolicy, Listener, LocalityLb, LocalityWeight, MaglevConfig, Mirror, Node,
+    OutlierDetection, Retry, RingHashConfig, Route, RouteConfig, RouteMatch, StringMatch,
+    TokenBucket, TrafficDirection,
 };
 
 use crate::error::{Location, ResourceError};
@@ -108,6 +109,10 @@ fn translate_valid(mesh: &MeshResources, node: &Node) -> Result<Bootstrap, Vec<R
         routes,
         clusters,
         hooks,
+        // Says the listeners above are reached through capture, so the translation
+        // validates on its own; a proxy keeps the capture section of its bootstrap.
+        capture: (node.interception_mode == InterceptionMode::Redirect)
+            .then(metamesh_core::config::Capture::default),
         ..Bootstrap::default()
     })
 }
@@ -220,7 +225,11 @@ impl<'a> Translator<'a> {
         ));
     }
 
-    /// One outbound listener per port; services sharing a port share its listener.
+    /// One outbound listener per port; services sharing a port share its listener. A
+    /// proxy whose traffic is redirected to it (`node.interception_mode: redirect`) gets
+    /// them on the wildcard address without a socket of their own: its virtual outbound
+    /// listener hands them the connections by original destination (Istio's
+    /// `0.0.0.0_PORT` listeners with `bind_to_port: false`).
     fn listeners(&mut self, ip: IpAddr) -> (Vec<Listener>, Vec<RouteConfig>, BTreeSet<String>) {
         let mut by_port: BTreeMap<u16, Vec<(Service<'a>, MetaPort<'a>)>> = BTreeMap::new();
         for svc in self.index.services.values() {
@@ -293,6 +302,15 @@ impl<'a> Translator<'a> {
                 }
                 routes.extend(host_routes);
             }
+            let captured = self.node.interception_mode == InterceptionMode::Redirect;
+            let ip = if captured {
+                match ip {
+                    IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                }
+            } else {
+                ip
+            };
             listeners.push(Listener {
                 name: name.clone(),
                 address: SocketAddr::new(ip, port).to_string(),
@@ -302,6 +320,12 @@ impl<'a> Translator<'a> {
                 local_rate_limit: rate_limit,
                 max_frame_size: None,
                 protocol_options: BTreeMap::new(),
+                bind_to_port: !captured,
+                traffic_direction: if captured {
+                    TrafficDirection::Outbound
+                } else {
+                    TrafficDirection::Unspecified
+                },
             });
             configs.push(RouteConfig { name, routes });
         }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use metamesh_control::{parse_file, translate, MeshResources, Resource, ResourceError};
-use metamesh_core::config::{Bootstrap, Locality, Node};
+use metamesh_core::config::{Bootstrap, InterceptionMode, Locality, Node, TrafficDirection};
 use serde_yaml_ng::Value;
 
 fn fixture_path(name: &str) -> PathBuf {
@@ -54,6 +54,7 @@ fn node(id: &str, locality: &str) -> Node {
             subzone: parts.next().unwrap_or_default(),
         },
         outbound_address: None,
+        ..Node::default()
     }
 }
 
@@ -840,6 +841,43 @@ fn outbound_address_comes_from_the_node() {
         errors[0].to_string(),
         "node p: outbound_address: \"localhost\" is not an IP address"
     );
+}
+
+#[test]
+fn a_redirected_proxy_gets_outbound_listeners_without_sockets() {
+    let mut n = node("frontend-1", "");
+    n.interception_mode = InterceptionMode::Redirect;
+    let b = golden(
+        &["shared-ports.yaml"],
+        "shared-ports.redirect.expected.yaml",
+        &n,
+    );
+    let listeners: Vec<(&str, &str, bool, TrafficDirection)> = b
+        .listeners
+        .iter()
+        .map(|l| {
+            (
+                l.name.as_str(),
+                l.address.as_str(),
+                l.bind_to_port,
+                l.traffic_direction,
+            )
+        })
+        .collect();
+    let out = TrafficDirection::Outbound;
+    assert_eq!(
+        listeners,
+        [
+            ("outbound_80", "0.0.0.0:80", false, out),
+            ("outbound_9090", "0.0.0.0:9090", false, out),
+            ("outbound_20880", "0.0.0.0:20880", false, out),
+        ]
+    );
+    // Everything else is what the same proxy gets without capture.
+    let plain = translate_ok(&load(&["shared-ports.yaml"]), &node("frontend-1", ""));
+    assert_eq!(b.routes.len(), plain.routes.len());
+    assert_eq!(to_value(&b)["clusters"], to_value(&plain)["clusters"]);
+    assert_eq!(to_value(&b)["routes"], to_value(&plain)["routes"]);
 }
 
 #[test]

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capture::{
+    Capture, CaptureInbound, CaptureOutbound, InboundPassthrough, InterceptionMode,
+    OutboundTrafficPolicy,
+};
 use crate::codec::{ProtocolRegistry, DEFAULT_MAX_FRAME_SIZE};
 
 /// The whole bootstrap file.
@@ -42,6 +46,9 @@ pub struct Bootstrap {
     /// Request ids and trace context, for every listener.
     #[serde(default, skip_serializing_if = "Tracing::is_default")]
     pub tracing: Tracing,
+    /// Transparent sidecar capture: the virtual listeners iptables redirects to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::capture::Capture>,
 }
 
 /// Identity and placement of this proxy.
@@ -60,6 +67,10 @@ pub struct Node {
     /// Address outbound listeners created from xDS bind to (default 127.0.0.1).
     #[serde(default)]
     pub outbound_address: Option<String>,
+    /// How the application's traffic reaches this proxy; with `redirect` the control
+    /// plane makes outbound listeners that bind no socket (Istio's `INTERCEPTION_MODE`).
+    #[serde(default, skip_serializing_if = "crate::capture::InterceptionMode::is_none")]
+    pub interception_mode: crate::capture::InterceptionMode,
 }
 
 /// A region/zone/subzone triple.
@@ -185,6 +196,51 @@ pub struct Listener {
     /// each protocol documents and checks its own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub protocol_options: BTreeMap<String, String>,
+    /// False: the listener binds no socket and serves only the connections a capture
+    /// listener hands it by original destination (Envoy's `bind_to_port`; default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bind_to_port: bool,
+    /// Which capture listener hands an unbound listener its connections (Envoy's
+    /// `traffic_direction`); unspecified means outbound.
+    #[serde(default, skip_serializing_if = "TrafficDirection::is_unspecified")]
+    pub traffic_direction: TrafficDirection,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The direction of a listener's traffic, as Envoy's `traffic_direction`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    /// Not said; an unbound listener of this kind is outbound.
+    #[default]
+    Unspecified,
+    /// Calls into the local application (the virtual inbound listener's targets).
+    Inbound,
+    /// Calls the local application makes (the virtual outbound listener's targets).
+    Outbound,
+}
+
+impl TrafficDirection {
+    /// True for the default.
+    pub fn is_unspecified(&self) -> bool {
+        *self == TrafficDirection::Unspecified
+    }
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficDirection::Unspecified => "unspecified",
+            TrafficDirection::Inbound => "inbound",
+            TrafficDirection::Outbound => "outbound",
+        }
+    }
 }
 
 /// A token bucket (Envoy's local rate limit): requests take a token each; a request that
@@ -895,6 +951,9 @@ impl Validator {
             if l.max_frame_size == Some(0) {
                 self.err(format!("{p}.max_frame_size"), "must be greater than 0");
             }
+        }
+        for e in crate::capture::validate(b) {
+            self.errors.push(e);
         }
 
         for (i, rc) in b.routes.iter().enumerate() {

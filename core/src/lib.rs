@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod capture;
 pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "testkit"))]

@@ -93,7 +93,7 @@ impl Drop for ActiveConnection {
     }
 }
 
-async fn serve_connection(
+pub(crate) async fn serve_connection(
     stream: TcpStream,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState, LogControl};
+use crate::capture::{CaptureRuntime, Table, Target};
 use crate::codec::{Protocol, ProtocolRegistry};
-use crate::config::{Bootstrap, ConfigErrors, Listener as ListenerConfig};
+use crate::config::{Bootstrap, ConfigErrors, Listener as ListenerConfig, TrafficDirection};
 use crate::listener::{self, ListenerContext};
 use crate::snapshot::ConfigStore;
 use crate::stats::Stats;
@@ -105,6 +106,7 @@ impl ProxyBuilder {
         let proxy = Proxy {
             store,
             listeners: Mutex::new(BTreeMap::new()),
+            capture: CaptureRuntime::default(),
             reconciling: tokio::sync::Mutex::new(()),
             admin_addr,
             admin_state: admin_state.clone(),
@@ -132,8 +134,12 @@ struct RunningListener {
     shape: String,
     /// The configured address (`127.0.0.1:0` stays what it was bound to).
     address: String,
-    socket: Arc<TcpListener>,
+    /// None for a listener that binds no socket (it serves captured connections).
+    socket: Option<Arc<TcpListener>>,
+    /// The bound address, or the configured one of a listener that binds no socket.
     bound: SocketAddr,
+    direction: TrafficDirection,
+    ctx: Arc<ListenerContext>,
     /// Stops accepting and drains the listener's connections.
     stop: CancellationToken,
 }
@@ -141,12 +147,14 @@ struct RunningListener {
 /// What of a listener's configuration its running accept loop depends on.
 fn shape(l: &ListenerConfig) -> String {
     format!(
-        "{} {} {} {} {:?}",
+        "{} {} {} {} {:?} {} {:?}",
         l.address,
         l.protocol,
         l.route_config,
         l.max_frame_size(),
-        l.protocol_options
+        l.protocol_options,
+        l.bind_to_port,
+        l.traffic_direction
     )
 }
 
@@ -166,6 +174,8 @@ async fn bind(path: &str, address: &str) -> Result<TcpListener, StartError> {
 pub struct Proxy {
     store: Arc<ConfigStore>,
     listeners: Mutex<BTreeMap<String, RunningListener>>,
+    /// The capture listeners and the listeners they hand connections to.
+    capture: CaptureRuntime,
     /// Serializes configuration updates.
     reconciling: tokio::sync::Mutex<()>,
     admin_addr: Option<SocketAddr>,
@@ -181,12 +191,16 @@ impl Proxy {
         self.running().get(name).map(|l| l.bound)
     }
 
-    /// Every listener with its bound address, by name.
+    /// Every listener with its bound address (a listener that binds no socket: its
+    /// configured one), by name, then the capture listeners.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
-        self.running()
+        let mut all: Vec<(String, SocketAddr)> = self
+            .running()
             .iter()
             .map(|(n, l)| (n.clone(), l.bound))
-            .collect()
+            .collect();
+        all.extend(self.capture.listeners());
+        all
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningListener>> {
@@ -228,17 +242,22 @@ impl Proxy {
             });
             let (socket, bound) = match current {
                 Some((have, _, _, _)) if have == want => continue,
+                // Served through capture: nothing to bind.
+                _ if !l.bind_to_port => match l.address.parse::<SocketAddr>() {
+                    Ok(a) => (None, a),
+                    Err(_) => continue, // validation reported it
+                },
                 // Same address: keep the socket, so no connection attempt is refused.
-                Some((_, address, socket, bound))
+                Some((_, address, Some(socket), bound))
                     if address == l.address || l.address.parse() == Ok(bound) =>
                 {
-                    (socket, bound)
+                    (Some(socket), bound)
                 }
                 _ => {
                     let path = format!("listeners[{}].address", l.name);
                     match bind(&path, &l.address).await {
                         Ok(tcp) => match tcp.local_addr() {
-                            Ok(bound) => (Arc::new(tcp), bound),
+                            Ok(bound) => (Some(Arc::new(tcp)), bound),
                             Err(source) => {
                                 first_error.get_or_insert(StartError::Bind {
                                     path,
@@ -275,13 +294,18 @@ impl Proxy {
                 protocol_options: Arc::new(l.protocol_options.clone()),
             });
             let stop = self.shutdown.child_token();
-            tracing::info!(listener = %l.name, addr = %bound, protocol = ctx.protocol.name(), "listening");
-            tokio::spawn(listener::serve(
-                socket.clone(),
-                ctx,
-                stop.clone(),
-                self.tracker.clone(),
-            ));
+            if let Some(socket) = &socket {
+                tracing::info!(listener = %l.name, addr = %bound, protocol = ctx.protocol.name(), "listening");
+                tokio::spawn(listener::serve(
+                    socket.clone(),
+                    ctx.clone(),
+                    stop.clone(),
+                    self.tracker.clone(),
+                ));
+            } else {
+                tracing::info!(listener = %l.name, addr = %bound, protocol = ctx.protocol.name(),
+                    direction = l.traffic_direction.as_str(), "serving captured connections");
+            }
             let replaced = self.running().insert(
                 l.name.clone(),
                 RunningListener {
@@ -289,6 +313,8 @@ impl Proxy {
                     address: l.address.clone(),
                     socket,
                     bound,
+                    direction: l.traffic_direction,
+                    ctx,
                     stop,
                 },
             );
@@ -297,9 +323,39 @@ impl Proxy {
                 old.stop.cancel();
             }
         }
+        self.reconcile_capture(&snap.bootstrap, &mut first_error)
+            .await;
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Publishes the listeners that bind no socket to the capture listeners, and starts,
+    /// changes or stops those.
+    async fn reconcile_capture(&self, b: &Bootstrap, first_error: &mut Option<StartError>) {
+        if b.capture.is_none() && !self.running().values().any(|r| r.socket.is_none()) {
+            self.capture.clear();
+            self.capture.publish(Table::default());
+            return;
+        }
+        let stats = self.store.stats();
+        let mut table = Table::default();
+        for r in self.running().values().filter(|r| r.socket.is_none()) {
+            let target = Target::new(stats.capture(), r.direction, r.ctx.clone(), r.stop.clone());
+            table.insert(r.direction, r.bound, Arc::new(target));
+        }
+        self.capture.publish(table);
+        let result = self
+            .capture
+            .reconcile(b.capture.as_ref(), stats, &self.shutdown, &self.tracker)
+            .await;
+        if let Err(e) = result {
+            first_error.get_or_insert(StartError::Bind {
+                path: e.path,
+                address: e.address,
+                source: e.source,
+            });
         }
     }
 
@@ -340,6 +396,7 @@ impl Proxy {
         self.shutdown.cancel();
         // Close the sockets: nothing more is accepted, not even into the backlog.
         self.running().clear();
+        self.capture.clear();
         self.tracker.close();
         let tracker = self.tracker.clone();
         let admin_shutdown = self.admin_shutdown.clone();

@@ -221,6 +221,7 @@ pub struct Stats {
     xds_update_total: Family<XdsResultLabels, Counter>,
     xds_config_info: Family<XdsVersionLabels, Gauge>,
     xds_versions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    capture: crate::capture::CaptureStats,
 }
 
 impl std::fmt::Debug for Stats {
@@ -378,6 +379,7 @@ impl Stats {
                 "The version of each resource type in force (value always 1)"
             ),
             xds_versions: Default::default(),
+            capture: crate::capture::CaptureStats::register(&mut registry),
             registry,
         }
     }
@@ -388,6 +390,11 @@ impl Stats {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The metrics of the capture listeners.
+    pub fn capture(&self) -> &crate::capture::CaptureStats {
+        &self.capture
     }
 
     /// Handles for one listener.

@@ -8,13 +8,17 @@ pub mod server;
 
 use envoy_types::pb::envoy::config::core::v3 as envoy_core;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use metamesh_core::config::{Locality, Node};
+use metamesh_core::config::{InterceptionMode, Locality, Node};
 
 pub use client::{AdsClient, AdsClientConfig};
 pub use server::{AdsCounters, AdsServer};
 
 /// Key of the node metadata field that carries [`Node::outbound_address`].
 pub const OUTBOUND_ADDRESS_METADATA: &str = "outbound_address";
+
+/// Key of the node metadata field that carries [`Node::interception_mode`] (`REDIRECT`
+/// or `NONE`, as Istio's).
+pub const INTERCEPTION_MODE_METADATA: &str = "INTERCEPTION_MODE";
 
 /// The proxy identity a discovery request carries, as core's [`Node`]. The outbound
 /// address comes from the string metadata field [`OUTBOUND_ADDRESS_METADATA`].
@@ -27,33 +31,50 @@ pub fn node_from_proto(node: &envoy_core::Node) -> Node {
             zone: l.zone.clone(),
             subzone: l.sub_zone.clone(),
         });
-    let outbound_address = node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(OUTBOUND_ADDRESS_METADATA))
-        .and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
-            _ => None,
-        });
+    let text = |key: &str| {
+        node.metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(key))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            })
+    };
     Node {
         id: node.id.clone(),
         cluster: node.cluster.clone(),
         locality,
-        outbound_address,
+        outbound_address: text(OUTBOUND_ADDRESS_METADATA),
+        interception_mode: text(INTERCEPTION_MODE_METADATA)
+            .and_then(|m| InterceptionMode::from_metadata(&m))
+            .unwrap_or_default(),
     }
 }
 
 /// Core's [`Node`] as the `node` of a discovery request.
 pub fn node_to_proto(node: &Node) -> envoy_core::Node {
-    let metadata = node.outbound_address.as_ref().map(|a| {
-        let mut s = Struct::default();
-        s.fields.insert(
-            OUTBOUND_ADDRESS_METADATA.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(a.clone())),
-            },
+    let mut fields = std::collections::BTreeMap::new();
+    if let Some(a) = &node.outbound_address {
+        fields.insert(OUTBOUND_ADDRESS_METADATA, a.clone());
+    }
+    if !node.interception_mode.is_none() {
+        fields.insert(
+            INTERCEPTION_MODE_METADATA,
+            node.interception_mode.as_metadata().to_owned(),
         );
-        s
+    }
+    let metadata = (!fields.is_empty()).then(|| Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(v)),
+                    },
+                )
+            })
+            .collect(),
     });
     let l = &node.locality;
     let locality =
@@ -88,6 +109,7 @@ mod tests {
                 subzone: "s1".into(),
             },
             outbound_address: Some("10.0.0.7".into()),
+            interception_mode: InterceptionMode::Redirect,
         };
         let back = node_from_proto(&node_to_proto(&node));
         assert_eq!(

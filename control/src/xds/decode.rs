@@ -203,6 +203,18 @@ pub fn decode_listener(l: &pb::Listener) -> Result<config::Listener, DecodeError
         .as_ref()
         .and_then(|r| local_rate_limit(&mut cx, "local_rate_limit", r));
     let max_frame_size = l.max_frame_size.and_then(|n| cx.usize("max_frame_size", n));
+    let traffic_direction = match pb::TrafficDirection::try_from(l.traffic_direction) {
+        Ok(pb::TrafficDirection::Unspecified) => config::TrafficDirection::Unspecified,
+        Ok(pb::TrafficDirection::Inbound) => config::TrafficDirection::Inbound,
+        Ok(pb::TrafficDirection::Outbound) => config::TrafficDirection::Outbound,
+        Err(_) => {
+            cx.err(
+                "traffic_direction",
+                format!("unknown traffic direction {}", l.traffic_direction),
+            );
+            config::TrafficDirection::Unspecified
+        }
+    };
     cx.finish(config::Listener {
         name: l.name.clone(),
         address: l.address.clone(),
@@ -212,6 +224,8 @@ pub fn decode_listener(l: &pb::Listener) -> Result<config::Listener, DecodeError
         local_rate_limit,
         max_frame_size,
         protocol_options: l.protocol_options.clone(),
+        bind_to_port: l.bind_to_port.unwrap_or(true),
+        traffic_direction,
     })
 }
 

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use metamesh_core::config::{
     self, Bootstrap, HealthCheckKind, LbPolicy, Locality, RetryOn, RouteMatch, StringMatch,
+    TrafficDirection,
     TokenBucket,
 };
 use metamesh_core::health::HealthCheckSettings;
@@ -198,6 +199,12 @@ impl Encoder {
                 .map(|tb| self.bucket(&format!("{p}.local_rate_limit"), tb)),
             max_frame_size: l.max_frame_size.map(|n| n as u64),
             protocol_options: l.protocol_options.clone(),
+            bind_to_port: (!l.bind_to_port).then_some(false),
+            traffic_direction: match l.traffic_direction {
+                TrafficDirection::Unspecified => pb::TrafficDirection::Unspecified,
+                TrafficDirection::Inbound => pb::TrafficDirection::Inbound,
+                TrafficDirection::Outbound => pb::TrafficDirection::Outbound,
+            } as i32,
         }
     }
 

@@ -63,6 +63,7 @@ pub fn node() -> Node {
             subzone: String::new(),
         },
         outbound_address: Some("127.0.0.1".into()),
+        ..Node::default()
     }
 }
 

@@ -26,6 +26,13 @@ listeners:
     route_config: thrift-routes
     local_rate_limit: { max_tokens: 10, fill_interval: 250ms }
     protocol_options: { transport: framed, protocol: binary }
+  - name: dubbo-in
+    address: 0.0.0.0:20880
+    protocol: dubbo
+    route_config: dubbo-routes
+    bind_to_port: false
+    traffic_direction: inbound
+capture: {}
 routes:
   - name: dubbo-routes
     routes:
