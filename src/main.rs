@@ -1,4 +1,5 @@
-//! The metamesh command line: run a proxy, validate a configuration, or run the demo.
+//! The metamesh command line: run a proxy, validate a configuration, install the
+//! sidecar capture rules, or run the demo.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 use metamesh_core::{Bootstrap, Proxy, ProxyBuilder, StartError};
 
 mod demo;
+mod iptables;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +50,19 @@ enum Command {
     Validate {
         /// Bootstrap YAML file.
         file: PathBuf,
+    },
+    /// Print (default), install (--apply) or remove (--clean) the iptables NAT rules
+    /// that send a pod's inbound and outbound TCP through the proxy's capture listeners.
+    Iptables {
+        #[command(flatten)]
+        rules: iptables::Rules,
+        /// Install the rules with `iptables-restore --noflush` (replaces an earlier
+        /// installation; needs CAP_NET_ADMIN).
+        #[arg(long, conflicts_with = "clean")]
+        apply: bool,
+        /// Remove the rules and chains an earlier --apply installed.
+        #[arg(long)]
+        clean: bool,
     },
     /// Start a proxy, demo Dubbo providers and a consumer on loopback, and show live
     /// which provider group serves which requests.
@@ -218,8 +233,13 @@ async fn follow_xds(
     let Some(xds) = base.xds.clone() else {
         anyhow::bail!("no xds server configured");
     };
-    let mut client_config =
-        metamesh_control::ads::AdsClientConfig::new(xds.address.clone(), base.node.clone());
+    let mut node = base.node.clone();
+    // With capture on, the control plane makes outbound listeners that the virtual
+    // outbound listener reaches by original destination.
+    if base.capture.as_ref().is_some_and(|c| c.outbound.enabled) {
+        node.interception_mode = metamesh_core::config::InterceptionMode::Redirect;
+    }
+    let mut client_config = metamesh_control::ads::AdsClientConfig::new(xds.address.clone(), node);
     client_config.admin = base.admin.clone();
     client_config.stats = Some(proxy.store().stats().clone());
     let target = proxy.clone();
@@ -332,6 +352,32 @@ fn main() -> ExitCode {
         } => {
             init_tracing("info");
             runtime().and_then(|rt| rt.block_on(run_control(&config_dir, &xds_address)))
+        }
+        Command::Iptables {
+            rules,
+            apply,
+            clean,
+        } => {
+            let done = if clean {
+                iptables::clean().map(|t| {
+                    let what = if t.is_empty() {
+                        "nothing to remove"
+                    } else {
+                        "removed"
+                    };
+                    (t, what)
+                })
+            } else if apply {
+                iptables::apply(&rules).map(|t| (t, "applied"))
+            } else {
+                rules.render().map(|t| (t, ""))
+            };
+            done.map(|(text, what)| {
+                print!("{text}");
+                if !what.is_empty() {
+                    eprintln!("metamesh iptables: {what}");
+                }
+            })
         }
         Command::Demo(args) => {
             init_tracing("warn");
