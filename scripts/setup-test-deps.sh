@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party peers the end-to-end tests talk to (see tests/peers/README.md):
-# Debian packages (thrift-compiler, nginx-light), and Python libraries in a virtualenv at
+# Debian packages (thrift-compiler, nginx-light; iptables, iproute2 and curl for the
+# sidecar capture tests), and Python libraries in a virtualenv at
 # <repo>/.venv, and Python stubs generated from tests/peers/thrift/echo.thrift.
 #
 #   scripts/setup-test-deps.sh            # idempotent; a second run only checks stamps
@@ -17,6 +18,9 @@
 #   /usr/bin/thrift              Debian thrift-compiler (0.17): generates the Thrift test stubs
 #   /usr/sbin/nginx              Debian nginx-light: an HTTP backend; its service is left
 #                                stopped and disabled (tests run their own nginx)
+#   /usr/sbin/iptables(-restore) Debian iptables: the NAT rules of tests/capture_e2e.rs
+#   /usr/sbin/ip                 Debian iproute2: the network namespaces of tests/capture_e2e.rs
+#   /usr/bin/curl                Debian curl: reads the proxy's metrics inside a namespace
 #   .venv/                       virtualenv: dubbo-py, kazoo, nacos-sdk-python, thrift
 #   .venv/dubbo-python-lib/      dubbo-python alone (it ships the same top-level package name
 #                                "dubbo" as dubbo-py, so it cannot share site-packages with it)
@@ -57,6 +61,10 @@ as_root() {
 APT_MISSING=()
 if ! command -v thrift >/dev/null 2>&1; then APT_MISSING+=(thrift-compiler); fi
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then APT_MISSING+=(nginx-light); fi
+has_sbin() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+if ! has_sbin iptables || ! has_sbin iptables-restore; then APT_MISSING+=(iptables); fi
+if ! has_sbin ip; then APT_MISSING+=(iproute2); fi
+if ! command -v curl >/dev/null 2>&1; then APT_MISSING+=(curl); fi
 
 if [ "${#APT_MISSING[@]}" -gt 0 ]; then
     [ -z "${SETUP_TEST_DEPS_NO_APT:-}" ] || die "missing Debian packages: ${APT_MISSING[*]}"
@@ -96,6 +104,8 @@ if [ "${#APT_MISSING[@]}" -gt 0 ]; then
 fi
 command -v thrift >/dev/null 2>&1 || die "thrift (Debian thrift-compiler) is not on PATH"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || die "nginx (Debian nginx-light) is not installed"
+has_sbin iptables-restore || die "iptables-restore (Debian iptables) is not installed"
+has_sbin ip || die "ip (Debian iproute2) is not installed"
 
 pick_python() {
     if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
