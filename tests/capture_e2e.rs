@@ -278,6 +278,11 @@ fn proxy_binary(app_ns: &str) -> (PathBuf, Option<TempDir>) {
 }
 
 fn config(policy: &str) -> String {
+    config_with(policy, "", "")
+}
+
+/// [`config`] with more listeners and clusters (YAML list items).
+fn config_with(policy: &str, listeners: &str, clusters: &str) -> String {
     format!(
         r#"admin: {{ address: 127.0.0.1:15000 }}
 capture:
@@ -294,6 +299,7 @@ listeners:
     route_config: inbound-routes
     bind_to_port: false
     traffic_direction: inbound
+{listeners}
 routes:
   - name: demo-routes
     routes:
@@ -312,6 +318,7 @@ clusters:
   - {{ name: demo-user, endpoints: [{{ address: "{SVC_IP}:20880" }}] }}
   - {{ name: demo-batchjob, endpoints: [{{ address: "{BATCH_IP}:20880" }}] }}
   - {{ name: local-app, endpoints: [{{ address: "{APP_IP}:20880" }}] }}
+{clusters}
 "#
     )
 }
@@ -498,12 +505,44 @@ fn outbound_calls_are_captured_routed_and_passed_through() {
         "{summary:#}"
     );
 
-    // The proxy's own connections were never captured (no loop, nothing refused).
+    // A listener for the unknown destination, added at runtime, serves it from then on.
+    let listener = format!(
+        "  - {{ name: outbound_direct, address: \"{SVC_IP}:20882\", protocol: dubbo, \
+         route_config: demo-routes, bind_to_port: false, traffic_direction: outbound }}"
+    );
+    let outcome = reload(&mut proxy, &config_with("registry_only", &listener, ""));
+    assert_eq!(outcome["event"], "reloaded", "{outcome}");
+    assert_eq!(
+        outcome["listeners"]["outbound_direct"],
+        format!("{SVC_IP}:20882"),
+        "{outcome}"
+    );
+    let summary = pod.consumer(&pod.app, &target, &["--count", "4", "--connections", "1"]);
+    assert_all_ok(&summary, 4, "listener added at runtime");
+    // Its routes send plain calls to the user group, not to where the app called.
+    assert_eq!(
+        group_count(&summary, "user", "plain_requests"),
+        4,
+        "{summary:#}"
+    );
+    assert_eq!(direct.served().len(), 10);
     let m = pod.metrics();
+    let added_target = [
+        ("listener", "virtual_outbound"),
+        ("target", "outbound_direct"),
+    ];
+    assert_eq!(
+        counter(&m, "metamesh_capture_cx_total", &added_target),
+        1,
+        "{m}"
+    );
+
+    // The proxy's own connections were never captured (no loop, nothing refused).
     assert_eq!(counter(&m, "metamesh_capture_error_total", &vo), 0, "{m}");
 
     drop(proxy);
-    assert_eq!(pod.iptables(&bin, &["--clean"]).is_empty(), false);
+    let removed = pod.iptables(&bin, &["--clean"]);
+    assert!(removed.contains("-X METAMESH_OUTPUT"), "{removed}");
     let rules = pod.nat_rules();
     assert!(!rules.contains("METAMESH"), "{rules}");
 }

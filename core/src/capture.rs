@@ -213,7 +213,10 @@ pub(crate) fn validate(b: &Bootstrap) -> Vec<ConfigError> {
             }
         }
         for (p, t) in [
-            ("capture.outbound.connect_timeout", c.outbound.connect_timeout),
+            (
+                "capture.outbound.connect_timeout",
+                c.outbound.connect_timeout,
+            ),
             ("capture.inbound.connect_timeout", c.inbound.connect_timeout),
         ] {
             if t.is_some_and(|t| t.0.is_zero()) {
@@ -377,14 +380,14 @@ pub(crate) enum Unknown {
 /// Decides what happens to a connection accepted on `local` from `peer` whose original
 /// destination is `dst`; `own` says whether an address is the source of one of the
 /// proxy's own passthrough connections.
-pub(crate) fn decide<'t, T>(
-    table: &'t Table<T>,
+pub(crate) fn decide<T>(
+    table: &Table<T>,
     unknown: Unknown,
     dst: SocketAddr,
     local: SocketAddr,
     peer: SocketAddr,
     own: impl Fn(&SocketAddr) -> bool,
-) -> Decision<&'t T> {
+) -> Decision<&T> {
     let dst = normalize(dst);
     if dst == normalize(local) || own(&normalize(peer)) {
         return Decision::Loop;
@@ -636,10 +639,14 @@ impl CaptureRuntime {
         let mut first_error = None;
         for (name, address, unknown, connect_timeout) in wanted {
             let shape = format!("{address} {unknown:?} {connect_timeout:?}");
-            let current = self
-                .running()
-                .get(name)
-                .map(|r| (r.shape.clone(), r.address.clone(), r.socket.clone(), r.bound));
+            let current = self.running().get(name).map(|r| {
+                (
+                    r.shape.clone(),
+                    r.address.clone(),
+                    r.socket.clone(),
+                    r.bound,
+                )
+            });
             let (socket, bound) = match current {
                 Some((have, ..)) if have == shape => continue,
                 Some((_, a, socket, bound)) if a == address => (socket, bound),
@@ -763,7 +770,8 @@ impl Accept {
                     .inc();
                 tracing::debug!(listener = self.name, %peer, %dst, %to, "passthrough");
                 let this = self.clone();
-                self.tracker.spawn(async move { this.passthrough(stream, to).await });
+                self.tracker
+                    .spawn(async move { this.passthrough(stream, to).await });
             }
             Decision::Blocked => {
                 stats
@@ -825,7 +833,11 @@ mod tests {
 
     fn table() -> Table<&'static str> {
         let mut t = Table::default();
-        t.insert(TrafficDirection::Unspecified, sa("0.0.0.0:20880"), "any-20880");
+        t.insert(
+            TrafficDirection::Unspecified,
+            sa("0.0.0.0:20880"),
+            "any-20880",
+        );
         t.insert(TrafficDirection::Outbound, sa("10.0.0.5:20880"), "svc-a");
         t.insert(TrafficDirection::Outbound, sa("[::]:9090"), "v6-any");
         t.insert(TrafficDirection::Inbound, sa("0.0.0.0:20880"), "in-20880");
@@ -978,8 +990,10 @@ clusters: [{ name: c, endpoints: [{ address: "127.0.0.1:1" }] }]
         );
         assert_eq!(
             errors(&yaml),
-            ["listeners[a].bind_to_port: a outbound listener that binds no socket needs \
-              capture.outbound (enabled), which hands it its connections"]
+            [
+                "listeners[a].bind_to_port: a outbound listener that binds no socket needs \
+              capture.outbound (enabled), which hands it its connections"
+            ]
         );
         let yaml = format!("{BASE}capture: {{ outbound: {{ outbound_traffic_policy: deny }} }}\n");
         let got = errors(&yaml);
