@@ -1,9 +1,7 @@
-//! Transparent sidecar capture (Istio's model): iptables redirects the application's
-//! outbound TCP to a virtual outbound listener and inbound TCP to a virtual inbound
-//! listener. Each reads the connection's original destination (`SO_ORIGINAL_DST`) and
-//! hands it to the listener configured for that destination (one with
-//! `bind_to_port: false`), or passes it through, or closes it. Nothing here runs unless
-//! the bootstrap has a `capture` section.
+//! Transparent sidecar capture (Istio's model): the virtual outbound and inbound
+//! listeners that iptables redirects a pod's TCP to. Each reads a connection's original
+//! destination and hands it to the `bind_to_port: false` listener for it, passes it
+//! through, or closes it. Nothing here runs without a `capture` section.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -494,10 +492,20 @@ impl CaptureStats {
             .inc();
     }
 
-    fn labels(listener: &str) -> CaptureLabels {
-        CaptureLabels {
-            listener: listener.to_owned(),
-        }
+    fn passthrough(&self, listener: &str) -> Counter {
+        self.passthrough_total
+            .get_or_create(&CaptureLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    fn blocked(&self, listener: &str) -> Counter {
+        self.blocked_total
+            .get_or_create(&CaptureLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
     }
 }
 
@@ -675,6 +683,8 @@ impl CaptureRuntime {
                 table: self.table.clone(),
                 own: self.own.clone(),
                 stats: stats.clone(),
+                passthrough: stats.capture().passthrough(name),
+                blocked: stats.capture().blocked(name),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
             };
@@ -718,6 +728,10 @@ struct Accept {
     table: Arc<ArcSwap<Table<Arc<Target>>>>,
     own: Arc<DashSet<SocketAddr>>,
     stats: Arc<crate::stats::Stats>,
+    /// `capture_passthrough_cx` of this listener.
+    passthrough: Counter,
+    /// `capture_blocked_cx` of this listener.
+    blocked: Counter,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -764,20 +778,14 @@ impl Accept {
                 ));
             }
             Decision::Passthrough(to) => {
-                stats
-                    .passthrough_total
-                    .get_or_create(&CaptureStats::labels(self.name))
-                    .inc();
+                self.passthrough.inc();
                 tracing::debug!(listener = self.name, %peer, %dst, %to, "passthrough");
                 let this = self.clone();
                 self.tracker
                     .spawn(async move { this.passthrough(stream, to).await });
             }
             Decision::Blocked => {
-                stats
-                    .blocked_total
-                    .get_or_create(&CaptureStats::labels(self.name))
-                    .inc();
+                self.blocked.inc();
                 tracing::debug!(listener = self.name, %peer, %dst, "unknown destination blocked (registry_only)");
             }
             Decision::Loop => {
