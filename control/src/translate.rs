@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use metamesh_core::config::{
-    Bootstrap, CircuitBreakers, Cluster, ConfigDuration, Destination, Endpoint, Hook, KeyValue,
-    InterceptionMode, LbPolicy, Listener, LocalityLb, LocalityWeight, MaglevConfig, Mirror, Node,
-    OutlierDetection, Retry, RingHashConfig, Route, RouteConfig, RouteMatch, StringMatch,
-    TokenBucket, TrafficDirection,
+    Bootstrap, CircuitBreakers, Cluster, ConfigDuration, Destination, Endpoint, Hook,
+    InterceptionMode, KeyValue, LbPolicy, Listener, LocalityLb, LocalityWeight, MaglevConfig,
+    Mirror, Node, OutlierDetection, Retry, RingHashConfig, Route, RouteConfig, RouteMatch,
+    StringMatch, TokenBucket, TrafficDirection,
 };
 
 use crate::error::{Location, ResourceError};

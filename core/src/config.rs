@@ -69,7 +69,10 @@ pub struct Node {
     pub outbound_address: Option<String>,
     /// How the application's traffic reaches this proxy; with `redirect` the control
     /// plane makes outbound listeners that bind no socket (Istio's `INTERCEPTION_MODE`).
-    #[serde(default, skip_serializing_if = "crate::capture::InterceptionMode::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::capture::InterceptionMode::is_none"
+    )]
     pub interception_mode: crate::capture::InterceptionMode,
 }
 

@@ -24,8 +24,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use metamesh_core::config::{
     self, Bootstrap, HealthCheckKind, LbPolicy, Locality, RetryOn, RouteMatch, StringMatch,
-    TrafficDirection,
-    TokenBucket,
+    TokenBucket, TrafficDirection,
 };
 use metamesh_core::health::HealthCheckSettings;
 use metamesh_core::snapshot::DEFAULT_CONNECT_TIMEOUT;
