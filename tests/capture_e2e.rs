@@ -336,8 +336,13 @@ fn pod(test: &str) -> Option<Pod> {
     }
 }
 
-fn group_count(summary: &Json, group: &str, key: &str) -> u64 {
-    summary["by_group"][group][key].as_u64().unwrap_or(0)
+/// Every `(group, key, want)`: the consumer summary's `by_group[group][key]` is `want`.
+fn assert_groups(summary: &Json, want: &[(&str, &str, u64)]) {
+    let got: Vec<(&str, &str, u64)> = want
+        .iter()
+        .map(|&(g, k, _)| (g, k, summary["by_group"][g][k].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(got, want, "{summary:#}");
 }
 
 fn added(summary: &Json, group: &str, kv: &str) -> u64 {
@@ -389,25 +394,14 @@ fn outbound_calls_are_captured_routed_and_passed_through() {
         ],
     );
     assert_all_ok(&summary, 60, "captured calls");
-    assert_eq!(
-        group_count(&summary, "batchjob", "batchjob_requests"),
-        20,
-        "{summary:#}"
-    );
-    assert_eq!(
-        group_count(&summary, "batchjob", "plain_requests"),
-        0,
-        "{summary:#}"
-    );
-    assert_eq!(
-        group_count(&summary, "user", "plain_requests"),
-        40,
-        "{summary:#}"
-    );
-    assert_eq!(
-        group_count(&summary, "user", "batchjob_requests"),
-        0,
-        "{summary:#}"
+    assert_groups(
+        &summary,
+        &[
+            ("batchjob", "batchjob_requests", 20),
+            ("batchjob", "plain_requests", 0),
+            ("user", "plain_requests", 40),
+            ("user", "batchjob_requests", 0),
+        ],
     );
     assert_eq!(
         added(&summary, "batchjob", "x-tier=batch"),
@@ -440,11 +434,7 @@ fn outbound_calls_are_captured_routed_and_passed_through() {
     let target = format!("{SVC_IP}:20882");
     let summary = pod.consumer(&pod.app, &target, &["--count", "10", "--connections", "1"]);
     assert_all_ok(&summary, 10, "passthrough");
-    assert_eq!(
-        group_count(&summary, "direct", "plain_requests"),
-        10,
-        "{summary:#}"
-    );
+    assert_groups(&summary, &[("direct", "plain_requests", 10)]);
     assert_eq!(direct.served().len(), 10);
     let m = pod.metrics();
     let vo = [("listener", "virtual_outbound")];
@@ -494,15 +484,12 @@ fn outbound_calls_are_captured_routed_and_passed_through() {
         ],
     );
     assert_all_ok(&summary, 6, "routed after the reload");
-    assert_eq!(
-        group_count(&summary, "batchjob", "batchjob_requests"),
-        3,
-        "{summary:#}"
-    );
-    assert_eq!(
-        group_count(&summary, "user", "plain_requests"),
-        3,
-        "{summary:#}"
+    assert_groups(
+        &summary,
+        &[
+            ("batchjob", "batchjob_requests", 3),
+            ("user", "plain_requests", 3),
+        ],
     );
 
     // A listener for the unknown destination, added at runtime, serves it from then on.
@@ -520,11 +507,7 @@ fn outbound_calls_are_captured_routed_and_passed_through() {
     let summary = pod.consumer(&pod.app, &target, &["--count", "4", "--connections", "1"]);
     assert_all_ok(&summary, 4, "listener added at runtime");
     // Its routes send plain calls to the user group, not to where the app called.
-    assert_eq!(
-        group_count(&summary, "user", "plain_requests"),
-        4,
-        "{summary:#}"
-    );
+    assert_groups(&summary, &[("user", "plain_requests", 4)]);
     assert_eq!(direct.served().len(), 10);
     let m = pod.metrics();
     let added_target = [
@@ -567,11 +550,7 @@ fn inbound_calls_reach_the_local_app_through_15006() {
         &["--count", "20", "--connections", "2"],
     );
     assert_all_ok(&summary, 20, "inbound listener");
-    assert_eq!(
-        group_count(&summary, "app", "plain_requests"),
-        20,
-        "{summary:#}"
-    );
+    assert_groups(&summary, &[("app", "plain_requests", 20)]);
     assert_eq!(
         added(&summary, "app", "x-inbound=metamesh"),
         20,
@@ -585,11 +564,7 @@ fn inbound_calls_reach_the_local_app_through_15006() {
         &["--count", "5", "--connections", "1"],
     );
     assert_all_ok(&summary, 5, "inbound passthrough");
-    assert_eq!(
-        group_count(&summary, "app-plain", "plain_requests"),
-        5,
-        "{summary:#}"
-    );
+    assert_groups(&summary, &[("app-plain", "plain_requests", 5)]);
     let none = summary["by_group"]["app-plain"]["added_attachments"]
         .as_object()
         .map_or(0, |m| m.len());
