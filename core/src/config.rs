@@ -209,10 +209,6 @@ pub struct Listener {
     pub traffic_direction: TrafficDirection,
 }
 
-fn yes() -> bool {
-    true
-}
-
 fn is_true(b: &bool) -> bool {
     *b
 }
