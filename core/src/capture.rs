@@ -1062,4 +1062,98 @@ clusters: [{ name: c, endpoints: [{ address: "127.0.0.1:1" }] }]
         }
         let _ = proxy.shutdown(Duration::from_secs(1)).await;
     }
+
+    /// Runtime updates: a listener switched to `bind_to_port: false` gives its port
+    /// back (an application in the pod can bind it), is listed with its configured
+    /// address, and takes captured connections; turning capture off stops the capture
+    /// listeners; an update that would leave an unbound listener without them is refused
+    /// and changes nothing.
+    #[tokio::test]
+    async fn listeners_move_in_and_out_of_capture_at_runtime() {
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(a) => a.port(),
+            Err(e) => panic!("no free port: {e}"),
+        };
+        let yaml = |bind: bool, capture: bool| {
+            let mut y = format!(
+                "{BASE}listeners:\n  - {{ name: app, address: 127.0.0.1:{port}, protocol: test, \
+                 route_config: rc, bind_to_port: {bind} }}\n"
+            );
+            if capture {
+                y.push_str(
+                    "capture: { outbound: { address: 127.0.0.1:0 }, inbound: { enabled: false } }\n",
+                );
+            }
+            Bootstrap::from_yaml(&y).unwrap_or_default()
+        };
+        let proxy = match crate::ProxyBuilder::new()
+            .protocols(&registry())
+            .start(yaml(true, false))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => panic!("start: {e}"),
+        };
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+
+        if let Err(e) = proxy.update(yaml(false, true)).await {
+            panic!("update: {e}");
+        }
+        let names: HashMap<String, SocketAddr> = proxy.listeners().into_iter().collect();
+        assert_eq!(names.get("app"), Some(&sa(&format!("127.0.0.1:{port}"))));
+        assert!(names.contains_key(VIRTUAL_OUTBOUND), "{names:?}");
+        assert!(!names.contains_key(VIRTUAL_INBOUND), "{names:?}");
+        // The old socket closes once its accept loop has seen the update.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut freed = None;
+        while freed.is_none() && tokio::time::Instant::now() < deadline {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => freed = Some(l),
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+        assert!(freed.is_some(), "port {port} still bound by the proxy");
+        drop(freed);
+        let table = proxy.capture.table.load();
+        assert_eq!(
+            table
+                .find(false, sa(&format!("10.9.9.9:{port}")))
+                .map(|t| &*t.ctx.name),
+            None,
+            "only the configured address matches"
+        );
+        assert_eq!(
+            table
+                .find(false, sa(&format!("127.0.0.1:{port}")))
+                .map(|t| t.ctx.name.to_string()),
+            Some("app".to_owned())
+        );
+
+        // Without capture the unbound listener has nobody to feed it: refused.
+        match proxy.update(yaml(false, false)).await {
+            Err(crate::StartError::Config(e)) => {
+                assert!(e.to_string().contains("listeners[app].bind_to_port"), "{e}")
+            }
+            other => panic!(
+                "expected a configuration error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        assert!(proxy.listeners().iter().any(|(n, _)| n == VIRTUAL_OUTBOUND));
+
+        // Bound again, capture off: the capture listener is gone, the port serves.
+        if let Err(e) = proxy.update(yaml(true, false)).await {
+            panic!("update: {e}");
+        }
+        let names: Vec<String> = proxy.listeners().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["app"]);
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+        assert!(proxy
+            .capture
+            .table
+            .load()
+            .find(false, sa(&format!("127.0.0.1:{port}")))
+            .is_none());
+        let _ = proxy.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -175,7 +175,7 @@ pub struct Proxy {
     store: Arc<ConfigStore>,
     listeners: Mutex<BTreeMap<String, RunningListener>>,
     /// The capture listeners and the listeners they hand connections to.
-    capture: CaptureRuntime,
+    pub(crate) capture: CaptureRuntime,
     /// Serializes configuration updates.
     reconciling: tokio::sync::Mutex<()>,
     admin_addr: Option<SocketAddr>,
