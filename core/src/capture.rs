@@ -1101,6 +1101,10 @@ clusters: [{ name: c, endpoints: [{ address: "127.0.0.1:1" }] }]
         }
         let names: HashMap<String, SocketAddr> = proxy.listeners().into_iter().collect();
         assert_eq!(names.get("app"), Some(&sa(&format!("127.0.0.1:{port}"))));
+        assert_eq!(
+            names.get(VIRTUAL_OUTBOUND).copied(),
+            proxy.listener_addr(VIRTUAL_OUTBOUND)
+        );
         assert!(names.contains_key(VIRTUAL_OUTBOUND), "{names:?}");
         assert!(!names.contains_key(VIRTUAL_INBOUND), "{names:?}");
         // The old socket closes once its accept loop has seen the update.

@@ -188,7 +188,13 @@ pub struct Proxy {
 impl Proxy {
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.running().get(name).map(|l| l.bound)
+        let bound = self.running().get(name).map(|l| l.bound);
+        bound.or_else(|| {
+            self.capture
+                .listeners()
+                .into_iter()
+                .find_map(|(n, a)| (n == name).then_some(a))
+        })
     }
 
     /// Every listener with its bound address (a listener that binds no socket: its
