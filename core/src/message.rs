@@ -64,6 +64,10 @@ impl MessageKind {
 pub struct Metadata {
     entries: SmallVec<[(ByteString, ByteString); 8]>,
     dirty: bool,
+    /// Entries that came from decoding (the first `decoded` ones).
+    decoded: usize,
+    /// True once an entry that came from decoding was changed or removed.
+    rewritten: bool,
 }
 
 impl Metadata {
@@ -102,6 +106,7 @@ impl Metadata {
     /// existing key (codecs append each key once, in wire order).
     pub fn push_decoded(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
         self.entries.push((key.into(), value.into()));
+        self.decoded = self.entries.len();
     }
 
     /// Adds or replaces an entry while decoding, without marking the map dirty: for wire
@@ -113,6 +118,7 @@ impl Metadata {
             Some(i) => self.entries[i].1 = value,
             None => self.entries.push((key, value)),
         }
+        self.decoded = self.entries.len();
     }
 
     /// Sets `key` to `value`, replacing an existing entry in place or appending a new one.
@@ -121,7 +127,12 @@ impl Metadata {
         let value = value.into();
         self.dirty = true;
         match self.position(&key) {
-            Some(i) => self.entries[i].1 = value,
+            Some(i) => {
+                if i < self.decoded && self.entries[i].1 != value {
+                    self.rewritten = true;
+                }
+                self.entries[i].1 = value;
+            }
             None => self.entries.push((key, value)),
         }
     }
@@ -130,7 +141,23 @@ impl Metadata {
     pub fn remove(&mut self, key: &str) -> Option<ByteString> {
         let i = self.position(key)?;
         self.dirty = true;
+        if i < self.decoded {
+            self.rewritten = true;
+            self.decoded -= 1;
+        }
         Some(self.entries.remove(i).1)
+    }
+
+    /// The entries added since decoding, when that is the only change: every decoded
+    /// entry still holds its decoded value. A codec can then append these to the
+    /// original metadata section instead of writing it anew. `None` when nothing changed
+    /// or a decoded entry was changed or removed.
+    pub fn appended(&self) -> Option<impl Iterator<Item = (&str, &str)>> {
+        (self.dirty && !self.rewritten).then(|| {
+            self.entries[self.decoded..]
+                .iter()
+                .map(|(k, v)| (&**k, &**v))
+        })
     }
 
     /// True once `set` or `remove` changed the map since it was decoded.
@@ -337,6 +364,28 @@ pub struct LocalReply<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_entries_are_told_apart_from_rewrites() {
+        let mut m = Metadata::new();
+        m.push_decoded("a", "1");
+        m.push_decoded("b", "2");
+        assert!(m.appended().is_none(), "nothing changed");
+        m.set("c", "3");
+        m.set("C", "4");
+        m.set("a", "1");
+        let added: Vec<_> = m.appended().expect("only appended").collect();
+        assert_eq!(added, [("c", "4")]);
+        m.remove("c");
+        assert_eq!(m.appended().expect("still only appended").count(), 0);
+        m.set("b", "changed");
+        assert!(m.appended().is_none());
+        let mut n = Metadata::new();
+        n.push_decoded("a", "1");
+        n.set("z", "9");
+        n.remove("a");
+        assert!(n.appended().is_none(), "a removal is a rewrite");
+    }
 
     #[test]
     fn keys_are_case_insensitive_and_order_is_kept() {

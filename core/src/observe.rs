@@ -33,18 +33,22 @@ pub const DEFAULT_TEXT_FORMAT: &str = "[%START_TIME%] \"%PROTOCOL% %SERVICE% %ME
 
 /// A random version 4 UUID, as a request id.
 pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let v: u128 = rand::random();
     // Version 4, variant 10.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+        } else {
+            nibble -= 1;
+            *b = HEX[((v >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    // Only ASCII hex digits and dashes were written.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `traceparent` of the proxy's span for a request that arrived with `parent`: the
@@ -89,7 +93,7 @@ pub fn child_traceparent(parent: &str) -> Option<String> {
 
 /// Gives `req` a request id when it has none and the proxy's span when it carries a
 /// trace context, as `tracing` says.
-pub(crate) fn propagate(tracing: &config::Tracing, req: &mut Message) {
+pub fn propagate(tracing: &config::Tracing, req: &mut Message) {
     if tracing.request_id && !req.metadata.contains(REQUEST_ID) {
         req.metadata
             .set(REQUEST_ID, ByteString::from(new_request_id()));

@@ -65,9 +65,12 @@ fn pipeline(c: &mut Criterion) {
     let mut upstream = dubbo.codec(&CodecOptions::new(Side::Upstream));
 
     let mut group = c.benchmark_group("dubbo");
-    for (name, batchjob) in [
-        ("route_plain_zero_copy", false),
-        ("route_batchjob_mutated", true),
+    let tracing = metamesh_core::config::Tracing::default();
+    for (name, batchjob, request_id) in [
+        ("route_plain_zero_copy", false, false),
+        ("route_batchjob_mutated", true, false),
+        ("route_plain_request_id", false, true),
+        ("route_batchjob_request_id", true, true),
     ] {
         let frame = request(batchjob);
         group.throughput(Throughput::Elements(1));
@@ -75,6 +78,9 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 let mut buf = BytesMut::from(&frame[..]);
                 let mut msg = downstream.decode(&mut buf).expect("ok").expect("frame");
+                if request_id {
+                    metamesh_core::observe::propagate(&tracing, &mut msg);
+                }
                 let snapshot = store.load();
                 let table = snapshot.route_table("dubbo-routes").expect("table");
                 let route = table.route(&msg.metadata).expect("route");

@@ -476,6 +476,22 @@ impl Codec for DubboCodec {
             }
             return Ok(());
         }
+        if let Some(appended) = append_attachments(msg) {
+            // Only new attachments: the original body stays, up to the map's end marker.
+            let end = msg.layout[ATTACH_END] as usize - 1;
+            let mut head = BytesMut::with_capacity(HEADER_LEN);
+            Header {
+                flags: frame[2],
+                status: frame[3],
+                request_id: request_id as i64,
+                body_len: (end - HEADER_LEN + appended.len()) as u32,
+            }
+            .write(&mut head);
+            out.push(head.freeze());
+            out.push(frame.slice(HEADER_LEN..end));
+            out.push(appended);
+            return Ok(());
+        }
         let (prefix, flag_patch) = rewrite_split(msg);
         let attachments = encode_attachments(msg).map_err(|e| EncodeError {
             what: "dubbo attachments",
@@ -546,6 +562,41 @@ fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
         frame.slice(flag_end..)
     };
     (kept, Some(enc.into_inner()))
+}
+
+/// When the only change to `msg.metadata` is new keys and the message has an attachment
+/// map, the bytes that extend that map: the new entries and the map's end marker (which
+/// replaces the original one).
+fn append_attachments(msg: &Message) -> Option<Bytes> {
+    let appended = msg.metadata.appended()?;
+    let (start, end) = (
+        msg.layout[ATTACH_START] as usize,
+        msg.layout[ATTACH_END] as usize,
+    );
+    let frame = &msg.frame;
+    let is_map = start != 0
+        && end > start + 1
+        && end <= frame.len()
+        && matches!(frame[start], b'H' | b'M')
+        && frame[end - 1] == b'Z';
+    if !is_map {
+        return None;
+    }
+    let is_request = msg.kind.is_request();
+    let mut e = Encoder::new();
+    for (k, v) in appended {
+        let body_key = k.eq_ignore_ascii_case("interface")
+            || k.eq_ignore_ascii_case("method")
+            || k.eq_ignore_ascii_case("version");
+        if is_request && body_key {
+            continue;
+        }
+        e.write_str(k);
+        e.write_str(v);
+    }
+    let mut out = e.into_inner();
+    out.push(b'Z');
+    Some(Bytes::from(out))
 }
 
 /// Writes the attachment map for `msg.metadata`: entries of the original map keep their

@@ -237,6 +237,43 @@ fn mutation_rewrites_attachments_and_keeps_the_rest() {
 }
 
 #[test]
+fn a_new_attachment_extends_the_original_map_without_copying_the_body() {
+    let f = fixture("dubbo_python_request");
+    let mut m = decode_one(Side::Downstream, &f);
+    let before = attributes(&m);
+    m.metadata
+        .set("x-request-id", "4b1d0c2e-2a55-4e7d-9a3c-1f0e2d3c4b5a");
+    let mut out = EncodedFrame::new();
+    codec(Side::Upstream)
+        .encode(&m, 9, &mut out)
+        .expect("encode");
+    assert_eq!(
+        out.parts().len(),
+        3,
+        "header, the original body, the new entries"
+    );
+    assert_eq!(
+        out.parts()[1].as_ptr(),
+        m.frame[HEADER_LEN..].as_ptr(),
+        "the body is shared, not copied"
+    );
+    let bytes = out.to_bytes();
+    let len = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    assert_eq!(len, bytes.len() - HEADER_LEN, "body length fixed");
+    let again = decode_one(Side::Upstream, &bytes);
+    assert_eq!(again.request_id, 9);
+    let mut want = before;
+    want.push((
+        "x-request-id".to_owned(),
+        "4b1d0c2e-2a55-4e7d-9a3c-1f0e2d3c4b5a".to_owned(),
+    ));
+    let mut got = attributes(&again);
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn mutation_keeps_typed_attachment_values() {
     let req = build::Request {
         dubbo_version: "2.0.2",
