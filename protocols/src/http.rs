@@ -338,6 +338,52 @@ fn push_fields(md: &mut Metadata, frame: &Bytes, fields: &[Header]) {
     }
 }
 
+/// When the only change to `msg`'s metadata is new ordinary header fields, writes the
+/// original head with them added before its empty line, and the rest of the frame as
+/// it came. False (nothing written) when another change was made, or a new field bears on
+/// framing, the connection or the target, so the head has to be written anew.
+fn append_fields(
+    msg: &Message,
+    head_len: usize,
+    out: &mut EncodedFrame,
+) -> Result<bool, EncodeError> {
+    let Some(added) = msg.metadata.appended() else {
+        return Ok(false);
+    };
+    let frame = &msg.frame;
+    if head_len < 4 || frame.get(head_len - 4..head_len) != Some(&b"\r\n\r\n"[..]) {
+        return Ok(false);
+    }
+    let mut w = BytesMut::with_capacity(64);
+    for (k, v) in added {
+        let key = k.as_bytes();
+        let special = k.starts_with(':')
+            || is_framing_field(key)
+            || [
+                &b"connection"[..],
+                b"upgrade",
+                b"expect",
+                b"host",
+                b"keep-alive",
+                b"te",
+                b"proxy-connection",
+            ]
+            .iter()
+            .any(|n| key.eq_ignore_ascii_case(n));
+        if special {
+            return Ok(false);
+        }
+        write_header(&mut w, key, v.as_bytes()).map_err(|e| encode_error(format!("{k}: {e}")))?;
+    }
+    w.extend_from_slice(b"\r\n");
+    out.push(frame.slice(..head_len - 2));
+    out.push(w.freeze());
+    if head_len < frame.len() {
+        out.push(frame.slice(head_len..));
+    }
+    Ok(true)
+}
+
 fn is_framing_field(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
@@ -1015,7 +1061,9 @@ impl Codec for HttpCodec {
         }
         let (mut flags, head_len) = Self::head_info(msg)?;
         if msg.metadata.is_dirty() {
-            flags = self.reencode(msg, head_len, out)?;
+            if !append_fields(msg, head_len, out)? {
+                flags = self.reencode(msg, head_len, out)?;
+            }
         } else {
             out.push(msg.frame.clone());
         }

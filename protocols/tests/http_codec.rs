@@ -697,6 +697,51 @@ fn request_mutation_rewrites_only_the_head() {
 }
 
 #[test]
+fn new_fields_are_added_before_the_empty_line_of_the_original_head() {
+    let f = fixture("curl_post_form");
+    let msgs = decode_all(Side::Downstream, &f);
+    let mut head = msgs[0].clone();
+    head.metadata
+        .set("x-request-id", "4b1d0c2e-2a55-4e7d-9a3c-1f0e2d3c4b5a");
+    let mut out = EncodedFrame::new();
+    codec(Side::Upstream)
+        .encode(&head, head.request_id, &mut out)
+        .expect("encode");
+    assert_eq!(
+        out.parts()[0].as_ptr(),
+        head.frame.as_ptr(),
+        "the original head is shared, not rewritten"
+    );
+    let wire = out.to_bytes();
+    let n = head_len(&head.frame);
+    let mut want = head.frame[..n - 2].to_vec();
+    want.extend_from_slice(b"x-request-id: 4b1d0c2e-2a55-4e7d-9a3c-1f0e2d3c4b5a\r\n\r\n");
+    want.extend_from_slice(&head.frame[n..]);
+    assert_eq!(&wire[..], &want[..]);
+    let again = decode_all(Side::Downstream, &[&wire[..], &msgs[1].frame[..]].concat());
+    let mut want = attributes(&msgs[0]);
+    want.push((
+        "x-request-id".into(),
+        "4b1d0c2e-2a55-4e7d-9a3c-1f0e2d3c4b5a".into(),
+    ));
+    assert_eq!(attributes(&again[0]), want);
+    assert_eq!(body(&again), body(&msgs));
+
+    // A value that would split the head is refused, as on the long way.
+    let mut bad = msgs[0].clone();
+    bad.metadata.set("x-evil", "a\r\nInjected: 1");
+    let mut out = EncodedFrame::new();
+    assert!(codec(Side::Upstream)
+        .encode(&bad, bad.request_id, &mut out)
+        .is_err());
+    // A new field that bears on the connection takes the long way.
+    let mut close = msgs[0].clone();
+    close.metadata.set("connection", "close");
+    let wire = encode(&mut *codec(Side::Upstream), &close);
+    assert!(String::from_utf8_lossy(&wire).contains("\r\nconnection: close\r\n"));
+}
+
+#[test]
 fn authority_changes_move_host() {
     let f = fixture("curl_get");
     let mut m = decode_all(Side::Downstream, &f).remove(0);
