@@ -49,6 +49,12 @@ impl MeshResources {
         self.validate()?;
         Ok(ValidatedMesh { mesh: self })
     }
+
+    /// The resources as validated before, without checking them again: for a caller
+    /// that already had [`MeshResources::validated`] succeed on this very set.
+    pub(crate) fn already_validated(&self) -> ValidatedMesh<'_> {
+        ValidatedMesh { mesh: self }
+    }
 }
 
 impl<'a> ValidatedMesh<'a> {

@@ -211,6 +211,8 @@ struct Shared {
     counters: Arc<AdsCounters>,
     shutdown: watch::Sender<bool>,
     next_nonce: AtomicU64,
+    /// The generation of the mesh last validated (0: none).
+    validated: AtomicU64,
 }
 
 impl Shared {
@@ -244,9 +246,16 @@ impl Shared {
                 return Some(Ok(c));
             }
         }
-        let built = loaded
-            .mesh
-            .validated()
+        // The mesh is validated once per generation, not once per proxy.
+        let checked = self.validated.load(Ordering::Acquire) == loaded.generation;
+        let valid = if checked {
+            Ok(loaded.mesh.already_validated())
+        } else {
+            loaded.mesh.validated().inspect(|_| {
+                self.validated.store(loaded.generation, Ordering::Release);
+            })
+        };
+        let built = valid
             .and_then(|v| v.translate(node))
             .map_err(|e| join_errors(&e))
             .and_then(|b| NodeConfig::build(loaded.generation, &b))
@@ -288,6 +297,7 @@ impl AdsServer {
                 counters: Arc::new(AdsCounters::default()),
                 shutdown,
                 next_nonce: AtomicU64::new(0),
+                validated: AtomicU64::new(0),
             }),
         }
     }
