@@ -258,6 +258,7 @@ impl<'a> Translator<'a> {
             let mut routes = Vec::new();
             let mut listener_hooks = Vec::new();
             let mut rate_limit = None;
+            let mut rate_conditions = Vec::new();
             for (svc, mp) in &group {
                 let cond = if shared {
                     host_condition(svc, &protocol)
@@ -283,16 +284,27 @@ impl<'a> Translator<'a> {
                     _ => vec![self.default_route(svc, mp)],
                 };
                 if let Some(rl) = router.and_then(|r| r.spec.local_rate_limit.as_ref()) {
-                    let bucket = match (&rl.token_bucket, rl.conditions.as_slice()) {
-                        (Some(tb), []) => token_bucket(tb, None),
-                        (None, [c]) => token_bucket(&c.token_bucket, Some(&c.match_)),
-                        _ => None,
-                    };
-                    if let Some(mut b) = bucket {
-                        if let Some(c) = &cond {
+                    // Aeraki's conditions, in order; then the bucket of the others.
+                    let mut buckets: Vec<_> = rl
+                        .conditions
+                        .iter()
+                        .filter_map(|c| token_bucket(&c.token_bucket, Some(&c.match_)))
+                        .collect();
+                    let mut rest = rl
+                        .token_bucket
+                        .as_ref()
+                        .and_then(|tb| token_bucket(tb, None));
+                    if let Some(c) = &cond {
+                        // A port other services share: every bucket of this service is for
+                        // its own requests, its default one included.
+                        buckets.extend(rest.take());
+                        for b in &mut buckets {
                             add_condition(b.match_.get_or_insert_with(RouteMatch::default), c);
                         }
-                        rate_limit = Some(b);
+                    }
+                    rate_conditions.extend(buckets);
+                    if rest.is_some() {
+                        rate_limit = rest;
                     }
                 }
                 if shared {
@@ -324,6 +336,7 @@ impl<'a> Translator<'a> {
                 route_config: name.clone(),
                 hooks: listener_hooks,
                 local_rate_limit: rate_limit,
+                local_rate_limit_conditions: rate_conditions,
                 max_frame_size: None,
                 protocol_options: BTreeMap::new(),
                 bind_to_port: !captured,

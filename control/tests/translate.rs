@@ -199,7 +199,9 @@ fn services_sharing_a_port_share_a_listener() {
         .all(|r| r.match_.attributes.contains_key("interface")));
     assert!(b.listeners[2].hooks.is_empty());
     assert_eq!(dubbo.routes[2].hooks, vec!["shop.audit"]);
-    let bucket = b.listeners[2].local_rate_limit.as_ref().expect("bucket");
+    // A condition of one of the services on a shared port: only for that service.
+    assert!(b.listeners[2].local_rate_limit.is_none());
+    let bucket = &b.listeners[2].local_rate_limit_conditions[0];
     let m = bucket.match_.as_ref().expect("match");
     assert_eq!(
         m.attributes["interface"].exact.as_deref(),
@@ -684,7 +686,6 @@ spec:
                 "spec.localRateLimit.tokenBucket.fillInterval",
                 "must be greater than 0",
             ),
-            ("spec.localRateLimit.conditions", "not supported"),
             (
                 &format!("{r}.match.attributes.method"),
                 "set only one of exact, prefix, regex",

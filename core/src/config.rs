@@ -189,9 +189,15 @@ pub struct Listener {
     /// Names of hooks to run on every request.
     #[serde(default)]
     pub hooks: Vec<String>,
-    /// A token bucket for the whole listener.
+    /// A token bucket for the listener's requests (with conditions: for those that
+    /// match none of them).
     #[serde(default)]
     pub local_rate_limit: Option<TokenBucket>,
+    /// Token buckets for requests with given attributes, tried in order: a request takes
+    /// its token from the first whose `match` it meets, and from no other bucket (as
+    /// Aeraki's `localRateLimit.conditions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_rate_limit_conditions: Vec<TokenBucket>,
     /// Largest frame accepted from clients, in bytes (default 8 MiB).
     #[serde(default)]
     pub max_frame_size: Option<usize>,
@@ -947,6 +953,13 @@ impl Validator {
             if let Some(tb) = &l.local_rate_limit {
                 self.check_bucket(&format!("{p}.local_rate_limit"), tb);
             }
+            for (k, tb) in l.local_rate_limit_conditions.iter().enumerate() {
+                let cp = format!("{p}.local_rate_limit_conditions[{k}]");
+                if tb.match_.is_none() {
+                    self.err(format!("{cp}.match"), "a condition needs a match");
+                }
+                self.check_bucket(&cp, tb);
+            }
             if l.max_frame_size == Some(0) {
                 self.err(format!("{p}.max_frame_size"), "must be greater than 0");
             }
@@ -1554,6 +1567,11 @@ clusters:
         local_rate_limit: { max_tokens: 0, fill_interval: 0s }",
             )
             .replace(
+                "    route_config: dubbo-routes\n",
+                "    route_config: dubbo-routes
+    local_rate_limit_conditions: [{ max_tokens: 1, fill_interval: 1s }]\n",
+            )
+            .replace(
                 "    connect_timeout: 250ms\n",
                 "    connect_timeout: 250ms
     outlier_detection: { consecutive_errors: 0, max_ejection_percent: 101 }
@@ -1571,6 +1589,7 @@ clusters:
             format!("{route}.retry.retry_on[1]"),
             format!("{route}.local_rate_limit.max_tokens"),
             format!("{route}.local_rate_limit.fill_interval"),
+            "listeners[dubbo-out].local_rate_limit_conditions[0].match".into(),
             "clusters[demo-batchjob].outlier_detection.consecutive_errors".into(),
             "clusters[demo-batchjob].outlier_detection.max_ejection_percent".into(),
             "clusters[demo-batchjob].health_check.type".into(),

@@ -60,6 +60,11 @@ impl TokenBucket {
             && self.conditions.is_empty()
     }
 
+    /// True when the bucket's match (if any) holds for `metadata`.
+    pub fn applies(&self, metadata: &Metadata) -> bool {
+        self.conditions.matches(metadata)
+    }
+
     /// Takes a token for a request with `metadata`. True when the request may proceed:
     /// either the bucket does not apply to it or a token was available.
     pub fn admit(&self, metadata: &Metadata) -> bool {
@@ -188,5 +193,48 @@ mod tests {
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         assert!((100..=110).contains(&admitted), "{admitted}");
+    }
+}
+
+/// A listener's buckets: conditional ones tried in order, then the default one.
+#[derive(Debug, Default)]
+pub struct ListenerLimits {
+    conditions: Vec<TokenBucket>,
+    default: Option<TokenBucket>,
+}
+
+impl ListenerLimits {
+    /// The buckets of `listener`; `None` when it has none.
+    pub fn new(listener: &config::Listener) -> Result<Option<Self>, config::ConfigError> {
+        let p = format!("listeners[{}]", listener.name);
+        let conditions = listener
+            .local_rate_limit_conditions
+            .iter()
+            .enumerate()
+            .map(|(k, tb)| TokenBucket::new(tb, &format!("{p}.local_rate_limit_conditions[{k}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default = listener
+            .local_rate_limit
+            .as_ref()
+            .map(|tb| TokenBucket::new(tb, &format!("{p}.local_rate_limit")))
+            .transpose()?;
+        if conditions.is_empty() && default.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ListenerLimits {
+            conditions,
+            default,
+        }))
+    }
+
+    /// Takes a token for a request with `metadata` from the first condition it meets, or
+    /// else from the default bucket. True when the request may proceed.
+    pub fn admit(&self, metadata: &Metadata) -> bool {
+        for c in &self.conditions {
+            if c.applies(metadata) {
+                return c.take();
+            }
+        }
+        self.default.as_ref().is_none_or(|d| d.admit(metadata))
     }
 }

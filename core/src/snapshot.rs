@@ -17,7 +17,7 @@ use crate::health::{ClusterShared, HealthCheckSettings, Outcome, OutlierSettings
 use crate::lb::{ClusterLb, HostInfo, LbSettings, LocalityMode};
 use crate::lua::HookProgram;
 use crate::observe::AccessLogger;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::ListenerLimits;
 use crate::router::RouteTable;
 use crate::stats::{ClusterStats, Stats};
 use crate::upstream::{EndpointPool, PoolSettings};
@@ -240,7 +240,7 @@ pub struct Snapshot {
     route_tables: HashMap<String, Arc<RouteTable>>,
     clusters: Vec<ClusterRuntime>,
     cluster_index: HashMap<String, usize>,
-    listener_limits: HashMap<String, TokenBucket>,
+    listener_limits: HashMap<String, ListenerLimits>,
     listener_hooks: HashMap<String, Vec<Arc<HookProgram>>>,
     /// Where request entries go, when the access log is on.
     pub access_log: Option<Arc<AccessLogger>>,
@@ -261,7 +261,7 @@ impl Snapshot {
     }
 
     /// The token bucket of listener `name`, when it has one.
-    pub fn listener_limit(&self, name: &str) -> Option<&TokenBucket> {
+    pub fn listener_limit(&self, name: &str) -> Option<&ListenerLimits> {
         // Most configurations limit no listener: skip hashing the name per request.
         if self.listener_limits.is_empty() {
             return None;
@@ -569,14 +569,12 @@ impl ConfigStore {
         };
         let mut listener_limits = HashMap::new();
         for l in &b.listeners {
-            if let Some(tb) = &l.local_rate_limit {
-                let path = format!("listeners[{}].local_rate_limit", l.name);
-                match TokenBucket::new(tb, &path) {
-                    Ok(bucket) => {
-                        listener_limits.insert(l.name.clone(), bucket);
-                    }
-                    Err(e) => errors.push(e),
+            match ListenerLimits::new(l) {
+                Ok(Some(limits)) => {
+                    listener_limits.insert(l.name.clone(), limits);
                 }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
             }
         }
         if !errors.is_empty() {

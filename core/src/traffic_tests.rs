@@ -277,6 +277,43 @@ async fn rate_limits_per_listener_and_per_route_with_conditions() {
     );
 }
 
+/// Aeraki's conditions: a request takes its token from the first condition it meets and
+/// from no other bucket; the rest share the listener's default bucket.
+#[tokio::test]
+async fn listener_conditions_take_from_the_first_bucket_that_matches() {
+    let good = upstream("good", Mode::Echo).await;
+    let proxy = proxy(
+        "      - { name: r, route: [{ cluster: c }] }",
+        &[cluster("c", "", &[good.addr])],
+        ", local_rate_limit: { max_tokens: 3, fill_interval: 1h }, local_rate_limit_conditions: [{ max_tokens: 1, fill_interval: 1h, match: { attributes: { method: { exact: sayHello } } } }, { max_tokens: 2, fill_interval: 1h, match: { attributes: { tenant: { prefix: a } } } }]",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    let hello = [("method", "sayHello"), ("tenant", "acme")];
+    assert_eq!(who(&c.call(&hello).await), "good");
+    // The first condition is spent; matching it, the call takes no other bucket.
+    assert_eq!(who(&c.call(&hello).await), "local:rate_limited");
+    assert_eq!(who(&c.call(&[("tenant", "acme")]).await), "good");
+    assert_eq!(who(&c.call(&[("tenant", "abc")]).await), "good");
+    assert_eq!(
+        who(&c.call(&[("tenant", "acme")]).await),
+        "local:rate_limited"
+    );
+    // Requests that meet no condition share the default bucket of 3.
+    for _ in 0..3 {
+        assert_eq!(who(&c.call(&[("tenant", "zed")]).await), "good");
+    }
+    assert_eq!(who(&c.call(&[]).await), "local:rate_limited");
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_local_reply_total",
+            "reason=\"rate_limited\""
+        ),
+        3
+    );
+}
+
 #[tokio::test]
 async fn outlier_detection_ejects_and_brings_back() {
     let failing = upstream("failing", Mode::Fail).await;

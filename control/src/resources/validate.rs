@@ -706,13 +706,6 @@ impl<'a> Checker<'a> {
             if let Some(tb) = &rl.token_bucket {
                 self.bucket(mr, &format!("{p}.tokenBucket"), tb);
             }
-            if rl.conditions.len() > 1 || (rl.token_bucket.is_some() && !rl.conditions.is_empty()) {
-                self.err(
-                    mr,
-                    format!("{p}.conditions"),
-                    "not supported: the proxy takes one bucket per listener; use either tokenBucket alone or one condition alone",
-                );
-            }
             for (k, cond) in rl.conditions.iter().enumerate() {
                 let cp = format!("{p}.conditions[{k}]");
                 self.match_(mr, &format!("{cp}.match"), &cond.match_);

@@ -198,6 +198,14 @@ macro_rules! reject_set {
 /// The metamesh listener.
 pub fn decode_listener(l: &pb::Listener) -> Result<config::Listener, DecodeErrors> {
     let mut cx = Ctx::new(ResourceKind::Listener, &l.name);
+    let local_rate_limit_conditions = l
+        .local_rate_limit_conditions
+        .iter()
+        .enumerate()
+        .filter_map(|(k, r)| {
+            local_rate_limit(&mut cx, &format!("local_rate_limit_conditions[{k}]"), r)
+        })
+        .collect();
     let local_rate_limit = l
         .local_rate_limit
         .as_ref()
@@ -222,6 +230,7 @@ pub fn decode_listener(l: &pb::Listener) -> Result<config::Listener, DecodeError
         route_config: l.route_config.clone(),
         hooks: l.hooks.clone(),
         local_rate_limit,
+        local_rate_limit_conditions,
         max_frame_size,
         protocol_options: l.protocol_options.clone(),
         bind_to_port: l.bind_to_port.unwrap_or(true),

@@ -196,6 +196,12 @@ impl Encoder {
                 .local_rate_limit
                 .as_ref()
                 .map(|tb| self.bucket(&format!("{p}.local_rate_limit"), tb)),
+            local_rate_limit_conditions: l
+                .local_rate_limit_conditions
+                .iter()
+                .enumerate()
+                .map(|(k, tb)| self.bucket(&format!("{p}.local_rate_limit_conditions[{k}]"), tb))
+                .collect(),
             max_frame_size: l.max_frame_size.map(|n| n as u64),
             protocol_options: l.protocol_options.clone(),
             bind_to_port: (!l.bind_to_port).then_some(false),

@@ -19,6 +19,9 @@ listeners:
       tokens_per_fill: 50
       fill_interval: 1s
       match: { attributes: { tier: { exact: gold } } }
+    local_rate_limit_conditions:
+      - { max_tokens: 3, fill_interval: 1s, match: { attributes: { method: { exact: sayHello } } } }
+      - { max_tokens: 7, tokens_per_fill: 2, fill_interval: 2s, match: { attributes: { batchjob: { present: true } } } }
     max_frame_size: 1048576
   - name: thrift-out
     address: "[::1]:9090"
