@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Side-by-side performance of metamesh against haproxy and nginx, on one machine in one go.
+#
+#   bench/side-by-side.sh              # full run (about 10 minutes); rewrites the marked
+#                                      # section of docs/performance.md
+#   bench/side-by-side.sh --quick      # CI-size run: short windows, docs untouched
+#   bench/side-by-side.sh --no-docs    # full run, report on stdout only
+#   OUT=/tmp/sbs bench/side-by-side.sh # keep the JSON reports and logs there
+#
+# For each protocol (dubbo, thrift, http) and each target it runs the load tool closed
+# loop (maximum throughput) and open loop at fixed rates, and reads the proxy's CPU time
+# (utime + stime of every process and thread, /proc/PID/stat) over the measured window and
+# its peak RSS (VmHWM, summed over worker processes). Targets:
+#   direct        the echo backend itself (the baseline for added latency)
+#   metamesh      `metamesh proxy` routing as the README does (Dubbo on batchjob, HTTP on
+#                 x-batchjob, Thrift on method), two clusters
+#   haproxy-tcp   haproxy `mode tcp` (the L4 floor)
+#   nginx-stream  nginx `stream` (the L4 floor)
+#   nginx-http    (HTTP) nginx proxy_pass with upstream keepalive, routing on x-batchjob
+#   haproxy-http  (HTTP) haproxy mode http, routing on x-batchjob
+# plus metamesh's idle RSS and the RSS 10,000 idle client connections add, the CPU per
+# request with 10 and with 10,000 routes, and with a Lua batchjob tagging hook.
+#
+# Nothing is pinned to cores: the load tool (1 thread), the echo backend (1 thread) and the
+# proxy share the machine's cores, as they would on a 2-core host. haproxy and nginx run
+# with their defaults for the machine (one thread / worker per core), as metamesh does.
+# Installs haproxy, nginx-light and libnginx-mod-stream when missing (Debian packages,
+# their system services are never started); builds metamesh and the load tool in release
+# mode.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+QUICK=0
+DOCS=1
+for a in "$@"; do
+    case "$a" in
+        --quick) QUICK=1; DOCS=0 ;;
+        --no-docs) DOCS=0 ;;
+        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "unknown argument: $a" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$QUICK" = 1 ]; then
+    DURATION=1s; WARMUP=300ms; RATES="500 2000"; IDLE_CONNS=1000; SCALE_ROUTES=1000
+else
+    DURATION=${DURATION:-8s}; WARMUP=${WARMUP:-2s}; RATES=${RATES:-"1000 5000"}
+    IDLE_CONNS=10000; SCALE_ROUTES=10000
+fi
+# Closed loop: Dubbo and Thrift pipeline 4 x 32; HTTP/1.1 one request per connection.
+MUX_CONNS=4; MUX_INFLIGHT=32; HTTP_CONNS=32
+# Open loop: connections the rate is spread over.
+OPEN_MUX_CONNS=4; OPEN_HTTP_CONNS=16
+BATCHJOB_EVERY=3
+
+OUT="${OUT:-$(mktemp -d /tmp/metamesh-side-by-side.XXXXXX)}"
+mkdir -p "$OUT"
+log() { printf '[side-by-side] %s\n' "$*" >&2; }
+die() { printf '[side-by-side] error: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ packages
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo -n "$@"
+    else die "need root to run: $*"
+    fi
+}
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+nginx_has_stream() {
+    nginx -V 2>&1 | grep -q -- '--with-stream ' || [ -f "$NGINX_STREAM_MODULE" ]
+}
+MISSING=()
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || MISSING+=(haproxy)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || MISSING+=(nginx-light)
+[ -x /usr/sbin/nginx ] && nginx_has_stream || MISSING+=(libnginx-mod-stream)
+if [ "${#MISSING[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${MISSING[*]}"
+    # Maintainer scripts must not start the packages' services: a policy-rc.d that
+    # denies every action while installing, unless the machine already has one.
+    POLICY=/usr/sbin/policy-rc.d
+    OWN_POLICY=
+    if [ ! -e "$POLICY" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
+        OWN_POLICY=1
+    fi
+    restore_policy() { if [ -n "$OWN_POLICY" ]; then as_root rm -f "$POLICY"; OWN_POLICY=; fi; }
+    trap restore_policy EXIT
+    APT=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT[@]}" "${MISSING[@]}" >/dev/null 2>&1; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT[@]}" "${MISSING[@]}" \
+            || die "apt-get install ${MISSING[*]} failed"
+    fi
+    restore_policy
+    trap - EXIT
+fi
+HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+nginx_has_stream || die "nginx has no stream module"
+
+# ------------------------------------------------------------------ build
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+log "building metamesh and metamesh-bench (release) into $CARGO_TARGET_DIR"
+(cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins) || die "build failed"
+MM="$CARGO_TARGET_DIR/release/metamesh"
+BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
+
+# ------------------------------------------------------------------ processes
+# Raise the open-files limit for the 10,000 idle connections (proxy and tool inherit it).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# A free loopback port (the kernel picks one; it is released before use).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "nothing listens on 127.0.0.1:$1"
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+start_echo() { # protocol port1 port2 -> ECHO_PID
+    "$BENCH" --threads 1 echo --protocol "$1" --listen "127.0.0.1:$2" --listen "127.0.0.1:$3" \
+        >"$OUT/echo-$1.log" 2>&1 &
+    ECHO_PID=$!; PIDS+=("$ECHO_PID")
+    wait_port "$2"; wait_port "$3"
+}
+
+start_metamesh() { # config port -> PROXY_PID
+    "$MM" proxy --config "$1" >"$1.log" 2>&1 &
+    PROXY_PID=$!; PIDS+=("$PROXY_PID")
+    for _ in $(seq 1 200); do
+        grep -q '"event":"ready"' "$1.log" 2>/dev/null && return 0
+        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$1.log" >&2; die "metamesh exited"; }
+        sleep 0.05
+    done
+    die "metamesh not ready: $(cat "$1.log")"
+}
+
+metamesh_config() { # protocol listen-port e1 e2 [routes] [lua] [noid] -> file
+    local proto=$1 port=$2 e1=$3 e2=$4 routes=${5:-0} hook=${6:-} noid=${7:-} f
+    f="$OUT/metamesh-$proto-$routes${hook:+-lua}${noid:+-noid}.yaml"
+    {
+        # noid: no x-request-id and traceparent handling (their default is on, which
+        # makes the proxy re-encode every request's metadata to add the id).
+        [ -n "$noid" ] && echo "tracing: { request_id: false, traceparent: false }"
+        echo "listeners:"
+        echo "  - { name: bench, address: 127.0.0.1:$port, protocol: $proto, route_config: bench${hook:+, hooks: [tag-batchjob]} }"
+        echo "routes:"
+        echo "  - name: bench"
+        echo "    routes:"
+        # Route-scale runs: routes that never match come first, so every request passes
+        # them all (exact matches on the interface, as a mesh with many services has).
+        local i
+        for ((i = 1; i < routes; i++)); do
+            echo "      - { name: svc-$i, match: { attributes: { interface: { exact: org.example.Service$i } } }, route: [{ cluster: user }] }"
+        done
+        case "$proto" in
+            dubbo) cat <<EOF
+      - name: batchjob
+        match:
+          attributes:
+            interface: { exact: org.apache.dubbo.samples.DemoService }
+            batchjob: { exact: "true" }
+        route: [{ cluster: batch }]
+        request_mutation: [{ key: x-tier, value: batch }]
+        response_mutation: [{ key: x-served-by, value: metamesh }]
+        timeout: 2s
+EOF
+            ;;
+            http) cat <<EOF
+      - name: batchjob
+        match: { attributes: { x-batchjob: { exact: "true" } } }
+        route: [{ cluster: batch }]
+EOF
+            ;;
+            thrift) cat <<EOF
+      - name: echo
+        match: { attributes: { method: { exact: echo } } }
+        route: [{ cluster: batch }]
+EOF
+            ;;
+        esac
+        echo "      - { name: default, route: [{ cluster: user }] }"
+        echo "clusters:"
+        echo "  - { name: batch, endpoints: [{ address: 127.0.0.1:$e2 }] }"
+        echo "  - { name: user, endpoints: [{ address: 127.0.0.1:$e1 }] }"
+        if [ -n "$hook" ]; then cat <<'EOF'
+hooks:
+  - name: tag-batchjob
+    script: |
+      function on_request(req) if req:get("batchjob") == "true" then req:set("x-tier", "batch") end end
+EOF
+        fi
+    } >"$f"
+    echo "$f"
+}
+
+start_haproxy() { # mode port e1 e2 -> PROXY_PID
+    local mode=$1 port=$2 e1=$3 e2=$4 f="$OUT/haproxy-$1.cfg"
+    if [ "$mode" = tcp ]; then cat >"$f" <<EOF
+global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:$port
+    default_backend echo
+backend echo
+    balance roundrobin
+    server e1 127.0.0.1:$e1
+    server e2 127.0.0.1:$e2
+EOF
+    else cat >"$f" <<EOF
+global
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend bench
+    bind 127.0.0.1:$port
+    use_backend batch if { req.hdr(x-batchjob) -m str true }
+    default_backend user
+backend batch
+    http-reuse always
+    server e2 127.0.0.1:$e2
+backend user
+    http-reuse always
+    server e1 127.0.0.1:$e1
+EOF
+    fi
+    "$HAPROXY" -db -f "$f" >"$f.log" 2>&1 &
+    PROXY_PID=$!; PIDS+=("$PROXY_PID")
+    wait_port "$port"
+}
+
+start_nginx() { # mode port e1 e2 -> PROXY_PID (the master; workers are its children)
+    local mode=$1 port=$2 e1=$3 e2=$4 d="$OUT/nginx-$1"
+    mkdir -p "$d/tmp"
+    {
+        [ -f "$NGINX_STREAM_MODULE" ] && [ "$mode" = stream ] && echo "load_module $NGINX_STREAM_MODULE;"
+        cat <<EOF
+worker_processes auto;
+worker_rlimit_nofile 16384;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 8000; }
+EOF
+        if [ "$mode" = stream ]; then cat <<EOF
+stream {
+    upstream echo { server 127.0.0.1:$e1; server 127.0.0.1:$e2; }
+    server { listen 127.0.0.1:$port; proxy_pass echo; }
+}
+EOF
+        else cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
+    uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+    keepalive_requests 1000000;
+    upstream batch { server 127.0.0.1:$e2; keepalive 64; keepalive_requests 1000000; }
+    upstream user { server 127.0.0.1:$e1; keepalive 64; keepalive_requests 1000000; }
+    map \$http_x_batchjob \$pool { "true" batch; default user; }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://\$pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+        fi
+    } >"$d/nginx.conf"
+    "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" >"$d/out.log" 2>&1 &
+    PROXY_PID=$!; PIDS+=("$PROXY_PID")
+    wait_port "$port"
+}
+
+# ------------------------------------------------------------------ load
+load() { # name protocol target-port pid mode(closed|RATE) -> writes $OUT/NAME.json
+    local name=$1 proto=$2 port=$3 pid=$4 mode=$5 args=()
+    if [ "$mode" = closed ]; then
+        if [ "$proto" = http ]; then args+=(--connections "$HTTP_CONNS")
+        else args+=(--connections "$MUX_CONNS" --inflight "$MUX_INFLIGHT"); fi
+    else
+        if [ "$proto" = http ]; then args+=(--connections "$OPEN_HTTP_CONNS")
+        else args+=(--connections "$OPEN_MUX_CONNS"); fi
+        args+=(--rate "$mode")
+    fi
+    [ "$pid" != - ] && args+=(--measure-pid "$pid")
+    "$BENCH" --threads 1 load --protocol "$proto" --target "127.0.0.1:$port" \
+        --duration "$DURATION" --warmup "$WARMUP" --batchjob-every "$BATCHJOB_EVERY" \
+        "${args[@]}" >"$OUT/$name.json" 2>"$OUT/$name.err" \
+        || die "load $name failed: $(cat "$OUT/$name.err")"
+    printf '%s\t%s\n' "$name" "$(cat /proc/loadavg | cut -d' ' -f1-3)" >>"$OUT/loadavg.tsv"
+    log "$name: $(jq -c '{throughput, ok, errors, p99: .latency_us.p99, cpu_us: .process.cpu_us_per_request}' "$OUT/$name.json")"
+}
+
+run_target() { # protocol target port pid
+    local m
+    for m in closed $RATES; do
+        load "$1-$2-$m" "$1" "$3" "$4" "$m"
+    done
+}
+
+log "results in $OUT"
+: >"$OUT/loadavg.tsv"
+for proto in dubbo thrift http; do
+    E1=$(free_port); E2=$(free_port)
+    start_echo "$proto" "$E1" "$E2"
+    run_target "$proto" direct "$E1" -
+
+    P=$(free_port)
+    start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2")"
+    run_target "$proto" metamesh "$P" "$PROXY_PID"
+    stop "$PROXY_PID"
+    if [ "$proto" != thrift ]; then
+        P=$(free_port)
+        start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2" 0 "" noid)"
+        run_target "$proto" metamesh-noid "$P" "$PROXY_PID"
+        stop "$PROXY_PID"
+    fi
+
+    P=$(free_port); start_haproxy tcp "$P" "$E1" "$E2"
+    run_target "$proto" haproxy-tcp "$P" "$PROXY_PID"; stop "$PROXY_PID"
+
+    P=$(free_port); start_nginx stream "$P" "$E1" "$E2"
+    run_target "$proto" nginx-stream "$P" "$PROXY_PID"; stop "$PROXY_PID"
+
+    if [ "$proto" = http ]; then
+        P=$(free_port); start_nginx http "$P" "$E1" "$E2"
+        run_target "$proto" nginx-http "$P" "$PROXY_PID"; stop "$PROXY_PID"
+        P=$(free_port); start_haproxy http "$P" "$E1" "$E2"
+        run_target "$proto" haproxy-http "$P" "$PROXY_PID"; stop "$PROXY_PID"
+    fi
+
+    if [ "$proto" = dubbo ]; then
+        # Route scale and the Lua hook: CPU per request at the highest fixed rate.
+        RATE=${RATES##* }
+        for routes in 10 "$SCALE_ROUTES"; do
+            P=$(free_port)
+            start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2" "$routes")"
+            load "dubbo-routes-$routes-$RATE" dubbo "$P" "$PROXY_PID" "$RATE"
+            stop "$PROXY_PID"
+        done
+        P=$(free_port)
+        start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2" 0 lua)"
+        load "dubbo-lua-$RATE" dubbo "$P" "$PROXY_PID" "$RATE"
+        stop "$PROXY_PID"
+
+        # Memory: idle RSS, then the RSS that idle client connections add.
+        P=$(free_port)
+        start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2")"
+        sleep 1
+        "$BENCH" --threads 1 idle --target "127.0.0.1:$P" --connections "$IDLE_CONNS" \
+            --hold 3s --measure-pid "$PROXY_PID" >"$OUT/dubbo-idle.json" \
+            || die "idle connections failed"
+        log "idle: $(cat "$OUT/dubbo-idle.json")"
+        stop "$PROXY_PID"
+    fi
+    stop "$ECHO_PID"
+done
+
+# ------------------------------------------------------------------ report
+COMMAND="bench/side-by-side.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
+python3 "$REPO/bench/report.py" "$OUT" --command "$COMMAND" \
+    --settings "window $DURATION after $WARMUP warm-up; closed loop $MUX_CONNS connections x $MUX_INFLIGHT in flight (HTTP: $HTTP_CONNS connections); open loop over $OPEN_MUX_CONNS connections (HTTP: $OPEN_HTTP_CONNS); --batchjob-every $BATCHJOB_EVERY (Dubbo attachment batchjob=true, HTTP header x-batchjob: true on every ${BATCHJOB_EVERY}rd request of a connection)" \
+    >"$OUT/report.md"
+cat "$OUT/report.md"
+if [ "$DOCS" = 1 ]; then
+    python3 "$REPO/bench/report.py" --splice "$REPO/docs/performance.md" "$OUT/report.md"
+    log "docs/performance.md updated"
+fi
