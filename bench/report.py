@@ -59,9 +59,12 @@ def section(out, command, settings):
                     if not p.endswith("closed.json")})
     low, high = rates[0], rates[-1]
     loads = []
+    load_of = {}
     with open(os.path.join(out, "loadavg.tsv")) as f:
         for line in f:
-            loads.append(float(line.split("\t")[1].split()[0]))
+            name, avg = line.split("\t")
+            loads.append(float(avg.split()[0]))
+            load_of[name] = loads[-1]
     lines = [BEGIN, "", "## Side by side: metamesh, haproxy and nginx", "",
              "    " + command, "",
              f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
@@ -77,7 +80,8 @@ def section(out, command, settings):
              "answered. Added latency is the target's percentile minus direct's at the same "
              "rate, open loop, measured from each request's intended send time (the direct "
              "row gives the absolute figures: the load tool's own floor). Peak RSS is VmHWM "
-             "summed over the proxy's processes. `metamesh-noid` is metamesh with "
+             "summed over the proxy's processes; `load avg` is the machine's 1-minute "
+             "load average after each of the row's runs. `metamesh-noid` is metamesh with "
              "`tracing: { request_id: false, traceparent: false }`: by default every request "
              "gets an `x-request-id`, which makes the proxy re-encode its metadata.", ""]
     for proto in ("dubbo", "thrift", "http"):
@@ -90,7 +94,7 @@ def section(out, command, settings):
         head = ["target", "max req/s", "CPU µs/req at max", f"CPU µs/req at {high}/s"]
         head += [f"CPU vs {r} at {high}/s" for r in refs]
         head += ["peak RSS MiB", f"added p50 / p99 / p99.9 µs at {low}/s",
-                 f"added p50 / p99 / p99.9 µs at {high}/s", "errors"]
+                 f"added p50 / p99 / p99.9 µs at {high}/s", "errors", "load avg"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for t in targets:
             c = d[t]["closed"]
@@ -116,6 +120,9 @@ def section(out, command, settings):
                                           for k in ks))
             errs = sum(x["errors"] for x in d[t].values() if x)
             row.append(str(errs))
+            runs = [load_of.get(f"{proto}-{t}-{m}") for m in ["closed"] + rates]
+            runs = [x for x in runs if x is not None]
+            row.append(f"{min(runs):.1f}–{max(runs):.1f}" if runs else "–")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
@@ -165,7 +172,9 @@ def section(out, command, settings):
     v = ratio(cpu(rbig), cpu(r10))
     if v is not None:
         rows.append((f"route scale: CPU/req with {nbig} routes vs 10, at {high}/s",
-                     "≤ 1.10×", f"{v:.2f}× ({fmt(cpu(rbig), 2)} vs {fmt(cpu(r10), 2)} µs)",
+                     "≤ 1.10×", f"{v:.2f}× ({fmt(cpu(rbig), 2)} vs {fmt(cpu(r10), 2)} µs)"
+                     + (f"; {rbig['errors']:,} of {rbig['sent']:,} unanswered: the proxy "
+                        f"could not keep up with {high}/s" if rbig["errors"] else ""),
                      verdict(v, 1.10)))
     base = load(out, f"dubbo-metamesh-{high}")
     if lua and base:

@@ -379,7 +379,8 @@ for proto in dubbo thrift http; do
 done
 
 # ------------------------------------------------------------------ report
-COMMAND="bench/side-by-side.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
+COMMAND="bench/side-by-side.sh"
+if [ "$QUICK" = 1 ]; then COMMAND+=" --quick"; fi
 python3 "$REPO/bench/report.py" "$OUT" --command "$COMMAND" \
     --settings "window $DURATION after $WARMUP warm-up; closed loop $MUX_CONNS connections x $MUX_INFLIGHT in flight (HTTP: $HTTP_CONNS connections); open loop over $OPEN_MUX_CONNS connections (HTTP: $OPEN_HTTP_CONNS); --batchjob-every $BATCHJOB_EVERY (Dubbo attachment batchjob=true, HTTP header x-batchjob: true on every ${BATCHJOB_EVERY}rd request of a connection)" \
     >"$OUT/report.md"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Samples where `metamesh proxy` spends its CPU under Dubbo load (perf, cpu-clock: it works
+# where hardware counters do not, as in most VMs), and prints the top symbols.
+#
+#   bench/profile.sh                    # closed loop, 4 connections x 32 in flight
+#   RATE=5000 bench/profile.sh          # open loop at 5,000 requests per second
+#   ROUTES=10000 RATE=2000 bench/profile.sh   # 9,999 non-matching routes first
+#   TRACING=off bench/profile.sh        # without x-request-id / traceparent handling
+#
+# Needs perf (Debian linux-perf) and the release binaries (it builds them). Writes
+# perf.data and the reports into $OUT (default: a new directory under /tmp).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$(mktemp -d /tmp/metamesh-profile.XXXXXX)}"
+mkdir -p "$OUT"
+SECONDS_SAMPLED=${SECONDS_SAMPLED:-8}
+ROUTES=${ROUTES:-0}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+(cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins)
+MM="$CARGO_TARGET_DIR/release/metamesh"
+BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
+command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }
+
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+E1=$(port); E2=$(port); P=$(port)
+"$BENCH" echo --protocol dubbo --listen "127.0.0.1:$E1" --listen "127.0.0.1:$E2" >"$OUT/echo.log" &
+PIDS+=($!)
+{
+    [ "${TRACING:-on}" = off ] && echo "tracing: { request_id: false, traceparent: false }"
+    echo "listeners: [{ name: bench, address: 127.0.0.1:$P, protocol: dubbo, route_config: bench }]"
+    echo "routes:"
+    echo "  - name: bench"
+    echo "    routes:"
+    for ((i = 1; i < ROUTES; i++)); do
+        echo "      - { name: svc-$i, match: { attributes: { interface: { exact: org.example.Service$i } } }, route: [{ cluster: user }] }"
+    done
+    cat <<'EOF'
+      - name: batchjob
+        match:
+          attributes:
+            interface: { exact: org.apache.dubbo.samples.DemoService }
+            batchjob: { exact: "true" }
+        route: [{ cluster: batch }]
+        request_mutation: [{ key: x-tier, value: batch }]
+        response_mutation: [{ key: x-served-by, value: metamesh }]
+      - { name: default, route: [{ cluster: user }] }
+EOF
+    echo "clusters:"
+    echo "  - { name: batch, endpoints: [{ address: 127.0.0.1:$E2 }] }"
+    echo "  - { name: user, endpoints: [{ address: 127.0.0.1:$E1 }] }"
+} >"$OUT/proxy.yaml"
+"$MM" proxy --config "$OUT/proxy.yaml" >"$OUT/proxy.log" 2>&1 &
+MMPID=$!; PIDS+=("$MMPID")
+for _ in $(seq 1 100); do grep -q '"event":"ready"' "$OUT/proxy.log" && break; sleep 0.1; done
+
+LOAD=(--connections 4 --inflight 32)
+[ -n "${RATE:-}" ] && LOAD=(--connections 4 --rate "$RATE")
+"$BENCH" load --protocol dubbo --target "127.0.0.1:$P" "${LOAD[@]}" --batchjob-every 3 \
+    --warmup 1s --duration "$((SECONDS_SAMPLED + 2))s" --measure-pid "$MMPID" >"$OUT/load.json" &
+LOADPID=$!
+sleep 1.5
+perf record -q -e cpu-clock -F 999 -g --call-graph dwarf,16384 -p "$MMPID" -o "$OUT/perf.data" \
+    -- sleep "$SECONDS_SAMPLED" 2>"$OUT/perf-record.log"
+wait "$LOADPID"
+perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.7 \
+    2>/dev/null >"$OUT/self.txt"
+perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none --percent-limit 3 \
+    2>/dev/null >"$OUT/children.txt"
+echo "load: $(jq -c '{throughput, errors, cpu_us: .process.cpu_us_per_request}' "$OUT/load.json")"
+echo "--- self time (top) ---"; grep -v '^#' "$OUT/self.txt" | grep -v '^$' | head -40
+echo "--- inclusive (top) ---"; grep -v '^#' "$OUT/children.txt" | grep -v '^$' | head -40
+echo "reports in $OUT"
