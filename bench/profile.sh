@@ -23,35 +23,14 @@ command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-per
 
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-E1=$(port); E2=$(port); P=$(port)
+# shellcheck source=bench/common.sh
+source "$REPO/bench/common.sh"
+E1=$(free_port); E2=$(free_port); P=$(free_port)
 "$BENCH" echo --protocol dubbo --listen "127.0.0.1:$E1" --listen "127.0.0.1:$E2" >"$OUT/echo.log" &
 PIDS+=($!)
-{
-    [ "${TRACING:-on}" = off ] && echo "tracing: { request_id: false, traceparent: false }"
-    echo "listeners: [{ name: bench, address: 127.0.0.1:$P, protocol: dubbo, route_config: bench }]"
-    echo "routes:"
-    echo "  - name: bench"
-    echo "    routes:"
-    for ((i = 1; i < ROUTES; i++)); do
-        echo "      - { name: svc-$i, match: { attributes: { interface: { exact: org.example.Service$i } } }, route: [{ cluster: user }] }"
-    done
-    cat <<'EOF'
-      - name: batchjob
-        match:
-          attributes:
-            interface: { exact: org.apache.dubbo.samples.DemoService }
-            batchjob: { exact: "true" }
-        route: [{ cluster: batch }]
-        request_mutation: [{ key: x-tier, value: batch }]
-        response_mutation: [{ key: x-served-by, value: metamesh }]
-      - { name: default, route: [{ cluster: user }] }
-EOF
-    echo "clusters:"
-    echo "  - { name: batch, endpoints: [{ address: 127.0.0.1:$E2 }] }"
-    echo "  - { name: user, endpoints: [{ address: 127.0.0.1:$E1 }] }"
-} >"$OUT/proxy.yaml"
-"$MM" proxy --config "$OUT/proxy.yaml" >"$OUT/proxy.log" 2>&1 &
+NOID=; [ "${TRACING:-on}" = off ] && NOID=noid
+CONFIG="$(metamesh_config dubbo "$P" "$E1" "$E2" "$ROUTES" "" "$NOID")"
+"$MM" proxy --config "$CONFIG" >"$OUT/proxy.log" 2>&1 &
 MMPID=$!; PIDS+=("$MMPID")
 for _ in $(seq 1 100); do grep -q '"event":"ready"' "$OUT/proxy.log" && break; sleep 0.1; done
 

@@ -42,6 +42,16 @@ def version(cmd):
         return "?"
 
 
+def commit():
+    try:
+        p = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)),
+                            "log", "-1", "--format=%h"], capture_output=True, text=True,
+                           timeout=5)
+        return p.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -67,7 +77,8 @@ def section(out, command, settings):
             load_of[name] = loads[-1]
     lines = [BEGIN, "", "## Side by side: metamesh, haproxy and nginx", "",
              "    " + command, "",
-             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
+             f"(metamesh at {commit()}) on "
              f"{os.cpu_count()} cores ({cpu_model()}), Linux {platform.release()}; "
              f"{version(['haproxy', '-v'])}; {version(['nginx', '-v'])}. "
              f"Load average (1 min) during the runs: {min(loads):.1f}–{max(loads):.1f}: "

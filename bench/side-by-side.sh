@@ -59,12 +59,6 @@ log() { printf '[side-by-side] %s\n' "$*" >&2; }
 die() { printf '[side-by-side] error: %s\n' "$*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ packages
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo -n "$@"
-    else die "need root to run: $*"
-    fi
-}
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 nginx_has_stream() {
     nginx -V 2>&1 | grep -q -- '--with-stream ' || [ -f "$NGINX_STREAM_MODULE" ]
@@ -73,27 +67,7 @@ MISSING=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || MISSING+=(haproxy)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || MISSING+=(nginx-light)
 [ -x /usr/sbin/nginx ] && nginx_has_stream || MISSING+=(libnginx-mod-stream)
-if [ "${#MISSING[@]}" -gt 0 ]; then
-    log "installing Debian packages: ${MISSING[*]}"
-    # Maintainer scripts must not start the packages' services: a policy-rc.d that
-    # denies every action while installing, unless the machine already has one.
-    POLICY=/usr/sbin/policy-rc.d
-    OWN_POLICY=
-    if [ ! -e "$POLICY" ]; then
-        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
-        OWN_POLICY=1
-    fi
-    restore_policy() { if [ -n "$OWN_POLICY" ]; then as_root rm -f "$POLICY"; OWN_POLICY=; fi; }
-    trap restore_policy EXIT
-    APT=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT[@]}" "${MISSING[@]}" >/dev/null 2>&1; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT[@]}" "${MISSING[@]}" \
-            || die "apt-get install ${MISSING[*]} failed"
-    fi
-    restore_policy
-    trap - EXIT
-fi
+"$REPO/scripts/apt-install.sh" "${MISSING[@]}"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 nginx_has_stream || die "nginx has no stream module"
@@ -106,6 +80,8 @@ MM="$CARGO_TARGET_DIR/release/metamesh"
 BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
 
 # ------------------------------------------------------------------ processes
+# shellcheck source=bench/common.sh
+source "$REPO/bench/common.sh"
 # Raise the open-files limit for the 10,000 idle connections (proxy and tool inherit it).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 PIDS=()
@@ -115,8 +91,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free loopback port (the kernel picks one; it is released before use).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
     for _ in $(seq 1 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -142,65 +116,6 @@ start_metamesh() { # config port -> PROXY_PID
         sleep 0.05
     done
     die "metamesh not ready: $(cat "$1.log")"
-}
-
-metamesh_config() { # protocol listen-port e1 e2 [routes] [lua] [noid] -> file
-    local proto=$1 port=$2 e1=$3 e2=$4 routes=${5:-0} hook=${6:-} noid=${7:-} f
-    f="$OUT/metamesh-$proto-$routes${hook:+-lua}${noid:+-noid}.yaml"
-    {
-        # noid: no x-request-id and traceparent handling (their default is on, which
-        # makes the proxy re-encode every request's metadata to add the id).
-        [ -n "$noid" ] && echo "tracing: { request_id: false, traceparent: false }"
-        echo "listeners:"
-        echo "  - { name: bench, address: 127.0.0.1:$port, protocol: $proto, route_config: bench${hook:+, hooks: [tag-batchjob]} }"
-        echo "routes:"
-        echo "  - name: bench"
-        echo "    routes:"
-        # Route-scale runs: routes that never match come first, so every request passes
-        # them all (exact matches on the interface, as a mesh with many services has).
-        local i
-        for ((i = 1; i < routes; i++)); do
-            echo "      - { name: svc-$i, match: { attributes: { interface: { exact: org.example.Service$i } } }, route: [{ cluster: user }] }"
-        done
-        case "$proto" in
-            dubbo) cat <<EOF
-      - name: batchjob
-        match:
-          attributes:
-            interface: { exact: org.apache.dubbo.samples.DemoService }
-            batchjob: { exact: "true" }
-        route: [{ cluster: batch }]
-        request_mutation: [{ key: x-tier, value: batch }]
-        response_mutation: [{ key: x-served-by, value: metamesh }]
-        timeout: 2s
-EOF
-            ;;
-            http) cat <<EOF
-      - name: batchjob
-        match: { attributes: { x-batchjob: { exact: "true" } } }
-        route: [{ cluster: batch }]
-EOF
-            ;;
-            thrift) cat <<EOF
-      - name: echo
-        match: { attributes: { method: { exact: echo } } }
-        route: [{ cluster: batch }]
-EOF
-            ;;
-        esac
-        echo "      - { name: default, route: [{ cluster: user }] }"
-        echo "clusters:"
-        echo "  - { name: batch, endpoints: [{ address: 127.0.0.1:$e2 }] }"
-        echo "  - { name: user, endpoints: [{ address: 127.0.0.1:$e1 }] }"
-        if [ -n "$hook" ]; then cat <<'EOF'
-hooks:
-  - name: tag-batchjob
-    script: |
-      function on_request(req) if req:get("batchjob") == "true" then req:set("x-tier", "batch") end end
-EOF
-        fi
-    } >"$f"
-    echo "$f"
 }
 
 start_haproxy() { # mode port e1 e2 -> PROXY_PID

@@ -51,13 +51,6 @@ die() { printf '[setup-test-deps] error: %s\n' "$*" >&2; exit 1; }
 [ -f "$IDL" ] || die "missing $IDL"
 
 # 0. Debian packages. Checked on every run (cheap); apt-get runs only when one is missing.
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo -n "$@"
-    else die "need root to run: $* (install the packages by hand or run as root)"
-    fi
-}
-
 APT_MISSING=()
 if ! command -v thrift >/dev/null 2>&1; then APT_MISSING+=(thrift-compiler); fi
 if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then APT_MISSING+=(nginx-light); fi
@@ -68,39 +61,9 @@ if ! command -v curl >/dev/null 2>&1; then APT_MISSING+=(curl); fi
 
 if [ "${#APT_MISSING[@]}" -gt 0 ]; then
     [ -z "${SETUP_TEST_DEPS_NO_APT:-}" ] || die "missing Debian packages: ${APT_MISSING[*]}"
-    command -v apt-get >/dev/null 2>&1 || die "missing ${APT_MISSING[*]} and no apt-get on this machine"
-    log "installing Debian packages: ${APT_MISSING[*]}"
-    # Keep maintainer scripts from starting services (nginx) while installing: a
-    # policy-rc.d that denies every action, unless the machine already has one.
-    POLICY=/usr/sbin/policy-rc.d
-    OWN_POLICY=
-    if [ ! -e "$POLICY" ]; then
-        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY && chmod 755 $POLICY"
-        OWN_POLICY=1
-    fi
-    restore_policy() { if [ -n "$OWN_POLICY" ]; then as_root rm -f "$POLICY"; OWN_POLICY=; fi; }
-    trap restore_policy EXIT
-    export DEBIAN_FRONTEND=noninteractive
-    APT_OPTS=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" "${APT_MISSING[@]}" >/dev/null 2>&1; then
-        log "apt-get install failed with the current package lists; running apt-get update"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null \
-            || die "apt-get update failed"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" "${APT_MISSING[@]}" \
-            || die "apt-get install ${APT_MISSING[*]} failed"
-    fi
-    restore_policy
-    trap - EXIT
-    # The package's own nginx service must not keep port 80 or start at boot: the tests
-    # start nginx with their own configuration.
-    if [[ " ${APT_MISSING[*]} " == *" nginx-light "* ]]; then
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            as_root systemctl disable --now nginx >/dev/null 2>&1 || true
-        else
-            if [ -x /etc/init.d/nginx ]; then as_root /etc/init.d/nginx stop >/dev/null 2>&1 || true; fi
-            if command -v update-rc.d >/dev/null 2>&1; then as_root update-rc.d nginx disable >/dev/null 2>&1 || true; fi
-        fi
-    fi
+    # Installed with the packages' services kept from starting (the tests run nginx
+    # with their own configuration).
+    "$REPO/scripts/apt-install.sh" "${APT_MISSING[@]}"
 fi
 command -v thrift >/dev/null 2>&1 || die "thrift (Debian thrift-compiler) is not on PATH"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || die "nginx (Debian nginx-light) is not installed"

@@ -19,30 +19,44 @@ use tokio::time::{sleep_until, Instant};
 use crate::procstat;
 use crate::proto::{self, Frame, Malformed, Protocol, ThriftTransport};
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// What to run (also the options of `metamesh-bench load`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct LoadConfig {
     /// Protocol spoken.
+    #[arg(long, value_enum)]
     pub protocol: Protocol,
     /// Where to connect.
+    #[arg(long)]
     pub target: SocketAddr,
-    /// Connections opened before the run starts.
+    /// Connections, all opened before the run.
+    #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Requests outstanding per connection (HTTP/1.1: always 1).
+    /// Requests outstanding per connection (Dubbo and Thrift pipeline; HTTP/1.1 is always
+    /// 1). 0: 1 closed loop, 1024 open loop.
+    #[arg(long, default_value_t = 0)]
     pub inflight: usize,
     /// Measured window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub duration: Duration,
-    /// Load before the measured window, not recorded.
+    /// Load before the window, not recorded.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub warmup: Duration,
-    /// Open loop at this many requests per second over all connections; closed loop when `None`.
+    /// Open loop at this many requests per second over all connections, latency measured
+    /// from each request's intended send time; closed loop without it.
+    #[arg(long)]
     pub rate: Option<f64>,
-    /// Every K-th request of a connection carries batchjob (0: none).
+    /// Every K-th request of a connection carries batchjob (Dubbo attachment
+    /// batchjob=true, HTTP header x-batchjob: true); 0: none.
+    #[arg(long, default_value_t = 0)]
     pub batchjob_every: u64,
     /// Thrift transport written.
+    #[arg(long, value_enum, default_value = "framed")]
     pub thrift_transport: ThriftTransport,
     /// How long to wait for outstanding answers after the window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub drain: Duration,
-    /// Processes whose CPU and memory are measured over the window (children included).
+    /// Measure CPU and memory of these processes (and their children) over the window.
+    #[arg(long = "measure-pid", value_delimiter = ',')]
     pub measure_pids: Vec<u32>,
 }
 
@@ -472,7 +486,16 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         streams.push(s);
     }
     let connections = streams.len();
-    let cfg = LoadConfig { connections, ..cfg };
+    let inflight = match (cfg.inflight, cfg.rate) {
+        (0, Some(_)) => 1024,
+        (0, None) => 1,
+        (n, _) => n,
+    };
+    let cfg = LoadConfig {
+        connections,
+        inflight,
+        ..cfg
+    };
     let ticks = procstat::clock_ticks();
     let pids = procstat::with_children(&cfg.measure_pids);
     let start = Instant::now();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use metamesh_bench::proto::{Protocol, ThriftTransport};
+use metamesh_bench::proto::Protocol;
 use metamesh_bench::{echo, load};
 
 #[derive(Parser)]
@@ -22,41 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Send load and print one JSON report on stdout.
-    Load {
-        #[arg(long, value_enum)]
-        protocol: Protocol,
-        #[arg(long)]
-        target: SocketAddr,
-        /// Connections, all opened before the run.
-        #[arg(long, default_value_t = 1)]
-        connections: usize,
-        /// Requests outstanding per connection (Dubbo and Thrift pipeline; HTTP/1.1 is
-        /// always 1). Default: 1 closed loop, 1024 open loop.
-        #[arg(long)]
-        inflight: Option<usize>,
-        /// Measured window.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-        duration: Duration,
-        /// Load before the window, not recorded.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        warmup: Duration,
-        /// Open loop at this many requests per second (over all connections); latency is
-        /// measured from each request's intended send time. Closed loop without it.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Every K-th request of a connection carries batchjob (Dubbo attachment
-        /// batchjob=true, HTTP header x-batchjob: true).
-        #[arg(long, default_value_t = 0)]
-        batchjob_every: u64,
-        #[arg(long, value_enum, default_value = "framed")]
-        thrift_transport: ThriftTransport,
-        /// How long to wait for outstanding answers after the window.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-        drain: Duration,
-        /// Measure CPU and memory of these processes (and their children) over the window.
-        #[arg(long, value_delimiter = ',')]
-        measure_pid: Vec<u32>,
-    },
+    Load(load::LoadConfig),
     /// Serve echo backends; prints `{"event":"ready","listeners":[...]}` once bound.
     Echo {
         #[arg(long, value_enum)]
@@ -87,34 +53,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Load {
-                protocol,
-                target,
-                connections,
-                inflight,
-                duration,
-                warmup,
-                rate,
-                batchjob_every,
-                thrift_transport,
-                drain,
-                measure_pid,
-            } => {
-                let inflight = inflight.unwrap_or(if rate.is_some() { 1024 } else { 1 });
-                let report = load::run(load::LoadConfig {
-                    protocol,
-                    target,
-                    connections,
-                    inflight,
-                    duration,
-                    warmup,
-                    rate,
-                    batchjob_every,
-                    thrift_transport,
-                    drain,
-                    measure_pids: measure_pid,
-                })
-                .await?;
+            Cmd::Load(cfg) => {
+                let report = load::run(cfg).await?;
                 println!("{}", serde_json::to_string(&report)?);
             }
             Cmd::Echo { protocol, listen } => {

@@ -1,0 +1,66 @@
+# Shell functions bench/side-by-side.sh and bench/profile.sh share. Source it; the
+# functions write into $OUT.
+
+# A free loopback port (the kernel picks one; it is released before use).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Writes a `metamesh proxy` configuration into $OUT and prints its path.
+metamesh_config() { # protocol listen-port e1 e2 [routes] [lua] [noid] -> file
+    local proto=$1 port=$2 e1=$3 e2=$4 routes=${5:-0} hook=${6:-} noid=${7:-} f
+    f="$OUT/metamesh-$proto-$routes${hook:+-lua}${noid:+-noid}.yaml"
+    {
+        # noid: no x-request-id and traceparent handling (their default is on, which
+        # makes the proxy re-encode every request's metadata to add the id).
+        [ -n "$noid" ] && echo "tracing: { request_id: false, traceparent: false }"
+        echo "listeners:"
+        echo "  - { name: bench, address: 127.0.0.1:$port, protocol: $proto, route_config: bench${hook:+, hooks: [tag-batchjob]} }"
+        echo "routes:"
+        echo "  - name: bench"
+        echo "    routes:"
+        # Route-scale runs: routes that never match come first, so every request passes
+        # them all (exact matches on the interface, as a mesh with many services has).
+        local i
+        for ((i = 1; i < routes; i++)); do
+            echo "      - { name: svc-$i, match: { attributes: { interface: { exact: org.example.Service$i } } }, route: [{ cluster: user }] }"
+        done
+        case "$proto" in
+            dubbo) cat <<EOF
+      - name: batchjob
+        match:
+          attributes:
+            interface: { exact: org.apache.dubbo.samples.DemoService }
+            batchjob: { exact: "true" }
+        route: [{ cluster: batch }]
+        request_mutation: [{ key: x-tier, value: batch }]
+        response_mutation: [{ key: x-served-by, value: metamesh }]
+        timeout: 2s
+EOF
+            ;;
+            http) cat <<EOF
+      - name: batchjob
+        match: { attributes: { x-batchjob: { exact: "true" } } }
+        route: [{ cluster: batch }]
+EOF
+            ;;
+            thrift) cat <<EOF
+      - name: echo
+        match: { attributes: { method: { exact: echo } } }
+        route: [{ cluster: batch }]
+EOF
+            ;;
+        esac
+        echo "      - { name: default, route: [{ cluster: user }] }"
+        echo "clusters:"
+        echo "  - { name: batch, endpoints: [{ address: 127.0.0.1:$e2 }] }"
+        echo "  - { name: user, endpoints: [{ address: 127.0.0.1:$e1 }] }"
+        if [ -n "$hook" ]; then cat <<'EOF'
+hooks:
+  - name: tag-batchjob
+    script: |
+      function on_request(req) if req:get("batchjob") == "true" then req:set("x-tier", "batch") end end
+EOF
+        fi
+    } >"$f"
+    echo "$f"
+}
+
