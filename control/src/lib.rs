@@ -9,6 +9,8 @@
 pub mod ads;
 pub mod duration;
 pub mod error;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 mod locality;
 pub mod resources;
 pub mod source;
@@ -16,5 +18,5 @@ pub mod translate;
 pub mod xds;
 
 pub use error::{Location, Note, ResourceError, Source};
-pub use resources::{parse_file, MeshResources, Resource, BUILTIN_PROTOCOLS};
+pub use resources::{parse_file, parse_object, MeshResources, Resource, BUILTIN_PROTOCOLS};
 pub use translate::{translate, ValidatedMesh, DEFAULT_OUTBOUND_ADDRESS};

@@ -16,7 +16,7 @@ pub use destination_rule::DestinationRule;
 pub use lua_hook::LuaHook;
 pub use meta_router::MetaRouter;
 pub use object::{Object, ObjectMeta};
-pub use parse::parse_file;
+pub use parse::{parse_file, parse_object};
 pub use service_entry::ServiceEntry;
 
 use crate::error::{Note, ResourceError, Source};

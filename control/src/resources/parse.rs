@@ -47,6 +47,33 @@ pub fn parse_file(path_for_errors: &str, text: &str) -> Result<Vec<Resource>, Ve
     }
 }
 
+/// Parses one object as a Kubernetes API server returns it (JSON), with the same checks
+/// as a file's documents. `location` stands for the file in errors, e.g.
+/// `kubernetes:metamesh.io/v1alpha1`; errors name the object and the field path.
+pub fn parse_object(
+    location: &str,
+    object: &serde_json::Value,
+) -> Result<Vec<Resource>, Vec<ResourceError>> {
+    let source = Source {
+        file: location.to_owned(),
+        document: 1,
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    match serde_yaml_ng::to_value(object) {
+        Ok(value) => parse_value(&source, value, "", &mut out, &mut errors),
+        Err(e) => errors.push(ResourceError::new(
+            Location::new(&source, "", ""),
+            format!("cannot read the object: {e}"),
+        )),
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
 }
@@ -315,6 +342,36 @@ items:
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].resource(), "LuaHook/default/b");
         assert!(err[0].path().starts_with("items[1].spec"), "{}", err[0]);
+    }
+
+    #[test]
+    fn objects_parse_like_documents() {
+        let obj = serde_json::json!({
+            "apiVersion": "metamesh.io/v1alpha1",
+            "kind": "LuaHook",
+            "metadata": { "name": "tag", "namespace": "shop", "resourceVersion": "7", "uid": "u" },
+            "spec": { "hosts": ["a.example"], "script": "function on_request(r) end" }
+        });
+        let got = parse_object("kubernetes:metamesh.io/v1alpha1", &obj).expect("parses");
+        match &got[..] {
+            [Resource::LuaHook(h)] => assert_eq!(h.id(), "LuaHook/shop/tag"),
+            other => panic!("{other:?}"),
+        }
+        let bad = serde_json::json!({
+            "apiVersion": "metamesh.io/v1alpha1",
+            "kind": "LuaHook",
+            "metadata": { "name": "tag", "namespace": "shop" },
+            "spec": { "hosts": ["a.example"], "scrpt": "" }
+        });
+        let err = parse_object("kubernetes:metamesh.io/v1alpha1", &bad).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0].to_string().starts_with(
+                "kubernetes:metamesh.io/v1alpha1: LuaHook/shop/tag: spec: unknown field `scrpt`"
+            ),
+            "{}",
+            err[0]
+        );
     }
 
     #[test]
