@@ -367,7 +367,7 @@ items:
         assert_eq!(err.len(), 1);
         assert!(
             err[0].to_string().starts_with(
-                "kubernetes:metamesh.io/v1alpha1: LuaHook/shop/tag: spec: unknown field `scrpt`"
+                "kubernetes:metamesh.io/v1alpha1: LuaHook/shop/tag: spec.scrpt: unknown field `scrpt`"
             ),
             "{}",
             err[0]
