@@ -37,11 +37,22 @@ enum Command {
         drain_timeout: Duration,
     },
     /// Serve xDS (ADS) to proxies from a watched directory of mesh resources
-    /// (MetaRouter, DestinationRule, ServiceEntry, LuaHook).
+    /// (MetaRouter, DestinationRule, ServiceEntry, LuaHook) or a Kubernetes API server.
     Control {
         /// Directory of YAML resources, watched for changes.
+        #[arg(
+            long,
+            required_unless_present = "kubernetes",
+            conflicts_with = "kubernetes"
+        )]
+        config_dir: Option<PathBuf>,
+        /// Read the resources, Services and EndpointSlices from the Kubernetes API server
+        /// of the kubeconfig (`KUBECONFIG`) or of the cluster the process runs in.
         #[arg(long)]
-        config_dir: PathBuf,
+        kubernetes: bool,
+        /// With --kubernetes: read only this namespace.
+        #[arg(long, requires = "kubernetes")]
+        namespace: Option<String>,
         /// Address the ADS server listens on.
         #[arg(long, default_value = "127.0.0.1:15010")]
         xds_address: String,
@@ -195,27 +206,71 @@ fn listener_map(proxy: &Proxy) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
-/// Serves ADS from a watched directory until SIGINT or SIGTERM.
-async fn run_control(dir: &Path, address: &str) -> anyhow::Result<()> {
-    if !dir.is_dir() {
-        anyhow::bail!("{}: not a directory", dir.display());
+/// Where the control plane reads the mesh resources from.
+enum ControlSource {
+    Dir(PathBuf),
+    Kubernetes { namespace: Option<String> },
+}
+
+/// A started source: its published sets, and what keeps it running.
+type Started = (
+    tokio::sync::watch::Receiver<Option<Arc<metamesh_control::source::Loaded>>>,
+    Box<dyn std::any::Any + Send>,
+);
+
+async fn start_source(source: &ControlSource) -> anyhow::Result<Started> {
+    match source {
+        ControlSource::Dir(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!("{}: not a directory", dir.display());
+            }
+            let watch = metamesh_control::source::DirWatch::start(
+                dir.to_owned(),
+                metamesh_control::source::DEFAULT_POLL_INTERVAL,
+                metamesh_control::source::DEFAULT_SETTLE_TIME,
+            );
+            Ok((watch.subscribe(), Box::new(watch)))
+        }
+        #[cfg(feature = "kubernetes")]
+        ControlSource::Kubernetes { namespace } => {
+            use metamesh_control::kubernetes::{KubeOptions, KubeWatch};
+            let options = KubeOptions {
+                namespace: namespace.clone(),
+                ..KubeOptions::default()
+            };
+            let watch = KubeWatch::from_environment(options)
+                .await
+                .context("--kubernetes")?;
+            Ok((watch.subscribe(), Box::new(watch)))
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        ControlSource::Kubernetes { .. } => anyhow::bail!(
+            "--kubernetes: this metamesh was built without Kubernetes support \
+             (build it with `cargo build --features kubernetes`)"
+        ),
     }
+}
+
+/// Serves ADS from a watched directory or a Kubernetes API server until SIGINT or
+/// SIGTERM.
+async fn run_control(source: ControlSource, address: &str) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
-    let watch = metamesh_control::source::DirWatch::start(
-        dir.to_owned(),
-        metamesh_control::source::DEFAULT_POLL_INTERVAL,
-        metamesh_control::source::DEFAULT_SETTLE_TIME,
-    );
+    let (sets, _running) = start_source(&source).await?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("--xds-address: cannot bind {address}"))?;
     let bound = listener.local_addr().context("--xds-address")?;
-    let server = metamesh_control::ads::AdsServer::new(watch.subscribe());
+    let server = metamesh_control::ads::AdsServer::new(sets);
     println!(
         "{}",
         serde_json::json!({ "event": "ready", "xds": bound.to_string() })
     );
-    tracing::info!(%bound, dir = %dir.display(), "serving ADS");
+    match &source {
+        ControlSource::Dir(dir) => tracing::info!(%bound, dir = %dir.display(), "serving ADS"),
+        ControlSource::Kubernetes { namespace } => {
+            tracing::info!(%bound, namespace = namespace.as_deref().unwrap_or("*"), "serving ADS from Kubernetes")
+        }
+    }
     server
         .serve(listener, signal)
         .await
@@ -348,10 +403,16 @@ fn main() -> ExitCode {
         }
         Command::Control {
             config_dir,
+            kubernetes,
+            namespace,
             xds_address,
         } => {
             init_tracing("info");
-            runtime().and_then(|rt| rt.block_on(run_control(&config_dir, &xds_address)))
+            let source = match config_dir {
+                Some(dir) if !kubernetes => ControlSource::Dir(dir),
+                _ => ControlSource::Kubernetes { namespace },
+            };
+            runtime().and_then(|rt| rt.block_on(run_control(source, &xds_address)))
         }
         Command::Iptables {
             rules,

@@ -107,7 +107,27 @@ pub struct KubeWatch {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Why the API server cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Neither a kubeconfig (`KUBECONFIG`, `~/.kube/config`) nor an in-cluster
+    /// service account was found or usable.
+    #[error("no Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The configuration does not make a client (bad TLS material, proxy, ...).
+    #[error("cannot make a Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
 impl KubeWatch {
+    /// Starts watching the API server the environment names: the kubeconfig
+    /// (`KUBECONFIG` or `~/.kube/config`), else the in-cluster service account.
+    pub async fn from_environment(options: KubeOptions) -> Result<KubeWatch, ConnectError> {
+        let config = kube::Config::infer().await?;
+        let client = Client::try_from(config)?;
+        Ok(KubeWatch::start(client, options))
+    }
+
     /// Starts watching through `client`. The first set is published once every kind has
     /// been listed (or found missing).
     pub fn start(client: Client, options: KubeOptions) -> KubeWatch {
