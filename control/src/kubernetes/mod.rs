@@ -3,6 +3,8 @@
 //! EndpointSlices turned into ServiceEntries, watched with kube-runtime (relists on
 //! errors, `410 Gone` and reconnects) and published like a watched directory.
 
+#[cfg(test)]
+mod crds;
 mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
