@@ -77,7 +77,15 @@ async fn first(w: &KubeWatch) -> (watch::Receiver<Option<Arc<Loaded>>>, Arc<Load
     let current = rx.borrow_and_update().clone();
     let loaded = match current {
         Some(l) => l,
-        None => next_within(&mut rx, Duration::from_secs(10)).await,
+        None => {
+            let waited = tokio::time::timeout(Duration::from_secs(10), rx.changed()).await;
+            let errors = w.errors().borrow().clone();
+            assert!(
+                matches!(waited, Ok(Ok(()))),
+                "no first set within 10 s; errors: {errors:?}"
+            );
+            rx.borrow().clone().expect("a set")
+        }
     };
     (rx, loaded)
 }

@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 mod crds;
+mod hosts;
 mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -545,6 +546,14 @@ impl State {
                     }
                 }
                 Err(Skip::NoMetaPort) => {}
+            }
+        }
+        for r in &mut resources {
+            hosts::expand(r, &self.options.domain);
+        }
+        for id in hosts::mesh_only(&mut resources, &protocols) {
+            if self.skipped.insert(id.clone()) {
+                tracing::info!(resource = %id, "left out: not about a service with a meta-protocol port");
             }
         }
         let mesh = MeshResources::from_resources(resources);

@@ -229,3 +229,139 @@ fn slice_port(slices: &[&EndpointSlice], name: &str) -> Option<u32> {
         .and_then(|p| p.port)
         .and_then(|p| u32::try_from(p).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "name": "svc", "namespace": "ns" },
+            "spec": spec,
+        }))
+        .expect("a Service")
+    }
+
+    fn slice(address_type: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "svc-abcde",
+                "namespace": "ns",
+                "labels": { SERVICE_NAME_LABEL: "svc" },
+            },
+            "addressType": address_type,
+            "endpoints": endpoints,
+            "ports": [{ "port": 7001, "protocol": "TCP" }],
+        }))
+        .expect("an EndpointSlice")
+    }
+
+    fn build(
+        svc: &Service,
+        slices: &[EndpointSlice],
+        nodes: &LabelsByName,
+    ) -> Result<ServiceEntry, Skip> {
+        let protocols = crate::MeshResources::new().protocols().to_vec();
+        let pods = LabelsByName::new();
+        let cluster = Cluster {
+            domain: "cluster.local",
+            protocols: &protocols,
+            slices: slices_by_service(slices),
+            pods: &pods,
+            nodes,
+        };
+        cluster.service_entry(svc)
+    }
+
+    #[test]
+    fn an_unnamed_dubbo_port_takes_its_target_port_from_the_slices() {
+        // Headless, one unnamed port declared Dubbo by appProtocol, a named target port.
+        let svc = service(json!({
+            "clusterIP": "None",
+            "ports": [
+                { "port": 20880, "appProtocol": "dubbo", "targetPort": "dubbo" },
+                { "port": 53, "protocol": "UDP", "appProtocol": "dubbo" },
+            ],
+        }));
+        let slices = [
+            slice(
+                "IPv4",
+                json!([
+                    { "addresses": ["10.0.0.1"] },
+                    { "addresses": ["10.0.0.2"], "conditions": { "ready": false, "serving": true, "terminating": true } },
+                    { "addresses": ["10.0.0.1"], "conditions": { "ready": true } },
+                ]),
+            ),
+            slice("FQDN", json!([{ "addresses": ["db.example.com"] }])),
+        ];
+        let se = build(&svc, &slices, &LabelsByName::new()).expect("an entry");
+        assert_eq!(se.spec.hosts, ["svc.ns.svc.cluster.local"]);
+        assert_eq!(se.spec.ports.len(), 1, "UDP ports are left out");
+        assert_eq!(se.spec.ports[0].protocol.as_deref(), Some("dubbo"));
+        assert_eq!(se.spec.ports[0].target_port, Some(7001));
+        let addresses: Vec<&str> = se
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        // No `ready` means ready; a terminating endpoint is left out; duplicates once.
+        assert_eq!(addresses, ["10.0.0.1"]);
+        assert_eq!(se.spec.endpoints[0].locality, None);
+    }
+
+    #[test]
+    fn locality_needs_a_region_and_takes_the_endpoint_zone_last() {
+        let svc =
+            service(json!({ "ports": [{ "name": "tcp-metaprotocol-thrift", "port": 9090 }] }));
+        let slices = [slice(
+            "IPv4",
+            json!([
+                { "addresses": ["10.0.0.1"], "nodeName": "n1", "zone": "z-ep" },
+                { "addresses": ["10.0.0.2"], "nodeName": "n2", "zone": "z-ep" },
+                { "addresses": ["10.0.0.3"], "nodeName": "unknown", "zone": "z-ep" },
+            ]),
+        )];
+        let mut nodes = LabelsByName::new();
+        nodes.insert(
+            "n1".into(),
+            [(REGION_LABEL, "r"), (ZONE_LABEL, "z"), (SUBZONE_LABEL, "s")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        nodes.insert(
+            "n2".into(),
+            [(REGION_LABEL.to_owned(), "r".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let se = build(&svc, &slices, &nodes).expect("an entry");
+        let got: Vec<Option<&str>> = se
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| e.locality.as_deref())
+            .collect();
+        assert_eq!(got, [Some("r/z/s"), Some("r/z-ep"), None]);
+    }
+
+    #[test]
+    fn external_names_and_services_without_meta_ports_give_nothing() {
+        let external = service(json!({
+            "type": "ExternalName",
+            "externalName": "db.example.com",
+            "ports": [{ "name": "tcp-metaprotocol-dubbo", "port": 20880 }],
+        }));
+        assert_eq!(
+            build(&external, &[], &LabelsByName::new()),
+            Err(Skip::ExternalName)
+        );
+        let web = service(json!({ "ports": [{ "name": "http", "port": 80 }] }));
+        assert_eq!(
+            build(&web, &[], &LabelsByName::new()),
+            Err(Skip::NoMetaPort)
+        );
+    }
+}
