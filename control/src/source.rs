@@ -28,7 +28,7 @@ pub struct Loaded {
     pub generation: u64,
     /// The resources.
     pub mesh: MeshResources,
-    /// Files read, relative to the directory.
+    /// Files read, relative to the directory (from Kubernetes: the objects read).
     pub files: Vec<String>,
 }
 
