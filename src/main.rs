@@ -212,24 +212,17 @@ enum ControlSource {
     Kubernetes { namespace: Option<String> },
 }
 
-/// A started source: its published sets, and what keeps it running.
-type Started = (
-    tokio::sync::watch::Receiver<Option<Arc<metamesh_control::source::Loaded>>>,
-    Box<dyn std::any::Any + Send>,
-);
-
-async fn start_source(source: &ControlSource) -> anyhow::Result<Started> {
+async fn start_source(source: &ControlSource) -> anyhow::Result<metamesh_control::source::Watched> {
     match source {
         ControlSource::Dir(dir) => {
             if !dir.is_dir() {
                 anyhow::bail!("{}: not a directory", dir.display());
             }
-            let watch = metamesh_control::source::DirWatch::start(
+            Ok(metamesh_control::source::DirWatch::start(
                 dir.to_owned(),
                 metamesh_control::source::DEFAULT_POLL_INTERVAL,
                 metamesh_control::source::DEFAULT_SETTLE_TIME,
-            );
-            Ok((watch.subscribe(), Box::new(watch)))
+            ))
         }
         #[cfg(feature = "kubernetes")]
         ControlSource::Kubernetes { namespace } => {
@@ -238,10 +231,9 @@ async fn start_source(source: &ControlSource) -> anyhow::Result<Started> {
                 namespace: namespace.clone(),
                 ..KubeOptions::default()
             };
-            let watch = KubeWatch::from_environment(options)
+            KubeWatch::from_environment(options)
                 .await
-                .context("--kubernetes")?;
-            Ok((watch.subscribe(), Box::new(watch)))
+                .context("--kubernetes")
         }
         #[cfg(not(feature = "kubernetes"))]
         ControlSource::Kubernetes { .. } => anyhow::bail!(
@@ -255,12 +247,12 @@ async fn start_source(source: &ControlSource) -> anyhow::Result<Started> {
 /// SIGTERM.
 async fn run_control(source: ControlSource, address: &str) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
-    let (sets, _running) = start_source(&source).await?;
+    let watch = start_source(&source).await?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("--xds-address: cannot bind {address}"))?;
     let bound = listener.local_addr().context("--xds-address")?;
-    let server = metamesh_control::ads::AdsServer::new(sets);
+    let server = metamesh_control::ads::AdsServer::new(watch.subscribe());
     println!(
         "{}",
         serde_json::json!({ "event": "ready", "xds": bound.to_string() })

@@ -124,21 +124,29 @@ pub fn load_dir(dir: &Path) -> Result<(MeshResources, Vec<String>), LoadError> {
     }
 }
 
-/// A directory being watched.
-pub struct DirWatch {
+/// A running source: the sets it publishes and the problems of the ones it refused.
+/// The source stops when this is dropped.
+pub struct Watched {
     rx: watch::Receiver<Option<Arc<Loaded>>>,
     errors: watch::Receiver<Option<Arc<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl DirWatch {
-    /// Loads `dir` once and starts watching it. The first load may fail; the watch goes
-    /// on and publishes the first set that loads.
-    pub fn start(dir: PathBuf, poll: Duration, settle: Duration) -> DirWatch {
+impl Watched {
+    /// Spawns a source's loop, which publishes through the [`Publisher`] it is given.
+    pub(crate) fn spawn<F, Fut>(run: F) -> Watched
+    where
+        F: FnOnce(Publisher) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = watch::channel(None);
         let (etx, erx) = watch::channel(None);
-        let task = tokio::spawn(run(dir, poll, settle, tx, etx));
-        DirWatch {
+        let task = tokio::spawn(run(Publisher {
+            tx,
+            errors: etx,
+            generation: 0,
+        }));
+        Watched {
             rx,
             errors: erx,
             task,
@@ -157,20 +165,53 @@ impl DirWatch {
     }
 }
 
-impl Drop for DirWatch {
+impl Drop for Watched {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-async fn run(
-    dir: PathBuf,
-    poll: Duration,
-    settle: Duration,
+/// The sending side of a [`Watched`]: numbers and publishes good sets, reports refused
+/// ones.
+pub(crate) struct Publisher {
     tx: watch::Sender<Option<Arc<Loaded>>>,
     errors: watch::Sender<Option<Arc<String>>>,
-) {
-    let mut generation = 0u64;
+    generation: u64,
+}
+
+impl Publisher {
+    /// Publishes a good set under the next generation, which it returns; clears the
+    /// reported problems.
+    pub fn publish(&mut self, mesh: MeshResources, files: Vec<String>) -> u64 {
+        self.generation += 1;
+        let generation = self.generation;
+        self.errors.send_if_modified(|e| e.take().is_some());
+        let _ = self.tx.send(Some(Arc::new(Loaded {
+            generation,
+            mesh,
+            files,
+        })));
+        generation
+    }
+
+    /// Reports a refused set; the last good one stays published.
+    pub fn refuse(&self, problems: String) {
+        let _ = self.errors.send(Some(Arc::new(problems)));
+    }
+}
+
+/// A watched directory.
+pub struct DirWatch;
+
+impl DirWatch {
+    /// Loads `dir` once and starts watching it. The first load may fail; the watch goes
+    /// on and publishes the first set that loads.
+    pub fn start(dir: PathBuf, poll: Duration, settle: Duration) -> Watched {
+        Watched::spawn(move |publisher| run(dir, poll, settle, publisher))
+    }
+}
+
+async fn run(dir: PathBuf, poll: Duration, settle: Duration, mut publisher: Publisher) {
     let mut seen: Option<BTreeMap<PathBuf, Stamp>> = None;
     loop {
         // Listing is a few stat calls on a small directory.
@@ -194,19 +235,14 @@ async fn run(
             };
             match loaded {
                 Ok((mesh, files)) => {
-                    generation += 1;
-                    tracing::info!(dir = %dir.display(), generation, files = files.len(), "mesh resources loaded");
-                    errors.send_if_modified(|e| e.take().is_some());
-                    let _ = tx.send(Some(Arc::new(Loaded {
-                        generation,
-                        mesh,
-                        files,
-                    })));
+                    let count = files.len();
+                    let generation = publisher.publish(mesh, files);
+                    tracing::info!(dir = %dir.display(), generation, files = count, "mesh resources loaded");
                 }
                 Err(e) => {
                     let text = e.to_string();
                     tracing::error!(dir = %dir.display(), errors = %text, "mesh resources refused; keeping the last good set");
-                    let _ = errors.send(Some(Arc::new(text)));
+                    publisher.refuse(text);
                 }
             }
         } else if now.is_none() && seen.is_some() {

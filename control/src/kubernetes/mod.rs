@@ -10,7 +10,6 @@ mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -20,13 +19,12 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta}
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
 use crate::error::join_errors;
 use crate::resources::{parse_object, MeshResources, Resource};
-use crate::source::Loaded;
+use crate::source::{Publisher, Watched};
 
 use services::{Cluster, Skip};
 
@@ -104,11 +102,7 @@ impl Default for KubeOptions {
 }
 
 /// An API server being watched.
-pub struct KubeWatch {
-    rx: watch::Receiver<Option<Arc<Loaded>>>,
-    errors: watch::Receiver<Option<Arc<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct KubeWatch;
 
 /// Why the API server cannot be reached.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +119,7 @@ pub enum ConnectError {
 impl KubeWatch {
     /// Starts watching the API server the environment names: the kubeconfig
     /// (`KUBECONFIG` or `~/.kube/config`), else the in-cluster service account.
-    pub async fn from_environment(options: KubeOptions) -> Result<KubeWatch, ConnectError> {
+    pub async fn from_environment(options: KubeOptions) -> Result<Watched, ConnectError> {
         let config = kube::Config::infer().await?;
         let client = Client::try_from(config)?;
         Ok(KubeWatch::start(client, options))
@@ -133,32 +127,8 @@ impl KubeWatch {
 
     /// Starts watching through `client`. The first set is published once every kind has
     /// been listed (or found missing).
-    pub fn start(client: Client, options: KubeOptions) -> KubeWatch {
-        let (tx, rx) = watch::channel(None);
-        let (etx, erx) = watch::channel(None);
-        let task = tokio::spawn(run(client, options, tx, etx));
-        KubeWatch {
-            rx,
-            errors: erx,
-            task,
-        }
-    }
-
-    /// The newest good set (`None` until one loads); `changed()` on it wakes on each
-    /// new set.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Loaded>>> {
-        self.rx.clone()
-    }
-
-    /// The problems of the newest set that failed (`None` after a good one).
-    pub fn errors(&self) -> watch::Receiver<Option<Arc<String>>> {
-        self.errors.clone()
-    }
-}
-
-impl Drop for KubeWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub fn start(client: Client, options: KubeOptions) -> Watched {
+        Watched::spawn(move |publisher| run(client, options, publisher))
     }
 }
 
@@ -582,12 +552,7 @@ fn object_json(o: DynamicObject, api_version: &str, kind: &str) -> serde_json::V
     v
 }
 
-async fn run(
-    client: Client,
-    options: KubeOptions,
-    tx: watch::Sender<Option<Arc<Loaded>>>,
-    errors: watch::Sender<Option<Arc<String>>>,
-) {
+async fn run(client: Client, options: KubeOptions, mut publisher: Publisher) {
     let settle = options.settle;
     let mut state = State {
         client,
@@ -601,7 +566,6 @@ async fn run(
         skipped: BTreeSet::new(),
     };
     let mut streams = state.watches();
-    let mut generation = 0u64;
     // (first change of the burst, last change) while a change waits to be built.
     let mut pending: Option<(Instant, Instant)> = None;
     loop {
@@ -631,14 +595,13 @@ async fn run(
                 }
                 match state.build() {
                     Ok((mesh, files)) => {
-                        generation += 1;
-                        tracing::info!(generation, objects = files.len(), "mesh resources loaded from Kubernetes");
-                        errors.send_if_modified(|e| e.take().is_some());
-                        let _ = tx.send(Some(Arc::new(Loaded { generation, mesh, files })));
+                        let count = files.len();
+                        let generation = publisher.publish(mesh, files);
+                        tracing::info!(generation, objects = count, "mesh resources loaded from Kubernetes");
                     }
                     Err(text) => {
                         tracing::error!(errors = %text, "mesh resources refused; keeping the last good set");
-                        let _ = errors.send(Some(Arc::new(text)));
+                        publisher.refuse(text);
                     }
                 }
             }
