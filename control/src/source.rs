@@ -112,15 +112,25 @@ pub fn load_dir(dir: &Path) -> Result<(MeshResources, Vec<String>), LoadError> {
         }
         names.push(shown);
     }
+    let mesh = checked(mesh, errors).map_err(LoadError::Invalid)?;
+    Ok((mesh, names))
+}
+
+/// The set, when every resource parsed (`errors` is empty) and the whole validates;
+/// otherwise every problem.
+pub(crate) fn checked(
+    mesh: MeshResources,
+    mut errors: Vec<ResourceError>,
+) -> Result<MeshResources, Vec<ResourceError>> {
     if errors.is_empty() {
         if let Err(mut e) = mesh.validate() {
             errors.append(&mut e);
         }
     }
     if errors.is_empty() {
-        Ok((mesh, names))
+        Ok(mesh)
     } else {
-        Err(LoadError::Invalid(errors))
+        Err(errors)
     }
 }
 

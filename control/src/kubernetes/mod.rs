@@ -24,7 +24,7 @@ use tokio_stream::StreamMap;
 
 use crate::error::join_errors;
 use crate::resources::{parse_object, MeshResources, Resource};
-use crate::source::{Publisher, Watched};
+use crate::source::{checked, Publisher, Watched};
 
 use services::{Cluster, Skip};
 
@@ -526,17 +526,9 @@ impl State {
                 tracing::info!(resource = %id, "left out: not about a service with a meta-protocol port");
             }
         }
-        let mesh = MeshResources::from_resources(resources);
-        if errors.is_empty() {
-            if let Err(mut e) = mesh.validate() {
-                errors.append(&mut e);
-            }
-        }
-        if errors.is_empty() {
-            Ok((mesh, names))
-        } else {
-            Err(join_errors(&errors))
-        }
+        let mesh = checked(MeshResources::from_resources(resources), errors)
+            .map_err(|e| join_errors(&e))?;
+        Ok((mesh, names))
     }
 }
 
