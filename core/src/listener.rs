@@ -113,15 +113,16 @@ pub(crate) async fn serve_connection(
         protocol_options: ctx.protocol_options.clone(),
     };
     let (tx, rx) = mpsc::channel(1024);
+    let in_flight = TaskTracker::new();
     let writer = tokio::spawn(write_loop(
         FrameWriter::new(wr),
         ctx.protocol.codec(&options),
         rx,
         ctx.clone(),
+        in_flight.clone(),
     ));
     let mut codec = ctx.protocol.codec(&options);
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let in_flight = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
 
     'conn: loop {
@@ -595,6 +596,7 @@ async fn write_loop(
     mut codec: Box<dyn crate::codec::Codec>,
     mut rx: mpsc::Receiver<Outgoing>,
     ctx: Arc<ListenerContext>,
+    in_flight: TaskTracker,
 ) {
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -633,6 +635,10 @@ async fn write_loop(
             }
             if out.pending() < FLUSH_AT {
                 next = rx.try_recv().ok();
+                // Other requests of this connection are about to answer: wait for them.
+                if next.is_none() && in_flight.len() > 1 {
+                    next = crate::io::gather(&mut rx).await;
+                }
             }
         }
         if out.flush().await.is_err() {

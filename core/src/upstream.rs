@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
 use crate::health::{ClusterShared, HealthCheckSettings, HostHealth, OwnedResourceGuard, Resource};
-use crate::io::{FrameWriter, FLUSH_AT};
+use crate::io::{gather, FrameWriter, FLUSH_AT};
 use crate::message::{LocalReplyKind, Message, MessageKind, ResponseClass};
 use crate::stats::{ByClass, ClusterStats};
 
@@ -80,6 +80,11 @@ struct Shared {
 impl Shared {
     fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
         self.pending.lock().ok()?.remove(&id)
+    }
+
+    /// Requests waiting for their response.
+    fn waiting(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
     }
 
     /// Marks the connection dead and fails everything still waiting on it.
@@ -544,6 +549,11 @@ async fn write_loop(
             }
             if out.pending() < FLUSH_AT {
                 next = rx.try_recv().ok();
+                // Under load (several requests waiting on this connection), other tasks
+                // are about to send too: wait for them.
+                if next.is_none() && shared.waiting() > 1 {
+                    next = gather(&mut rx).await;
+                }
             }
         }
         if out.flush().await.is_err() {
