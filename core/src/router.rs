@@ -2,6 +2,7 @@
 //! attribute conditions all hold wins. Attribute names compare case-insensitively,
 //! values case-sensitively; regexes match the whole value.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,6 +280,76 @@ pub struct RouteTable {
     pub name: String,
     routes: Vec<Route>,
     hook_route: Route,
+    index: Option<RouteIndex>,
+}
+
+/// Tables shorter than this are scanned; longer ones use a [`RouteIndex`].
+const INDEX_FROM: usize = 8;
+
+/// Finds the first matching route of a long table without trying every route: a route
+/// with an exact condition can only match a request whose attribute has that value, so
+/// it is listed under its first exact condition's attribute and value; the routes
+/// without one are tried always. The first route (in table order) among the candidates
+/// that matches is the answer, as a scan would give.
+#[derive(Debug, Default)]
+struct RouteIndex {
+    /// Attribute name (lower case) → value → routes, in table order.
+    by_exact: Vec<(String, HashMap<String, Vec<u32>>)>,
+    /// Routes with no exact condition, in table order.
+    always: Vec<u32>,
+}
+
+impl RouteIndex {
+    fn build(routes: &[Route]) -> RouteIndex {
+        let mut ix = RouteIndex::default();
+        for (i, r) in routes.iter().enumerate() {
+            let i = i as u32;
+            let exact = r.conditions.0.iter().find_map(|(k, m)| match m {
+                Matcher::Exact(v) => Some((k.to_ascii_lowercase(), v)),
+                _ => None,
+            });
+            match exact {
+                None => ix.always.push(i),
+                Some((key, value)) => {
+                    let slot = match ix.by_exact.iter().position(|(k, _)| *k == key) {
+                        Some(s) => s,
+                        None => {
+                            ix.by_exact.push((key, HashMap::new()));
+                            ix.by_exact.len() - 1
+                        }
+                    };
+                    ix.by_exact[slot]
+                        .1
+                        .entry(value.clone())
+                        .or_default()
+                        .push(i);
+                }
+            }
+        }
+        ix
+    }
+
+    fn first(&self, routes: &[Route], metadata: &Metadata) -> Option<usize> {
+        let mut best: Option<u32> = None;
+        let try_list = |list: &[u32], best: &mut Option<u32>| {
+            for &i in list {
+                if best.is_some_and(|b| i >= b) {
+                    return;
+                }
+                if routes.get(i as usize).is_some_and(|r| r.matches(metadata)) {
+                    *best = Some(i);
+                    return;
+                }
+            }
+        };
+        try_list(&self.always, &mut best);
+        for (key, values) in &self.by_exact {
+            if let Some(list) = metadata.get(key).and_then(|v| values.get(v)) {
+                try_list(list, &mut best);
+            }
+        }
+        best.map(|i| i as usize)
+    }
 }
 
 /// Name of the route a hook's `route_to` uses when no route matched.
@@ -372,7 +443,6 @@ impl RouteTable {
         }
         Ok(Self {
             name: rc.name.clone(),
-            routes,
             hook_route: Route {
                 name: Arc::from(HOOK_ROUTE),
                 conditions: Conditions::default(),
@@ -389,6 +459,8 @@ impl RouteTable {
                 requests: stats.route(&rc.name, HOOK_ROUTE),
                 responses: stats.route_responses(&rc.name, HOOK_ROUTE),
             },
+            index: (routes.len() >= INDEX_FROM).then(|| RouteIndex::build(&routes)),
+            routes,
         })
     }
 
@@ -400,7 +472,12 @@ impl RouteTable {
 
     /// The first route matching `metadata`.
     pub fn route(&self, metadata: &Metadata) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(metadata))
+        match &self.index {
+            Some(ix) => ix
+                .first(&self.routes, metadata)
+                .and_then(|i| self.routes.get(i)),
+            None => self.routes.iter().find(|r| r.matches(metadata)),
+        }
     }
 
     /// All routes in order.
@@ -459,6 +536,49 @@ routes:
         t.route(&md(pairs))
             .map(|r| r.name.to_string())
             .unwrap_or_default()
+    }
+
+    proptest::proptest! {
+        /// The index gives the route a scan in table order gives, for tables of exact,
+        /// prefix and presence conditions over a few attributes (keys in mixed case).
+        #[test]
+        fn the_index_agrees_with_a_scan(
+            routes in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0usize..4, 0usize..3), 0..3),
+                8..40,
+            ),
+            request in proptest::collection::vec((0usize..3, 0usize..3), 0..4),
+        ) {
+            let keys = ["tenant", "Method", "batchjob"];
+            let values = ["a", "b", "ab"];
+            let mut yaml = String::from("name: t\nroutes:\n");
+            for (i, conds) in routes.iter().enumerate() {
+                let mut attrs = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for (k, kind, v) in conds {
+                    if !seen.insert(*k) {
+                        continue;
+                    }
+                    let m = match kind {
+                        0 | 1 => format!("{{ exact: {} }}", values[*v]),
+                        2 => format!("{{ prefix: {} }}", values[*v]),
+                        _ => "{ present: true }".to_owned(),
+                    };
+                    attrs.push(format!("{}: {m}", keys[*k]));
+                }
+                yaml.push_str(&format!(
+                    "  - {{ name: r{i}, match: {{ attributes: {{ {} }} }}, route: [{{ cluster: a }}] }}\n",
+                    attrs.join(", ")
+                ));
+            }
+            let t = table(&yaml);
+            proptest::prop_assert!(t.index.is_some());
+            let lower = ["tenant", "method", "BATCHJOB"];
+            let pairs: Vec<(&str, &str)> = request.iter().map(|(k, v)| (lower[*k], values[*v])).collect();
+            let m = md(&pairs);
+            let scanned = t.routes.iter().find(|r| r.matches(&m)).map(|r| r.name.to_string());
+            proptest::prop_assert_eq!(t.route(&m).map(|r| r.name.to_string()), scanned);
+        }
     }
 
     #[test]
