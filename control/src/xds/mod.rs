@@ -256,19 +256,24 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Writes `items` one per line.
+fn one_per_line<T: fmt::Display>(f: &mut fmt::Formatter<'_>, items: &[T]) -> fmt::Result {
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str("\n")?;
+        }
+        write!(f, "{e}")?;
+    }
+    Ok(())
+}
+
 /// Every problem found while decoding; displayed one per line (a NACK's error detail).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct DecodeErrors(pub Vec<DecodeError>);
 
 impl fmt::Display for DecodeErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        one_per_line(f, &self.0)
     }
 }
 
@@ -289,12 +294,6 @@ pub struct EncodeErrors(pub Vec<EncodeError>);
 
 impl fmt::Display for EncodeErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        one_per_line(f, &self.0)
     }
 }
