@@ -35,6 +35,9 @@ enum Command {
         /// How long a shutdown waits for in-flight requests.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Worker threads serving connections (default: one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
     },
     /// Serve xDS (ADS) to proxies from a watched directory of mesh resources
     /// (MetaRouter, DestinationRule, ServiceEntry, LuaHook) or a Kubernetes API server.
@@ -313,11 +316,18 @@ async fn follow_xds(
     Ok(client)
 }
 
-async fn run_proxy(config: &Path, drain_timeout: Duration) -> anyhow::Result<()> {
+async fn run_proxy(
+    config: &Path,
+    drain_timeout: Duration,
+    concurrency: Option<u16>,
+) -> anyhow::Result<()> {
     let bootstrap = load(config)?;
     let signal = shutdown_signal()?;
     let dynamic = bootstrap.xds.is_some();
     let mut builder = ProxyBuilder::new().protocols(&metamesh_protocols::builtin());
+    if let Some(n) = concurrency {
+        builder = builder.concurrency(n.into());
+    }
     if let Some(handle) = LOG_FILTER.get() {
         builder = builder.log_control(Arc::new(LogFilter(handle.clone())));
     }
@@ -389,9 +399,10 @@ fn main() -> ExitCode {
         Command::Proxy {
             config,
             drain_timeout,
+            concurrency,
         } => {
             init_tracing("info");
-            runtime().and_then(|rt| rt.block_on(run_proxy(&config, drain_timeout)))
+            runtime().and_then(|rt| rt.block_on(run_proxy(&config, drain_timeout, concurrency)))
         }
         Command::Control {
             config_dir,

@@ -607,7 +607,7 @@ impl CaptureRuntime {
         capture: Option<&Capture>,
         stats: &Arc<crate::stats::Stats>,
         shutdown: &CancellationToken,
-        tracker: &TaskTracker,
+        (tracker, workers): (&TaskTracker, &Arc<crate::worker::Workers>),
     ) -> Result<(), BindFailure> {
         let mut wanted: Vec<(&'static str, String, Unknown, Duration)> = Vec::new();
         if let Some(c) = capture {
@@ -687,6 +687,7 @@ impl CaptureRuntime {
                 blocked: stats.capture().blocked(name),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
+                workers: workers.clone(),
             };
             tracing::info!(listener = name, addr = %bound, "capture listening");
             tokio::spawn(accept.run(socket.clone(), stop.clone()));
@@ -734,6 +735,7 @@ struct Accept {
     blocked: Counter,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    workers: Arc<crate::worker::Workers>,
 }
 
 impl Accept {
@@ -771,11 +773,10 @@ impl Accept {
                 t.captured.inc();
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(listener = self.name, target = %t.ctx.name, %peer, %dst, "captured");
-                self.tracker.spawn(crate::listener::serve_connection(
-                    stream,
-                    t.ctx.clone(),
-                    t.stop.clone(),
-                ));
+                let (ctx, stop) = (t.ctx.clone(), t.stop.clone());
+                self.workers.hand_off(&self.tracker, stream, move |s| {
+                    crate::listener::serve_connection(s, ctx, stop)
+                });
             }
             Decision::Passthrough(to) => {
                 self.passthrough.inc();

@@ -79,3 +79,179 @@ pub(crate) async fn gather<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> Option
     tokio::task::yield_now().await;
     rx.try_recv().ok()
 }
+
+/// Encoded frames waiting for a socket that is written without a task of its own: small
+/// chunks are gathered into one buffer, large ones are queued as they are, and all of it
+/// leaves in one vectored write when the socket takes it. Holds no memory while empty
+/// (beyond what the gathering buffer grew to), so an idle connection costs little.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    /// Chunks to write before `tail`, in order.
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    /// Small chunks gathered after `chunks`.
+    tail: BytesMut,
+    len: usize,
+}
+
+/// Slices handed to one vectored write.
+const MAX_IOVECS: usize = 32;
+
+impl OutQueue {
+    /// Queues the chunks of `frame`.
+    pub(crate) fn push(&mut self, frame: EncodedFrame) {
+        for part in frame.into_parts() {
+            self.len += part.len();
+            if part.len() >= COPY_LIMIT {
+                if !self.tail.is_empty() {
+                    self.chunks.push_back(self.tail.split().freeze());
+                }
+                self.chunks.push_back(part);
+            } else {
+                self.tail.extend_from_slice(&part);
+            }
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn pending(&self) -> usize {
+        self.len
+    }
+
+    /// Writes what is queued until all of it is written (ready with `Ok`), the socket
+    /// is full (pending; the task is woken when it drains) or the write fails.
+    pub(crate) fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut w: std::pin::Pin<&mut W>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.len > 0 {
+            let n = {
+                let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for c in self.chunks.iter().take(MAX_IOVECS - 1) {
+                    slices[count] = std::io::IoSlice::new(c);
+                    count += 1;
+                }
+                if count < MAX_IOVECS && !self.tail.is_empty() {
+                    slices[count] = std::io::IoSlice::new(&self.tail);
+                    count += 1;
+                }
+                let result = if count == 1 {
+                    w.as_mut().poll_write(cx, &slices[0])
+                } else {
+                    w.as_mut().poll_write_vectored(cx, &slices[..count])
+                };
+                match result {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.chunks.front_mut() {
+                Some(front) if front.len() <= n => {
+                    n -= front.len();
+                    self.chunks.pop_front();
+                }
+                Some(front) => {
+                    front.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.advance(n);
+                    return;
+                }
+            }
+        }
+        if self.len == 0 {
+            // Writing from the start of the buffer again lets it be reused in place.
+            self.tail.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(parts: &[&[u8]]) -> EncodedFrame {
+        let mut f = EncodedFrame::new();
+        for p in parts {
+            f.push(Bytes::copy_from_slice(p));
+        }
+        f
+    }
+
+    /// Accepts at most `max` bytes per write, so every partial-write path is taken.
+    struct Trickle {
+        written: Vec<u8>,
+        max: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.written.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_queue_writes_small_and_large_chunks_in_order_through_partial_writes() {
+        let big_a = vec![b'a'; COPY_LIMIT];
+        let big_b = vec![b'b'; COPY_LIMIT + 3];
+        let mut q = OutQueue::default();
+        q.push(frame(&[b"head1", &big_a, b"tail1"]));
+        q.push(frame(&[b"x"]));
+        q.push(frame(&[&big_b, b"end"]));
+        let mut expected = Vec::new();
+        for p in [&b"head1"[..], &big_a, b"tail1", b"x", &big_b, b"end"] {
+            expected.extend_from_slice(p);
+        }
+        assert_eq!(q.pending(), expected.len());
+        for max in [1, 7, 4096, usize::MAX] {
+            let mut q2 = OutQueue::default();
+            q2.push(frame(&[b"head1", &big_a, b"tail1"]));
+            q2.push(frame(&[b"x"]));
+            q2.push(frame(&[&big_b, b"end"]));
+            let mut w = Trickle {
+                written: Vec::new(),
+                max,
+            };
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            let r = q2.poll_write_to(&mut cx, std::pin::Pin::new(&mut w));
+            assert!(matches!(r, std::task::Poll::Ready(Ok(()))));
+            assert_eq!(w.written, expected, "max {max}");
+            assert_eq!(q2.pending(), 0);
+        }
+    }
+}

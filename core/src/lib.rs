@@ -27,6 +27,7 @@ pub mod router;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;
+mod worker;
 
 #[cfg(test)]
 mod hook_tests;
@@ -52,3 +53,4 @@ pub use message::{
     StreamState,
 };
 pub use proxy::{Proxy, ProxyBuilder, StartError};
+pub use worker::default_concurrency;

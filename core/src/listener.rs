@@ -6,10 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::{poll_fn, Future};
+
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use futures_util::future::poll_immediate;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +21,7 @@ use tokio::time::Instant;
 use crate::codec::{CodecOptions, EncodedFrame, ErrorAction, Protocol, ProtocolOptions, Side};
 use crate::config::RetryOn;
 use crate::health::{Outcome, Resource, ResourceGuard};
-use crate::io::{FrameWriter, FLUSH_AT};
+use crate::io::{OutQueue, FLUSH_AT};
 use crate::lua::{HookProgram, Verdict};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
 use crate::observe::Observed;
@@ -44,8 +47,6 @@ enum Outgoing {
     /// An upstream response with the request it answers, so that a response that
     /// cannot be encoded is replaced by an `internal` local reply.
     Response(Message, u64, Arc<Message>),
-    /// Close the connection after what is queued.
-    Close,
 }
 
 /// Everything a listener's connections share.
@@ -64,7 +65,7 @@ pub(crate) async fn serve(
     listener: Arc<TcpListener>,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
+    (tracker, workers): (TaskTracker, Arc<crate::worker::Workers>),
 ) {
     loop {
         tokio::select! {
@@ -73,7 +74,8 @@ pub(crate) async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     tracing::debug!(listener = %ctx.name, %peer, "accepted");
-                    tracker.spawn(serve_connection(stream, ctx.clone(), shutdown.clone()));
+                    let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                    workers.hand_off(&tracker, stream, move |s| serve_connection(s, ctx, shutdown));
                 }
                 Err(e) => {
                     // Out of descriptors and similar: back off briefly instead of spinning.
@@ -103,124 +105,195 @@ pub(crate) async fn serve_connection(
     let _active = ActiveConnection(ctx.stats.clone());
     let peer = stream.peer_addr().ok();
     if !ctx.protocol.multiplexing() {
-        crate::exchange::serve(stream, peer, ctx, shutdown).await;
+        // Boxed: an exchange's state is several times a multiplexed connection's, and
+        // would otherwise size every connection's task.
+        Box::pin(crate::exchange::serve(stream, peer, ctx, shutdown)).await;
         return;
     }
-    let (mut rd, wr) = stream.into_split();
+    serve_multiplexed(stream, peer, ctx, shutdown).await;
+}
+
+/// Bytes a connection reads at a time once it has data; nothing is allocated for reading
+/// before the first byte arrives, and an idle connection gives its buffer back.
+const READ_CHUNK: usize = 8 * 1024;
+/// Spare room below which the read buffer grows before a read.
+const MIN_READ: usize = 1024;
+
+/// A request being handled. Boxed, so that what a connection keeps while it has no
+/// request in flight does not grow with the size of a request's state.
+type Request<'a> = std::pin::Pin<Box<dyn Future<Output = Option<Outgoing>> + Send + 'a>>;
+
+/// Serves a connection of a multiplexing protocol on one task: its requests are futures
+/// polled by the connection (no task per request, no writer task, no channel), and the
+/// answers that are ready together leave in one write.
+async fn serve_multiplexed(
+    mut stream: TcpStream,
+    peer: Option<std::net::SocketAddr>,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
     let options = CodecOptions {
         side: Side::Downstream,
         max_frame_size: ctx.max_frame_size,
         protocol_options: ctx.protocol_options.clone(),
     };
-    let (tx, rx) = mpsc::channel(1024);
-    let in_flight = TaskTracker::new();
-    let writer = tokio::spawn(write_loop(
-        FrameWriter::new(wr),
-        ctx.protocol.codec(&options),
-        rx,
-        ctx.clone(),
-        in_flight.clone(),
-    ));
-    let mut codec = ctx.protocol.codec(&options);
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let mut decoder = ctx.protocol.codec(&options);
+    let mut encoder = ctx.protocol.codec(&options);
+    let (mut rd, mut wr) = stream.split();
+    let mut buf = BytesMut::new();
+    let mut out = OutQueue::default();
+    let mut requests = FuturesUnordered::new();
+    let mut reading = true;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
 
-    'conn: loop {
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(msg)) => {
-                    if !dispatch(&ctx, msg, peer, &tx, &in_flight, &permits).await {
-                        break 'conn;
+    loop {
+        // Decode what was read while the connection may take more requests.
+        while reading && requests.len() < MAX_IN_FLIGHT_PER_CONNECTION {
+            match decoder.decode(&mut buf) {
+                Ok(Some(msg)) => match msg.kind {
+                    MessageKind::Request | MessageKind::OnewayRequest => {
+                        ctx.stats.rq_total.inc();
+                        let request: Request<'_> = Box::pin(handle_request(&ctx, msg, peer));
+                        requests.push(request);
                     }
-                }
+                    MessageKind::Heartbeat | MessageKind::Event => {
+                        if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
+                            ctx.stats.heartbeats.inc();
+                            let id = reply.request_id;
+                            encode_reply(
+                                &ctx,
+                                &mut *encoder,
+                                &mut out,
+                                Outgoing::Message(reply, id),
+                            );
+                        }
+                    }
+                    MessageKind::Response | MessageKind::Error => {
+                        ctx.stats.protocol_error("unexpected_response");
+                    }
+                    MessageKind::Data => {
+                        // A multiplexing protocol has no bodies that stream apart from their head.
+                        ctx.stats.protocol_error("unexpected_data");
+                        reading = false;
+                    }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     ctx.stats.protocol_error(e.reason);
                     tracing::info!(listener = %ctx.name, error = %e, "undecodable downstream frame");
-                    match e.action {
-                        ErrorAction::Close => break 'conn,
-                        ErrorAction::Drop => {}
-                        ErrorAction::Reply(m) => {
-                            let id = m.request_id;
-                            ctx.stats.local_reply(LocalReplyKind::BadRequest);
-                            if tx.send(Outgoing::Message(*m, id)).await.is_err() {
-                                break 'conn;
-                            }
-                        }
-                        ErrorAction::ReplyAndClose(m) => {
-                            let id = m.request_id;
-                            ctx.stats.local_reply(LocalReplyKind::BadRequest);
-                            let _ = tx.send(Outgoing::Message(*m, id)).await;
-                            break 'conn;
-                        }
+                    let (reply, close) = match e.action {
+                        ErrorAction::Close => (None, true),
+                        ErrorAction::Drop => (None, false),
+                        ErrorAction::Reply(m) => (Some(m), false),
+                        ErrorAction::ReplyAndClose(m) => (Some(m), true),
+                    };
+                    if let Some(m) = reply {
+                        ctx.stats.local_reply(LocalReplyKind::BadRequest);
+                        let id = m.request_id;
+                        encode_reply(&ctx, &mut *encoder, &mut out, Outgoing::Message(*m, id));
+                    }
+                    if close {
+                        reading = false;
                     }
                 }
             }
         }
+        if !reading && requests.is_empty() && out.pending() == 0 {
+            break;
+        }
+        if !reading && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
+        let room = out.pending() < FLUSH_AT;
+        let may_read = reading && room && requests.len() < MAX_IN_FLIGHT_PER_CONNECTION;
+        if may_read && buf.is_empty() && requests.is_empty() && buf.capacity() > 0 {
+            // Idle: give the read buffer back until the client sends again.
+            buf = BytesMut::new();
+        }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            read = rd.read_buf(&mut buf) => match read {
+            _ = &mut cancelled, if reading => reading = false,
+            Some(answer) = requests.next(), if room && !requests.is_empty() => {
+                if let Some(answer) = answer {
+                    encode_reply(&ctx, &mut *encoder, &mut out, answer);
+                }
+                // Gather every answer that is ready now into the same write.
+                while out.pending() < FLUSH_AT {
+                    match poll_immediate(requests.next()).await {
+                        Some(Some(Some(answer))) => encode_reply(&ctx, &mut *encoder, &mut out, answer),
+                        Some(Some(None)) => {}
+                        _ => break,
+                    }
+                }
+            }
+            written = poll_fn(|cx| out.poll_write_to(cx, std::pin::Pin::new(&mut wr))), if out.pending() > 0 => {
+                if written.is_err() {
+                    // The client is gone: what it asked for can no longer be answered.
+                    return;
+                }
+            }
+            read = poll_fn(|cx| poll_read(cx, &mut rd, &mut buf)), if may_read => match read {
                 Ok(0) => {
                     if !buf.is_empty() {
                         ctx.stats.protocol_error(crate::codec::TRUNCATED_FRAME);
                     }
-                    break;
+                    reading = false;
                 }
                 Ok(_) => {}
-                Err(_) => break,
+                Err(_) => reading = false,
             }
         }
     }
-    // Drain: requests already read are answered before the connection closes.
-    in_flight.close();
-    in_flight.wait().await;
-    let _ = tx.send(Outgoing::Close).await;
-    drop(tx);
-    let _ = writer.await;
+    // Requests already read were answered; close the write side.
+    let _ = wr.shutdown().await;
 }
 
-/// Handles one decoded message; false when the connection must close.
-async fn dispatch(
-    ctx: &Arc<ListenerContext>,
-    msg: Message,
-    peer: Option<std::net::SocketAddr>,
-    tx: &mpsc::Sender<Outgoing>,
-    in_flight: &TaskTracker,
-    permits: &Arc<Semaphore>,
-) -> bool {
-    match msg.kind {
-        MessageKind::Request | MessageKind::OnewayRequest => {
-            ctx.stats.rq_total.inc();
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return false;
-            };
-            let ctx = ctx.clone();
-            let tx = tx.clone();
-            in_flight.spawn(async move {
-                let _permit = permit;
-                if let Some(out) = handle_request(&ctx, msg, peer).await {
-                    let _ = tx.send(out).await;
+/// Reads into `buf`, allocating its room only once the socket has data.
+fn poll_read(
+    cx: &mut std::task::Context<'_>,
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> std::task::Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
+    }
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+    std::pin::pin!(rd.read_buf(buf)).poll(cx)
+}
+
+/// Encodes what goes back to the client onto `out`. A response that cannot be encoded
+/// is replaced by an `internal` local reply.
+fn encode_reply(
+    ctx: &ListenerContext,
+    codec: &mut dyn crate::codec::Codec,
+    out: &mut OutQueue,
+    item: Outgoing,
+) {
+    let mut frame = EncodedFrame::new();
+    match item {
+        Outgoing::Message(msg, id) => match codec.encode(&msg, id, &mut frame) {
+            Ok(()) => out.push(frame),
+            Err(e) => tracing::warn!(error = %e, "cannot encode a reply; dropped"),
+        },
+        Outgoing::Response(msg, id, req) => {
+            if let Err(e) = codec.encode(&msg, id, &mut frame) {
+                tracing::warn!(error = %e, "cannot encode a response; answering locally");
+                frame = EncodedFrame::new();
+                let text = format!("the response could not be encoded: {e}");
+                if let Some(Outgoing::Message(reply, id)) =
+                    local_reply(ctx, &req, LocalReplyKind::Internal, &text, None)
+                {
+                    if let Err(e) = codec.encode(&reply, id, &mut frame) {
+                        tracing::warn!(error = %e, "cannot encode a local reply; dropped");
+                    }
                 }
-            });
-            true
-        }
-        MessageKind::Heartbeat | MessageKind::Event => {
-            if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
-                ctx.stats.heartbeats.inc();
-                let id = reply.request_id;
-                return tx.send(Outgoing::Message(reply, id)).await.is_ok();
             }
-            true
-        }
-        MessageKind::Response | MessageKind::Error => {
-            ctx.stats.protocol_error("unexpected_response");
-            true
-        }
-        MessageKind::Data => {
-            // A multiplexing protocol has no bodies that stream apart from their head.
-            ctx.stats.protocol_error("unexpected_data");
-            false
+            if !frame.is_empty() {
+                out.push(frame);
+            }
         }
     }
 }
@@ -589,61 +662,4 @@ async fn handle_request(
         }
         return local_reply(ctx, &req, kind, &text, Some(&mut obs));
     }
-}
-
-async fn write_loop(
-    mut out: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-    mut codec: Box<dyn crate::codec::Codec>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    ctx: Arc<ListenerContext>,
-    in_flight: TaskTracker,
-) {
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Message(msg, id) => {
-                    let mut frame = EncodedFrame::new();
-                    match codec.encode(&msg, id, &mut frame) {
-                        Ok(()) => {
-                            if out.push(frame).await.is_err() {
-                                break 'outer;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot encode a reply; dropped"),
-                    }
-                }
-                Outgoing::Response(msg, id, req) => {
-                    let mut frame = EncodedFrame::new();
-                    if let Err(e) = codec.encode(&msg, id, &mut frame) {
-                        tracing::warn!(error = %e, "cannot encode a response; answering locally");
-                        frame = EncodedFrame::new();
-                        let text = format!("the response could not be encoded: {e}");
-                        if let Some(Outgoing::Message(reply, id)) =
-                            local_reply(&ctx, &req, LocalReplyKind::Internal, &text, None)
-                        {
-                            if let Err(e) = codec.encode(&reply, id, &mut frame) {
-                                tracing::warn!(error = %e, "cannot encode a local reply; dropped");
-                            }
-                        }
-                    }
-                    if !frame.is_empty() && out.push(frame).await.is_err() {
-                        break 'outer;
-                    }
-                }
-                Outgoing::Close => break 'outer,
-            }
-            if out.pending() < FLUSH_AT {
-                next = rx.try_recv().ok();
-                // Other requests of this connection are about to answer: wait for them.
-                if next.is_none() && in_flight.len() > 1 {
-                    next = crate::io::gather(&mut rx).await;
-                }
-            }
-        }
-        if out.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }

@@ -18,6 +18,7 @@ use crate::config::{Bootstrap, ConfigErrors, Listener as ListenerConfig, Traffic
 use crate::listener::{self, ListenerContext};
 use crate::snapshot::ConfigStore;
 use crate::stats::Stats;
+use crate::worker::Workers;
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Assembles a proxy.
@@ -43,6 +47,7 @@ pub struct ProxyBuilder {
     protocols: ProtocolRegistry,
     hold_ready: bool,
     log_control: Option<Arc<dyn LogControl>>,
+    concurrency: Option<usize>,
 }
 
 impl ProxyBuilder {
@@ -74,6 +79,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Runs `workers` worker threads (at least one); by default one per CPU. Each serves
+    /// the connections handed to it on a single-threaded runtime.
+    pub fn concurrency(mut self, workers: usize) -> Self {
+        self.concurrency = Some(workers.max(1));
+        self
+    }
+
     /// Lets the admin endpoint's `/logging` read and change the log filter.
     pub fn log_control(mut self, control: Arc<dyn LogControl>) -> Self {
         self.log_control = Some(control);
@@ -93,6 +105,11 @@ impl ProxyBuilder {
         let snap = store.load();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let workers = Workers::start(
+            self.concurrency
+                .unwrap_or_else(crate::worker::default_concurrency),
+        )
+        .map_err(StartError::Workers)?;
         let admin_listener = match &snap.bootstrap.admin {
             Some(a) => Some(bind("admin.address", &a.address).await?),
             None => None,
@@ -113,6 +130,7 @@ impl ProxyBuilder {
             shutdown,
             admin_shutdown: CancellationToken::new(),
             tracker,
+            workers: Arc::new(workers),
         };
         proxy.reconcile().await?;
         if let Some(l) = admin_listener {
@@ -183,6 +201,7 @@ pub struct Proxy {
     shutdown: CancellationToken,
     admin_shutdown: CancellationToken,
     tracker: TaskTracker,
+    workers: Arc<Workers>,
 }
 
 impl Proxy {
@@ -306,7 +325,7 @@ impl Proxy {
                     socket.clone(),
                     ctx.clone(),
                     stop.clone(),
-                    self.tracker.clone(),
+                    (self.tracker.clone(), self.workers.clone()),
                 ));
             } else {
                 tracing::info!(listener = %l.name, addr = %bound, protocol = ctx.protocol.name(),
@@ -354,7 +373,12 @@ impl Proxy {
         self.capture.publish(table);
         let result = self
             .capture
-            .reconcile(b.capture.as_ref(), stats, &self.shutdown, &self.tracker)
+            .reconcile(
+                b.capture.as_ref(),
+                stats,
+                &self.shutdown,
+                (&self.tracker, &self.workers),
+            )
             .await;
         if let Err(e) = result {
             first_error.get_or_insert(StartError::Bind {

@@ -243,7 +243,11 @@ pub struct EndpointPool {
     address: SocketAddr,
     protocol: Arc<dyn Protocol>,
     settings: PoolSettings,
-    idle: Mutex<Vec<ExclusiveConnection>>,
+    /// Idle exclusive connections, one list per connection group.
+    idle: Box<[Mutex<Vec<ExclusiveConnection>>]>,
+    /// Shared connections: `settings.connections` per connection group, group after
+    /// group. Each worker uses its own group, so its requests go out on connections its
+    /// own event loop drives.
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     active: AtomicUsize,
@@ -263,13 +267,14 @@ impl EndpointPool {
         shared: Arc<ClusterShared>,
     ) -> Self {
         let n = settings.connections.max(1);
+        let groups = crate::worker::connection_groups();
         let stats = shared.stats().clone();
         Self {
             address,
             protocol,
             settings,
-            idle: Mutex::new(Vec::new()),
-            slots: (0..n).map(|_| Slot::default()).collect(),
+            idle: (0..groups).map(|_| Mutex::new(Vec::new())).collect(),
+            slots: (0..n * groups).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             requests: stats.endpoint(&address.to_string()),
@@ -322,7 +327,11 @@ impl EndpointPool {
 
     /// Live shared connections, plus idle exclusive ones.
     pub fn connections(&self) -> usize {
-        let idle = self.idle.lock().map_or(0, |v| v.len());
+        let idle: usize = self
+            .idle
+            .iter()
+            .map(|l| l.lock().map_or(0, |v| v.len()))
+            .sum();
         idle + self
             .slots
             .iter()
@@ -332,8 +341,9 @@ impl EndpointPool {
 
     /// Takes an idle exclusive connection that is still open, or connects a new one.
     pub(crate) async fn checkout(&self) -> Result<ExclusiveConnection, UpstreamError> {
+        let idle = &self.idle[crate::worker::connection_group() % self.idle.len()];
         loop {
-            let Some(conn) = self.idle.lock().ok().and_then(|mut v| v.pop()) else {
+            let Some(conn) = idle.lock().ok().and_then(|mut v| v.pop()) else {
                 break;
             };
             if conn.usable() {
@@ -368,7 +378,8 @@ impl EndpointPool {
     /// Returns a connection whose exchange finished cleanly and left it reusable.
     pub(crate) fn checkin(&self, mut conn: ExclusiveConnection) {
         conn.reused = true;
-        if let Ok(mut idle) = self.idle.lock() {
+        let idle = &self.idle[crate::worker::connection_group() % self.idle.len()];
+        if let Ok(mut idle) = idle.lock() {
             if idle.len() < MAX_IDLE_EXCLUSIVE {
                 idle.push(conn);
             }
@@ -421,7 +432,9 @@ impl EndpointPool {
         expect_response: bool,
     ) -> Result<Option<Message>, UpstreamError> {
         let active = self.begin_request();
-        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let n = self.settings.connections.max(1);
+        let group = crate::worker::connection_group() % (self.slots.len() / n);
+        let slot = &self.slots[group * n + self.next_slot.fetch_add(1, Ordering::Relaxed) % n];
         let conn = self.connection(slot).await?;
         let sent = msg.frame.len();
         let r = conn.call(msg, expect_response).await;
