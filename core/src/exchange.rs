@@ -640,7 +640,7 @@ async fn forward(
         if req.stream != StreamState::More {
             return up_wr.flush().await.map_err(|_| BodyError::Upstream);
         }
-        up_wr.flush().await.map_err(|_| BodyError::Upstream)?;
+        // The head leaves with the first body piece (or alone, if that is not read yet).
         pump_body(
             ctx,
             (down_rd, down_buf, down_codec),
@@ -767,15 +767,18 @@ async fn send_response(
     send(down_wr, down_codec, &head)
         .await
         .map_err(|_| ResponseError::AfterHead)?;
-    down_wr
-        .flush()
-        .await
-        .map_err(|_| ResponseError::AfterHead)?;
-    match stream {
-        StreamState::End => return Ok(finished),
-        StreamState::Upgrade => return Ok(upgraded),
-        StreamState::More => {}
+    if stream != StreamState::More {
+        down_wr
+            .flush()
+            .await
+            .map_err(|_| ResponseError::AfterHead)?;
+        return Ok(if stream == StreamState::Upgrade {
+            upgraded
+        } else {
+            finished
+        });
     }
+    // The head leaves with the first body piece (or alone, if that is not read yet).
     pump_body(
         ctx,
         (up_rd, up_buf, up_codec),
@@ -793,8 +796,9 @@ enum Pump {
     Write,
 }
 
-/// Forwards body pieces from one connection to the other, each written as it arrives,
-/// until the piece that ends the body.
+/// Forwards body pieces from one connection to the other until the piece that ends the
+/// body. What is queued (the head, earlier pieces) is written when the next piece is not
+/// read yet and at the end: a head and a body that arrived together leave in one write.
 async fn pump_body(
     ctx: &ListenerContext,
     (rd, buf, from): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
@@ -802,20 +806,34 @@ async fn pump_body(
     counted: &AtomicU64,
 ) -> Result<(), Pump> {
     loop {
-        let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
-        let piece = match next {
-            Ok(Next::Message(m)) if m.kind == MessageKind::Data => m,
-            Ok(Next::Bad(e)) => {
+        let buffered = lock(from).decode(buf);
+        let piece = match buffered {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                wr.flush().await.map_err(|_| Pump::Write)?;
+                let next =
+                    tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
+                match next {
+                    Ok(Next::Message(m)) => m,
+                    Ok(Next::Bad(e)) => {
+                        ctx.stats.protocol_error(e.reason);
+                        return Err(Pump::Read);
+                    }
+                    _ => return Err(Pump::Read),
+                }
+            }
+            Err(e) => {
                 ctx.stats.protocol_error(e.reason);
                 return Err(Pump::Read);
             }
-            _ => return Err(Pump::Read),
         };
+        if piece.kind != MessageKind::Data {
+            return Err(Pump::Read);
+        }
         send(wr, to, &piece).await.map_err(|_| Pump::Write)?;
-        wr.flush().await.map_err(|_| Pump::Write)?;
         counted.fetch_add(piece.frame.len() as u64, Ordering::Relaxed);
         if piece.stream == StreamState::End {
-            return Ok(());
+            return wr.flush().await.map_err(|_| Pump::Write);
         }
     }
 }
