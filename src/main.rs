@@ -14,6 +14,11 @@ use metamesh_core::{Bootstrap, Proxy, ProxyBuilder, StartError};
 mod demo;
 mod iptables;
 
+/// Per-thread heaps with free lists of their own: a request's allocations are freed on
+/// the worker that made them, and never wait for a lock or consolidate a shared arena.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "metamesh",
