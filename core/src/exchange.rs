@@ -65,7 +65,14 @@ enum Next {
     Broken,
 }
 
-/// Decodes the next message from `buf`, reading from `rd` as needed.
+/// Bytes a connection reads at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Spare room below which the read buffer grows before a read.
+const MIN_READ: usize = 1024;
+
+/// Decodes the next message from `buf`, reading from `rd` as needed. An empty buffer is
+/// given room only once `rd` is readable, so a connection waiting for its first byte
+/// holds none.
 async fn next_message(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
@@ -88,6 +95,12 @@ async fn next_message(
             Ok(Some(m)) => return Next::Message(m),
             Ok(None) => {}
             Err(e) => return Next::Bad(e),
+        }
+        if buf.capacity() == 0 && rd.readable().await.is_err() {
+            return Next::Broken;
+        }
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(READ_CHUNK);
         }
         match rd.read_buf(buf).await {
             Ok(0) => eof = true,
@@ -132,7 +145,8 @@ pub(crate) async fn serve(
     let codec = Mutex::new(ctx.protocol.codec(&options));
     let mut down = Downstream {
         rd,
-        buf: BytesMut::with_capacity(16 * 1024),
+        // Nothing is allocated for reading or writing before the client sends.
+        buf: BytesMut::new(),
         out: FrameWriter::new(wr),
         codec,
     };
@@ -152,7 +166,9 @@ pub(crate) async fn serve(
         };
         let flow = match msg.kind {
             MessageKind::Request | MessageKind::OnewayRequest => {
-                exchange(&ctx, &mut down, msg, peer).await
+                // Boxed: an exchange's state is large, and a connection waiting for its next
+                // request should not keep room for it.
+                Box::pin(exchange(&ctx, &mut down, msg, peer)).await
             }
             MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg)
             {

@@ -19,10 +19,11 @@ pub(crate) struct FrameWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer whose buffer is allocated by the first frame.
     pub(crate) fn new(inner: W) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
         }
     }
 
