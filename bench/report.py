@@ -174,8 +174,9 @@ def section(out, command, settings):
         base = load(out, f"{proto}-direct-{high}")
         floor = base["latency_us"]["p99"] if base else None
         # A difference of tails is only a measurement when the baseline's own tail is
-        # well under the goal: on a busy machine both are scheduling delays.
-        ok = v is not None and floor is not None and floor < 150 and v >= 0
+        # the load tool's floor (a few hundred µs here), not scheduling delays of a busy
+        # machine (milliseconds), which swamp any proxy's share.
+        ok = v is not None and floor is not None and floor < 1000 and v >= 0
         rows.append((f"{proto}: added p99 at {high}/s open loop", "≤ 150 µs",
                      fmt(v, 0) + f" µs (direct p99 {fmt(floor, 0)} µs)",
                      verdict(v, 150) if ok else "not measurable in this run"))
