@@ -134,7 +134,8 @@ impl OutQueue {
                     slices[count] = std::io::IoSlice::new(c);
                     count += 1;
                 }
-                if count < MAX_IOVECS && !self.tail.is_empty() {
+                // The tail follows the chunks: it goes only with the last of them.
+                if count == self.chunks.len() && !self.tail.is_empty() {
                     slices[count] = std::io::IoSlice::new(&self.tail);
                     count += 1;
                 }
@@ -210,6 +211,77 @@ mod tests {
             let n = buf.len().min(self.max);
             self.written.extend_from_slice(&buf[..n]);
             std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn more_large_chunks_than_one_write_takes_still_leave_before_the_tail() {
+        let mut q = OutQueue::default();
+        let mut expected = Vec::new();
+        for i in 0..(MAX_IOVECS + 5) {
+            let big = vec![i as u8; COPY_LIMIT];
+            let small = [b'a' + (i % 26) as u8, b'.'];
+            q.push(frame(&[&big, &small]));
+            expected.extend_from_slice(&big);
+            expected.extend_from_slice(&small);
+        }
+        let mut w = Vectored::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let r = q.poll_write_to(&mut cx, std::pin::Pin::new(&mut w));
+        assert!(matches!(r, std::task::Poll::Ready(Ok(()))));
+        assert!(w.calls > 1, "more slices than one vectored write takes");
+        assert_eq!(w.written.len(), expected.len());
+        assert!(
+            w.written == expected,
+            "bytes left in the order they were queued"
+        );
+    }
+
+    /// Takes whole vectored writes (every slice), counting them.
+    #[derive(Default)]
+    struct Vectored {
+        written: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Vectored {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            self.written.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.written.extend_from_slice(b);
+                n += b.len();
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
         }
         fn poll_flush(
             self: std::pin::Pin<&mut Self>,
