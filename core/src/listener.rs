@@ -572,7 +572,8 @@ async fn handle_request(
     let expect_response = req.kind != MessageKind::OnewayRequest;
     let req = Arc::new(req);
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-    let deadline = Instant::now() + total;
+    // The route's timeout counts from when the request was read, as Envoy's does.
+    let deadline = obs.started() + total;
     let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
     let mut retries = Retries::new(route, cluster, deadline);
     let mut exclude = None;
@@ -590,10 +591,18 @@ async fn handle_request(
         };
         exclude = Some(index);
         obs.attempt(&cluster.name, endpoint.pool.address());
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let this_try = per_try.map_or(remaining, |t| t.min(remaining));
+        // The attempt ends at the request's deadline, or a per-try timeout from now when
+        // that comes first: without a per-try timeout, no clock read per attempt.
+        let (try_deadline, this_try) = match per_try {
+            Some(t) => {
+                let now = Instant::now();
+                let end = (now + t).min(deadline);
+                (end, end.saturating_duration_since(now))
+            }
+            None => (deadline, total),
+        };
         let call = endpoint.pool.call(req.clone(), expect_response);
-        let failure = match tokio::time::timeout(this_try, call).await {
+        let failure = match tokio::time::timeout_at(try_deadline, call).await {
             Ok(Ok(Some(mut resp))) => {
                 let error = resp.kind == MessageKind::Error;
                 cluster.report(

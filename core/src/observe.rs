@@ -497,6 +497,11 @@ pub(crate) struct Observed<'s> {
 }
 
 impl<'s> Observed<'s> {
+    /// When the request was decoded.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Starts observing a request just decoded.
     pub(crate) fn start(
         stats: &'s ListenerStats,
