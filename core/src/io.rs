@@ -196,21 +196,48 @@ mod tests {
         f
     }
 
-    /// Accepts at most `max` bytes per write, so every partial-write path is taken.
-    struct Trickle {
+    /// Takes at most `max` bytes per write, from as many slices as it is given, and
+    /// counts the writes: a small `max` takes every partial-write path.
+    struct Sink {
         written: Vec<u8>,
         max: usize,
+        calls: usize,
     }
 
-    impl AsyncWrite for Trickle {
+    impl Sink {
+        fn new(max: usize) -> Self {
+            Self {
+                written: Vec::new(),
+                max,
+                calls: 0,
+            }
+        }
+    }
+
+    impl AsyncWrite for Sink {
         fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.max);
-            self.written.extend_from_slice(&buf[..n]);
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.written.extend_from_slice(&b[..take]);
+                n += take;
+            }
             std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
         }
         fn poll_flush(
             self: std::pin::Pin<&mut Self>,
@@ -237,7 +264,7 @@ mod tests {
             expected.extend_from_slice(&big);
             expected.extend_from_slice(&small);
         }
-        let mut w = Vectored::default();
+        let mut w = Sink::new(usize::MAX);
         let waker = futures_util::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let r = q.poll_write_to(&mut cx, std::pin::Pin::new(&mut w));
@@ -248,53 +275,6 @@ mod tests {
             w.written == expected,
             "bytes left in the order they were queued"
         );
-    }
-
-    /// Takes whole vectored writes (every slice), counting them.
-    #[derive(Default)]
-    struct Vectored {
-        written: Vec<u8>,
-        calls: usize,
-    }
-
-    impl AsyncWrite for Vectored {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.calls += 1;
-            self.written.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.calls += 1;
-            let mut n = 0;
-            for b in bufs {
-                self.written.extend_from_slice(b);
-                n += b.len();
-            }
-            std::task::Poll::Ready(Ok(n))
-        }
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
     }
 
     #[test]
@@ -315,10 +295,7 @@ mod tests {
             q2.push(frame(&[b"head1", &big_a, b"tail1"]));
             q2.push(frame(&[b"x"]));
             q2.push(frame(&[&big_b, b"end"]));
-            let mut w = Trickle {
-                written: Vec::new(),
-                max,
-            };
+            let mut w = Sink::new(max);
             let waker = futures_util::task::noop_waker();
             let mut cx = std::task::Context::from_waker(&waker);
             let r = q2.poll_write_to(&mut cx, std::pin::Pin::new(&mut w));
