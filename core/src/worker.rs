@@ -57,26 +57,27 @@ pub(crate) struct Workers {
 impl Workers {
     /// Starts `count` workers (at least one).
     pub(crate) fn start(count: usize) -> std::io::Result<Self> {
-        let stop = CancellationToken::new();
-        let mut handles = Vec::new();
+        // Built first, so that the workers already started stop if a later one fails.
+        let mut workers = Self {
+            handles: Vec::new(),
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+        };
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            handles.push(runtime.handle().clone());
-            let stop = stop.clone();
+            let handle = runtime.handle().clone();
+            let stop = workers.stop.clone();
             std::thread::Builder::new()
                 .name(format!("metamesh-worker-{index}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(index)));
                     runtime.block_on(keep_timer_near(stop));
                 })?;
+            workers.handles.push(handle);
         }
-        Ok(Self {
-            handles,
-            next: AtomicUsize::new(0),
-            stop,
-        })
+        Ok(workers)
     }
 
     /// Runs `task` on the next worker in turn, tracked by `tracker`.
