@@ -37,18 +37,14 @@ pub fn new_request_id() -> String {
     let v: u128 = rand::random();
     // Version 4, variant 10.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut out = [0u8; 36];
-    let mut nibble = 32;
-    for (i, b) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *b = b'-';
-        } else {
-            nibble -= 1;
-            *b = HEX[((v >> (nibble * 4)) & 0xf) as usize];
+    let mut out = String::with_capacity(36);
+    for nibble in (0..32).rev() {
+        if matches!(out.len(), 8 | 13 | 18 | 23) {
+            out.push('-');
         }
+        out.push(char::from(HEX[((v >> (nibble * 4)) & 0xf) as usize]));
     }
-    // Only ASCII hex digits and dashes were written.
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The `traceparent` of the proxy's span for a request that arrived with `parent`: the

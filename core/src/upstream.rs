@@ -435,7 +435,11 @@ impl EndpointPool {
         let n = self.settings.connections.max(1);
         let group = crate::worker::connection_group() % (self.slots.len() / n);
         let slot = &self.slots[group * n + self.next_slot.fetch_add(1, Ordering::Relaxed) % n];
-        let conn = self.connection(slot).await?;
+        let conn = match Self::established(slot) {
+            Some(c) => c,
+            // Connecting is rare: its state is boxed so that every request's is smaller.
+            None => Box::pin(self.connection(slot)).await?,
+        };
         let sent = msg.frame.len();
         let r = conn.call(msg, expect_response).await;
         match &r {
@@ -451,12 +455,12 @@ impl EndpointPool {
         r
     }
 
+    /// The slot's connection when it is open.
+    fn established(slot: &Slot) -> Option<Arc<MuxConnection>> {
+        slot.conn.load_full().filter(|c| !c.is_closed())
+    }
+
     async fn connection(&self, slot: &Slot) -> Result<Arc<MuxConnection>, UpstreamError> {
-        if let Some(c) = slot.conn.load_full() {
-            if !c.is_closed() {
-                return Ok(c);
-            }
-        }
         let _pending = self
             .shared
             .acquire(Resource::Pending)

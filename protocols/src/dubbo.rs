@@ -186,8 +186,8 @@ fn int_version(v: &str) -> Option<u32> {
     let mut out = 0u32;
     let mut parts = 0;
     for p in v.split('.') {
-        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-        let n: u32 = digits.parse().ok()?;
+        let digits = p.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u32 = p[..digits].parse().ok()?;
         out = out.checked_mul(100)?.checked_add(n.min(99))?;
         parts += 1;
         if parts == 4 {

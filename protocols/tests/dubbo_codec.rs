@@ -437,6 +437,7 @@ fn descriptors() {
     assert_eq!(dubbo::count_parameters("Q"), None);
     assert!(dubbo::supports_response_attachments("2.0.2"));
     assert!(!dubbo::supports_response_attachments("2.0.1"));
+    assert!(dubbo::supports_response_attachments("2.0.2-SNAPSHOT"));
     assert!(!dubbo::supports_response_attachments("2.7.8"));
     assert!(!dubbo::supports_response_attachments("garbage"));
 }
