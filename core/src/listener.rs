@@ -154,6 +154,8 @@ async fn serve_multiplexed(
                 Ok(Some(msg)) => match msg.kind {
                     MessageKind::Request | MessageKind::OnewayRequest => {
                         ctx.stats.rq_total.inc();
+                        // The request is put on the heap once; its state holds a pointer.
+                        let msg = Arc::new(msg);
                         let request: Request<'_> = Box::pin(handle_request(&ctx, msg, peer));
                         requests.push(request);
                     }
@@ -519,38 +521,46 @@ impl<'s> Retries<'s> {
     /// waits the backoff. `may_repeat` is false when the request cannot be sent again
     /// whatever the policy says.
     pub(crate) async fn again(&mut self, on: RetryOn, may_repeat: bool) -> bool {
+        match self.backoff(on, may_repeat) {
+            Some(wait) => {
+                tokio::time::sleep(wait).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides whether the attempt that just failed with `on` is tried again, and if so
+    /// how long to wait first (counting the retry). What the caller holds need not live
+    /// across the wait.
+    pub(crate) fn backoff(&mut self, on: RetryOn, may_repeat: bool) -> Option<Duration> {
         if !may_repeat || !self.allows(on) {
-            return false;
+            return None;
         }
         if self.slot.is_none() {
-            match self.cluster.shared.acquire(Resource::Retries) {
-                Some(g) => self.slot = Some(g),
-                None => return false,
-            }
+            self.slot = Some(self.cluster.shared.acquire(Resource::Retries)?);
         }
-        let Some(policy) = &self.route.retry else {
-            return false;
-        };
+        let policy = self.route.retry.as_ref()?;
         self.cluster.stats.retries.inc();
         let now = Instant::now();
         let wait = policy
             .backoff(self.attempt)
             .min(self.deadline.saturating_duration_since(now));
         tracing::debug!(cluster = %self.cluster.name, reason = on.as_str(), attempt = self.attempt, ?wait, "retrying");
-        tokio::time::sleep(wait).await;
-        true
+        Some(wait)
     }
 }
 
 /// Routes one request and produces what goes back to the client.
 async fn handle_request(
     ctx: &ListenerContext,
-    mut req: Message,
+    mut req: Arc<Message>,
     peer: Option<std::net::SocketAddr>,
 ) -> Option<Outgoing> {
     let downstream_id = req.request_id;
     let snapshot = ctx.store.load();
-    let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
+    // Not shared yet: routing changes the request in place, without a copy.
+    let (mut obs, routed) = observe_and_route(ctx, &snapshot, Arc::make_mut(&mut req), peer);
     let Routed {
         route,
         cluster,
@@ -570,7 +580,6 @@ async fn handle_request(
         return local_reply(ctx, &req, LocalReplyKind::Overloaded, &text, Some(&mut obs));
     };
     let expect_response = req.kind != MessageKind::OnewayRequest;
-    let req = Arc::new(req);
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
     // The route's timeout counts from when the request was read, as Envoy's does.
     let deadline = obs.started() + total;
@@ -602,73 +611,100 @@ async fn handle_request(
             None => (deadline, total),
         };
         let call = endpoint.pool.call(req.clone(), expect_response);
-        let failure = match tokio::time::timeout_at(try_deadline, call).await {
-            Ok(Ok(Some(mut resp))) => {
-                let error = resp.kind == MessageKind::Error;
-                cluster.report(
-                    index,
-                    if error {
-                        Outcome::ErrorStatus
-                    } else {
-                        Outcome::Success
-                    },
-                );
-                if error && retries.again(RetryOn::ErrorStatus, true).await {
-                    continue;
-                }
-                ctx.protocol.finish_response(&req, &mut resp);
-                Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
-                let hooks = (route, listener_hooks);
-                if let Err(text) = response_hooks(ctx.protocol.name(), hooks, &mut resp, &req) {
-                    return local_reply(
-                        ctx,
-                        &req,
-                        LocalReplyKind::HookError,
-                        &text,
-                        Some(&mut obs),
+        // Only the wait outlives this block, so the request's state keeps no room for a
+        // response (or a failure) while it sleeps before the next attempt.
+        let wait = {
+            let next = match tokio::time::timeout_at(try_deadline, call).await {
+                Ok(Ok(Some(resp))) => {
+                    let error = resp.kind == MessageKind::Error;
+                    cluster.report(
+                        index,
+                        if error {
+                            Outcome::ErrorStatus
+                        } else {
+                            Outcome::Success
+                        },
                     );
+                    if error {
+                        if let Some(wait) = retries.backoff(RetryOn::ErrorStatus, true) {
+                            Next::Wait(wait)
+                        } else {
+                            Next::Answer(resp)
+                        }
+                    } else {
+                        Next::Answer(resp)
+                    }
                 }
-                obs.answer(&*ctx.protocol, &resp, None);
-                return Some(Outgoing::Response(resp, downstream_id, req));
-            }
-            Ok(Ok(None)) => {
-                cluster.report(index, Outcome::Success);
-                return None;
-            }
-            Ok(Err(e)) => {
-                if retry_condition(&e).is_some() {
+                Ok(Ok(None)) => {
+                    cluster.report(index, Outcome::Success);
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    if retry_condition(&e).is_some() {
+                        cluster.report(index, Outcome::LocalFailure);
+                    }
+                    let text = format!("{} ({})", e, cluster.name);
+                    Next::Fail(retry_condition(&e), e.local_reply_kind(), text)
+                }
+                Err(_) => {
+                    cluster.stats.rq_error("timeout");
                     cluster.report(index, Outcome::LocalFailure);
+                    let text = if Instant::now() >= deadline {
+                        format!(
+                            "upstream request timeout after {}ms ({})",
+                            total.as_millis(),
+                            cluster.name
+                        )
+                    } else {
+                        format!(
+                            "upstream per-try timeout after {}ms ({})",
+                            this_try.as_millis(),
+                            cluster.name
+                        )
+                    };
+                    Next::Fail(Some(RetryOn::Timeout), LocalReplyKind::Timeout, text)
                 }
-                let text = format!("{} ({})", e, cluster.name);
-                (retry_condition(&e), e.local_reply_kind(), text)
-            }
-            Err(_) => {
-                cluster.stats.rq_error("timeout");
-                cluster.report(index, Outcome::LocalFailure);
-                let text = if Instant::now() >= deadline {
-                    format!(
-                        "upstream request timeout after {}ms ({})",
-                        total.as_millis(),
-                        cluster.name
-                    )
-                } else {
-                    format!(
-                        "upstream per-try timeout after {}ms ({})",
-                        this_try.as_millis(),
-                        cluster.name
-                    )
-                };
-                (Some(RetryOn::Timeout), LocalReplyKind::Timeout, text)
+            };
+            match next {
+                Next::Answer(mut resp) => {
+                    ctx.protocol.finish_response(&req, &mut resp);
+                    Mutation::apply_all(&route.response_mutation, &mut resp.metadata);
+                    let hooks = (route, listener_hooks);
+                    if let Err(text) = response_hooks(ctx.protocol.name(), hooks, &mut resp, &req) {
+                        return local_reply(
+                            ctx,
+                            &req,
+                            LocalReplyKind::HookError,
+                            &text,
+                            Some(&mut obs),
+                        );
+                    }
+                    obs.answer(&*ctx.protocol, &resp, None);
+                    return Some(Outgoing::Response(resp, downstream_id, req));
+                }
+                Next::Wait(wait) => wait,
+                Next::Fail(on, kind, text) => {
+                    // A oneway request that left the proxy cannot be told apart from one applied.
+                    let may_repeat = expect_response || on == Some(RetryOn::ConnectFailure);
+                    match on.and_then(|on| retries.backoff(on, may_repeat)) {
+                        Some(wait) => wait,
+                        None => return local_reply(ctx, &req, kind, &text, Some(&mut obs)),
+                    }
+                }
             }
         };
-        let (on, kind, text) = failure;
-        // A oneway request that left the proxy cannot be told apart from one applied.
-        let may_repeat = expect_response || on == Some(RetryOn::ConnectFailure);
-        if let Some(on) = on {
-            if retries.again(on, may_repeat).await {
-                continue;
-            }
-        }
-        return local_reply(ctx, &req, kind, &text, Some(&mut obs));
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// What an attempt of [`handle_request`] leads to. It never outlives an await, so its
+/// size costs nothing; boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// The response to give the client (after the route's mutations and hooks).
+    Answer(Message),
+    /// Try again after this wait.
+    Wait(Duration),
+    /// The attempt failed: whether the policy may retry it, and the local reply if not.
+    Fail(Option<RetryOn>, LocalReplyKind, String),
 }
