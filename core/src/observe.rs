@@ -37,14 +37,21 @@ pub fn new_request_id() -> String {
     let v: u128 = rand::random();
     // Version 4, variant 10.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut out = String::with_capacity(36);
-    for nibble in (0..32).rev() {
-        if matches!(out.len(), 8 | 13 | 18 | 23) {
-            out.push('-');
+    let mut out = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[at] = b'-';
+            at += 1;
         }
-        out.push(char::from(HEX[((v >> (nibble * 4)) & 0xf) as usize]));
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
-    out
+    // Only ASCII hex digits and dashes were written.
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The `traceparent` of the proxy's span for a request that arrived with `parent`: the
@@ -638,6 +645,11 @@ mod tests {
         assert_eq!(
             parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
             [8, 4, 4, 4, 12]
+        );
+        assert!(
+            a.bytes()
+                .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
         );
         assert!(parts[2].starts_with('4'), "{a}");
         assert!(

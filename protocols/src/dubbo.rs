@@ -231,13 +231,25 @@ fn display(v: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a string of `frame`'s body (which `d` reads) as a slice of the frame when its
+/// bytes are plain UTF-8, checking them once; otherwise decodes it.
+fn read_shared(frame: &Bytes, d: &mut Decoder<'_>) -> Result<ByteString, HessianError> {
+    let Some(span) = d.read_str_span()? else {
+        return Ok(slice_str(frame, &d.read_str()?));
+    };
+    let (start, end) = (HEADER_LEN + span.start, HEADER_LEN + span.end);
+    if end <= frame.len() {
+        if let Ok(s) = ByteString::try_from(frame.slice(start..end)) {
+            return Ok(s);
+        }
+    }
+    Ok(slice_str(frame, &d.str_at(span)?))
+}
+
 /// Reads one attachment value; strings are borrowed from the frame.
 fn read_attachment_value(frame: &Bytes, d: &mut Decoder<'_>) -> Result<ByteString, HessianError> {
     match d.peek_tag() {
-        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => {
-            let s = d.read_str()?;
-            Ok(slice_str(frame, &s))
-        }
+        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_shared(frame, d),
         _ => Ok(ByteString::from(display(&d.read_value()?))),
     }
 }
@@ -254,8 +266,7 @@ fn read_attachments(
         return Ok(0);
     }
     while !d.at_end_marker()? {
-        let key = d.read_str()?;
-        let key = slice_str(frame, &key);
+        let key = read_shared(frame, d)?;
         let value = read_attachment_value(frame, d)?;
         if skip_body_keys {
             let bit = match &*key {
@@ -300,22 +311,20 @@ impl DubboCodec {
         let result = (|| -> Result<(), String> {
             let dubbo_version = d.read_str().map_err(hessian_err)?;
             let supports = supports_response_attachments(&dubbo_version);
-            let path = d.read_str().map_err(hessian_err)?;
+            let path = read_shared(&frame, &mut d).map_err(hessian_err)?;
             let version = match d.peek_tag() {
                 Some(b'N') => {
                     d.skip_value().map_err(hessian_err)?;
                     ByteString::new()
                 }
-                _ => slice_str(&frame, &d.read_str().map_err(hessian_err)?),
+                _ => read_shared(&frame, &mut d).map_err(hessian_err)?,
             };
-            let method = d.read_str().map_err(hessian_err)?;
+            let method = read_shared(&frame, &mut d).map_err(hessian_err)?;
             let descriptor = d.read_str().map_err(hessian_err)?;
             let n = count_parameters(&descriptor)
                 .ok_or_else(|| format!("invalid parameter descriptor {descriptor:?}"))?;
-            msg.metadata
-                .push_decoded("interface", slice_str(&frame, &path));
-            msg.metadata
-                .push_decoded("method", slice_str(&frame, &method));
+            msg.metadata.push_decoded("interface", path);
+            msg.metadata.push_decoded("method", method);
             msg.metadata.push_decoded("version", version);
             for i in 0..n {
                 d.skip_value()

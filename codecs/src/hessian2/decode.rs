@@ -116,6 +116,50 @@ impl<'a> Decoder<'a> {
         self.cur.string_after(t, pos)
     }
 
+    /// Reads a string that is one chunk and returns where its bytes are in the input,
+    /// without checking that they are UTF-8: for a caller that keeps the bytes and checks
+    /// them once itself, falling back to [`Decoder::str_at`] when they are not plain UTF-8.
+    /// A string in several chunks, or any other tag, gives `None` and consumes nothing.
+    pub fn read_str_span(&mut self) -> Result<Option<std::ops::Range<usize>>, Error> {
+        let start = self.cur.pos;
+        let Some(t) = self.cur.peek() else {
+            return Ok(None);
+        };
+        if !is_string_tag(t) || t == tag::STRING_CHUNK {
+            return Ok(None);
+        }
+        self.cur.pos += 1;
+        let span = self
+            .cur
+            .string_chunk(t, start)
+            .and_then(|(units, _)| self.cur.string_body(units));
+        match span {
+            Ok((at, body)) => Ok(Some(at..at + body.len())),
+            Err(e) => {
+                self.cur.pos = start;
+                Err(e)
+            }
+        }
+    }
+
+    /// Decodes the string bytes at `span` (from [`Decoder::read_str_span`]) as
+    /// [`Decoder::read_str`] would: Java's surrogate pairs become characters, and invalid
+    /// bytes are an error naming their position.
+    pub fn str_at(&self, span: std::ops::Range<usize>) -> Result<Cow<'a, str>, Error> {
+        let at = span.start;
+        let body = self.cur.buf.get(span).ok_or(Error::Eof)?;
+        if let Ok(s) = std::str::from_utf8(body) {
+            return Ok(Cow::Borrowed(s));
+        }
+        let mut out = String::with_capacity(body.len());
+        let mut pending = None;
+        utf8::decode_into(body, at, &mut out, &mut pending)?;
+        if pending.is_some() {
+            out.push(char::REPLACEMENT_CHARACTER);
+        }
+        Ok(Cow::Owned(out))
+    }
+
     /// Reads a string or null. Any other tag is an error and consumes nothing.
     pub fn read_nullable_string(&mut self) -> Result<Option<String>, Error> {
         if self.cur.peek() == Some(tag::NULL) {

@@ -812,3 +812,62 @@ fn bytes_mut_sink() {
     }
     assert_eq!(&out[..], &round(&sample())[..]);
 }
+
+#[test]
+fn string_spans_read_like_strings() {
+    // Each input is one string followed by a marker byte; the span, decoded with str_at,
+    // must read as read_str does, and leave the decoder at the marker.
+    for text in ["", "batchjob", "é中", "😀!", &"x".repeat(300)] {
+        let mut bytes = enc(|e| {
+            e.write_str(text);
+        });
+        bytes.push(b'Z');
+        let mut d = Decoder::new(&bytes);
+        let span = d.read_str_span().expect("span").expect("one chunk");
+        assert_eq!(d.str_at(span.clone()).expect("decodes"), text);
+        assert_eq!(d.peek_tag(), Some(b'Z'), "{text:?}");
+        let mut r = Decoder::new(&bytes);
+        assert_eq!(r.read_str().expect("read"), text);
+        assert_eq!(r.position(), d.position());
+    }
+    // Java's surrogate pair is not UTF-8: the span holds its bytes, str_at joins them.
+    let cesu = [0x02, 0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80];
+    let mut d = Decoder::new(&cesu);
+    let span = d.read_str_span().expect("span").expect("one chunk");
+    assert!(std::str::from_utf8(&cesu[span.clone()]).is_err());
+    assert_eq!(d.str_at(span).expect("decodes"), "😀");
+    // Invalid bytes are an error naming their position, as read_str's are: a bad
+    // continuation byte when decoding, a bad lead byte already when finding the span.
+    let bad = [0x02, b'a', 0xc3, 0x28];
+    let mut d = Decoder::new(&bad);
+    let span = d.read_str_span().expect("span").expect("one chunk");
+    assert_eq!(d.str_at(span), Err(Error::InvalidUtf8 { pos: 3 }));
+    assert_eq!(
+        Decoder::new(&bad).read_str(),
+        Err(Error::InvalidUtf8 { pos: 3 })
+    );
+    let bad = [0x02, b'a', 0xff];
+    assert_eq!(
+        Decoder::new(&bad).read_str_span(),
+        Err(Error::InvalidUtf8 { pos: 2 })
+    );
+    assert_eq!(
+        Decoder::new(&bad).read_str(),
+        Err(Error::InvalidUtf8 { pos: 2 })
+    );
+    // Chunked strings and other values give no span and consume nothing.
+    for other in [
+        &[b'R', 0x00, 0x01, b'a', 0x01, b'b'][..],
+        &[0x90],
+        b"N",
+        &[],
+    ] {
+        let mut d = Decoder::new(other);
+        assert_eq!(d.read_str_span().expect("no error"), None, "{other:02x?}");
+        assert_eq!(d.position(), 0);
+    }
+    // A truncated string is an error and consumes nothing.
+    let mut d = Decoder::new(&[0x05, b'a', b'b']);
+    assert_eq!(d.read_str_span(), Err(Error::Eof));
+    assert_eq!(d.position(), 0);
+}
