@@ -46,7 +46,7 @@ enum Outgoing {
     Message(Message, u64),
     /// An upstream response with the request it answers, so that a response that
     /// cannot be encoded is replaced by an `internal` local reply.
-    Response(Message, u64, Arc<Message>),
+    Response(Box<Message>, u64, Arc<Message>),
 }
 
 /// Everything a listener's connections share.
@@ -697,12 +697,10 @@ async fn handle_request(
     }
 }
 
-/// What an attempt of [`handle_request`] leads to. It never outlives an await, so its
-/// size costs nothing; boxing the response would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
+/// What an attempt of [`handle_request`] leads to.
 enum Next {
     /// The response to give the client (after the route's mutations and hooks).
-    Answer(Message),
+    Answer(Box<Message>),
     /// Try again after this wait.
     Wait(Duration),
     /// The attempt failed: whether the policy may retry it, and the local reply if not.

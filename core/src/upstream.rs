@@ -63,7 +63,9 @@ impl UpstreamError {
     }
 }
 
-type Reply = Result<Message, UpstreamError>;
+/// A response, boxed: it is handed on several times before it is encoded, and a message
+/// is 600 bytes to copy.
+type Reply = Result<Box<Message>, UpstreamError>;
 
 /// A request queued for an upstream writer.
 struct Outbound {
@@ -134,7 +136,7 @@ impl MuxConnection {
         &self,
         msg: Arc<Message>,
         expect_response: bool,
-    ) -> Result<Option<Message>, UpstreamError> {
+    ) -> Result<Option<Box<Message>>, UpstreamError> {
         // Ids stay below 2^31 so that every protocol's id field (Thrift's is an i32) holds them.
         let id = (self.next_id.fetch_add(1, Ordering::Relaxed) % 0x7fff_fffe) + 1;
         let (rx, guard) = if expect_response {
@@ -430,7 +432,7 @@ impl EndpointPool {
         &self,
         msg: Arc<Message>,
         expect_response: bool,
-    ) -> Result<Option<Message>, UpstreamError> {
+    ) -> Result<Option<Box<Message>>, UpstreamError> {
         let active = self.begin_request();
         let n = self.settings.connections.max(1);
         let group = crate::worker::connection_group() % (self.slots.len() / n);
@@ -601,7 +603,7 @@ async fn read_loop(
                 Ok(Some(msg)) => match msg.kind {
                     MessageKind::Response | MessageKind::Error => {
                         if let Some(waiter) = shared.take(msg.request_id) {
-                            let _ = waiter.send(Ok(msg));
+                            let _ = waiter.send(Ok(Box::new(msg)));
                         }
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
