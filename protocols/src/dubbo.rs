@@ -485,10 +485,15 @@ impl Codec for DubboCodec {
             }
             return Ok(());
         }
-        if let Some(appended) = append_attachments(msg) {
+        if can_append(msg) {
             // Only new attachments: the original body stays, up to the map's end marker.
+            // The header and the new entries share one allocation.
+            let mut head = BytesMut::with_capacity(HEADER_LEN + 128);
+            head.extend_from_slice(&[0; HEADER_LEN]);
+            let mut appended = head.split_off(HEADER_LEN);
+            append_attachments(msg, &mut appended);
             let end = msg.layout[ATTACH_END] as usize - 1;
-            let mut head = BytesMut::with_capacity(HEADER_LEN);
+            head.clear();
             Header {
                 flags: frame[2],
                 status: frame[3],
@@ -498,7 +503,7 @@ impl Codec for DubboCodec {
             .write(&mut head);
             out.push(head.freeze());
             out.push(frame.slice(HEADER_LEN..end));
-            out.push(appended);
+            out.push(appended.freeze());
             return Ok(());
         }
         let (prefix, flag_patch) = rewrite_split(msg);
@@ -573,27 +578,29 @@ fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
     (kept, Some(enc.into_inner()))
 }
 
-/// When the only change to `msg.metadata` is new keys and the message has an attachment
-/// map, the bytes that extend that map: the new entries and the map's end marker (which
-/// replaces the original one).
-fn append_attachments(msg: &Message) -> Option<Bytes> {
-    let appended = msg.metadata.appended()?;
+/// True when the only change to `msg.metadata` is new keys and the message has an
+/// attachment map that they can extend.
+fn can_append(msg: &Message) -> bool {
     let (start, end) = (
         msg.layout[ATTACH_START] as usize,
         msg.layout[ATTACH_END] as usize,
     );
     let frame = &msg.frame;
-    let is_map = start != 0
+    msg.metadata.appended().is_some()
+        && start != 0
         && end > start + 1
         && end <= frame.len()
         && matches!(frame[start], b'H' | b'M')
-        && frame[end - 1] == b'Z';
-    if !is_map {
-        return None;
-    }
+        && frame[end - 1] == b'Z'
+}
+
+/// Writes to `out` the bytes that extend the attachment map of a message that
+/// [`can_append`]: the new entries and the map's end marker (which replaces the original
+/// one).
+fn append_attachments(msg: &Message, out: &mut BytesMut) {
     let is_request = msg.kind.is_request();
-    let mut e = Encoder::new();
-    for (k, v) in appended {
+    let mut e = Encoder::with_buffer(&mut *out);
+    for (k, v) in msg.metadata.appended().into_iter().flatten() {
         let body_key = k.eq_ignore_ascii_case("interface")
             || k.eq_ignore_ascii_case("method")
             || k.eq_ignore_ascii_case("version");
@@ -603,9 +610,7 @@ fn append_attachments(msg: &Message) -> Option<Bytes> {
         e.write_str(k);
         e.write_str(v);
     }
-    let mut out = e.into_inner();
-    out.push(b'Z');
-    Some(Bytes::from(out))
+    out.put_u8(b'Z');
 }
 
 /// Writes the attachment map for `msg.metadata`: entries of the original map keep their
