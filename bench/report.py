@@ -18,12 +18,41 @@ BEGIN = "<!-- side-by-side:begin (written by bench/side-by-side.sh; edits are re
 END = "<!-- side-by-side:end -->"
 
 
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def load(out, name):
+    """The report `name`. When the run was repeated (`NAME.rN.json` beside it, from
+    ROUNDS=N), each latency percentile and the CPU per request are the median over the
+    rounds, so that one stall of the machine does not decide the figure."""
     p = os.path.join(out, name + ".json")
     if not os.path.exists(p):
         return None
-    with open(p) as f:
-        return json.load(f)
+    first = read(p)
+    more = sorted(glob.glob(os.path.join(glob.escape(out), glob.escape(name) + ".r*.json")))
+    if not more:
+        return first
+    rounds = [first] + [read(q) for q in more]
+    merged = dict(first)
+    merged["rounds"] = len(rounds)
+    merged["latency_us"] = {k: median([r["latency_us"][k] for r in rounds])
+                            for k in first["latency_us"]
+                            if all(isinstance(r["latency_us"].get(k), (int, float))
+                                   for r in rounds)}
+    if all(r.get("process") for r in rounds):
+        merged["process"] = dict(first["process"])
+        merged["process"]["cpu_us_per_request"] = median(
+            [r["process"]["cpu_us_per_request"] for r in rounds])
+        merged["process"]["peak_rss_kib"] = max(r["process"]["peak_rss_kib"] for r in rounds)
+    return merged
+
+
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def cpu(r):
@@ -66,7 +95,7 @@ def cpu_model():
 def section(out, command, settings):
     rates = sorted({int(float(os.path.basename(p).rsplit("-", 1)[1][:-5]))
                     for p in glob.glob(os.path.join(out, "dubbo-direct-*.json"))
-                    if not p.endswith("closed.json")})
+                    if not p.endswith("closed.json") and ".r" not in os.path.basename(p)})
     low, high = rates[0], rates[-1]
     loads = []
     load_of = {}

@@ -6,6 +6,7 @@
 #   bench/side-by-side.sh --quick      # CI-size run: short windows, docs untouched
 #   bench/side-by-side.sh --no-docs    # full run, report on stdout only
 #   OUT=/tmp/sbs bench/side-by-side.sh # keep the JSON reports and logs there
+#   ROUNDS=3 bench/side-by-side.sh     # each fixed-rate run three times, medians reported
 #
 # For each protocol (dubbo, thrift, http) and each target it runs the load tool closed
 # loop (maximum throughput) and open loop at fixed rates, and reads the proxy's CPU time
@@ -36,7 +37,7 @@ for a in "$@"; do
     case "$a" in
         --quick) QUICK=1; DOCS=0 ;;
         --no-docs) DOCS=0 ;;
-        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -52,6 +53,9 @@ MUX_CONNS=4; MUX_INFLIGHT=32; HTTP_CONNS=32
 # Open loop: connections the rate is spread over.
 OPEN_MUX_CONNS=4; OPEN_HTTP_CONNS=16
 BATCHJOB_EVERY=3
+# Runs of each fixed rate per target; with more than one, latency and CPU are medians.
+ROUNDS=${ROUNDS:-1}
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "ROUNDS must be a positive integer" >&2; exit 2 ;; esac
 
 OUT="${OUT:-$(mktemp -d /tmp/metamesh-side-by-side.XXXXXX)}"
 mkdir -p "$OUT"
@@ -229,9 +233,15 @@ load() { # name protocol target-port pid mode(closed|RATE) -> writes $OUT/NAME.j
 }
 
 run_target() { # protocol target port pid
-    local m
+    local m r
     for m in closed $RATES; do
         load "$1-$2-$m" "$1" "$3" "$4" "$m"
+        # Fixed rates again, ROUNDS in all: the report takes the median of each figure.
+        if [ "$m" != closed ]; then
+            for r in $(seq 2 "$ROUNDS"); do
+                load "$1-$2-$m.r$r" "$1" "$3" "$4" "$m"
+            done
+        fi
     done
 }
 
@@ -301,8 +311,13 @@ done
 # ------------------------------------------------------------------ report
 COMMAND="bench/side-by-side.sh"
 if [ "$QUICK" = 1 ]; then COMMAND+=" --quick"; fi
+if [ "$ROUNDS" -gt 1 ]; then COMMAND="ROUNDS=$ROUNDS $COMMAND"; fi
+ROUNDS_NOTE=""
+if [ "$ROUNDS" -gt 1 ]; then
+    ROUNDS_NOTE="; each fixed-rate run $ROUNDS times in a row per target, latency percentiles and CPU per request the median of the rounds"
+fi
 python3 "$REPO/bench/report.py" "$OUT" --command "$COMMAND" \
-    --settings "window $DURATION after $WARMUP warm-up; closed loop $MUX_CONNS connections x $MUX_INFLIGHT in flight (HTTP: $HTTP_CONNS connections); open loop over $OPEN_MUX_CONNS connections (HTTP: $OPEN_HTTP_CONNS); --batchjob-every $BATCHJOB_EVERY (Dubbo attachment batchjob=true, HTTP header x-batchjob: true on every ${BATCHJOB_EVERY}rd request of a connection)" \
+    --settings "window $DURATION after $WARMUP warm-up; closed loop $MUX_CONNS connections x $MUX_INFLIGHT in flight (HTTP: $HTTP_CONNS connections); open loop over $OPEN_MUX_CONNS connections (HTTP: $OPEN_HTTP_CONNS); --batchjob-every $BATCHJOB_EVERY (Dubbo attachment batchjob=true, HTTP header x-batchjob: true on every ${BATCHJOB_EVERY}rd request of a connection)$ROUNDS_NOTE" \
     >"$OUT/report.md"
 cat "$OUT/report.md"
 if [ "$DOCS" = 1 ]; then
