@@ -487,7 +487,8 @@ impl Codec for DubboCodec {
         }
         if can_append(msg) {
             // Only new attachments: the original body stays, up to the map's end marker.
-            // The header and the new entries share one allocation.
+            // The header and the new entries share one buffer (splitting it adds only the
+            // small handle that shares it).
             let mut head = BytesMut::with_capacity(HEADER_LEN + 128);
             head.extend_from_slice(&[0; HEADER_LEN]);
             let mut appended = head.split_off(HEADER_LEN);
