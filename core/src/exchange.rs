@@ -4,6 +4,7 @@
 //! upload or download never sits in memory; an upgrade turns both connections into a
 //! byte tunnel.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -80,21 +81,8 @@ async fn next_message(
 ) -> Next {
     let mut eof = false;
     loop {
-        let decoded = if eof {
-            let r = lock(codec).decode_eof(buf);
-            match r {
-                Ok(Some(m)) => return Next::Message(m),
-                Ok(None) => return Next::Closed,
-                Err(e) if e.reason == crate::codec::TRUNCATED_FRAME => return Next::Broken,
-                Err(e) => return Next::Bad(e),
-            }
-        } else {
-            lock(codec).decode(buf)
-        };
-        match decoded {
-            Ok(Some(m)) => return Next::Message(m),
-            Ok(None) => {}
-            Err(e) => return Next::Bad(e),
+        if let Some(next) = decode_next(codec, buf, eof) {
+            return next;
         }
         if buf.capacity() == 0 && rd.readable().await.is_err() {
             return Next::Broken;
@@ -110,17 +98,42 @@ async fn next_message(
     }
 }
 
-/// Encodes `msg` with `codec` and queues it on `out`.
-async fn send(
-    out: &mut FrameWriter<OwnedWriteHalf>,
-    codec: &Mutex<Box<dyn Codec>>,
-    msg: &Message,
-) -> Result<(), SendError> {
+/// What the bytes in `buf` make of the next message (`eof`: no more will come), or
+/// `None` while more are needed. A plain function, so that the message it returns never
+/// takes room in the state of the future that reads.
+fn decode_next(codec: &Mutex<Box<dyn Codec>>, buf: &mut BytesMut, eof: bool) -> Option<Next> {
+    if eof {
+        let r = lock(codec).decode_eof(buf);
+        return Some(match r {
+            Ok(Some(m)) => Next::Message(m),
+            Ok(None) => Next::Closed,
+            Err(e) if e.reason == crate::codec::TRUNCATED_FRAME => Next::Broken,
+            Err(e) => Next::Bad(e),
+        });
+    }
+    match lock(codec).decode(buf) {
+        Ok(Some(m)) => Some(Next::Message(m)),
+        Ok(None) => None,
+        Err(e) => Some(Next::Bad(e)),
+    }
+}
+
+/// Encodes `msg` with `codec`. Encoding is done before any await, so that a message is
+/// never part of the state a future keeps while it waits for a socket.
+fn encode(codec: &Mutex<Box<dyn Codec>>, msg: &Message) -> Result<EncodedFrame, SendError> {
     let mut frame = EncodedFrame::new();
     lock(codec)
         .encode(msg, msg.request_id, &mut frame)
         .map_err(|e| SendError::Encode(e.to_string()))?;
-    out.push(frame).await.map_err(|_| SendError::Io)
+    Ok(frame)
+}
+
+/// Queues an encoded frame on `out`.
+async fn send(
+    out: &mut FrameWriter<OwnedWriteHalf>,
+    frame: Result<EncodedFrame, SendError>,
+) -> Result<(), SendError> {
+    out.push(frame?).await.map_err(|_| SendError::Io)
 }
 
 #[derive(Debug)]
@@ -164,23 +177,15 @@ pub(crate) async fn serve(
                 break;
             }
         };
-        let flow = match msg.kind {
-            MessageKind::Request | MessageKind::OnewayRequest => {
-                // Boxed: an exchange's state is large, and a connection waiting for its next
-                // request should not keep room for it.
-                Box::pin(exchange(&ctx, &mut down, msg, peer)).await
-            }
-            MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg)
-            {
-                Some(reply) => {
-                    ctx.stats.heartbeats.inc();
-                    down.reply(&reply).await
-                }
-                None => Flow::Continue,
-            },
-            MessageKind::Response | MessageKind::Error | MessageKind::Data => {
-                ctx.stats.protocol_error("unexpected_message");
-                Flow::Close
+        let flow = if msg.kind.is_request() {
+            // Boxed: an exchange's state is large, and a connection waiting for its next
+            // request should not keep room for it.
+            Box::pin(exchange(&ctx, &mut down, msg, peer)).await
+        } else {
+            match not_a_request(&ctx, &down.codec, msg) {
+                Other::Reply(frame) => down.reply(frame).await,
+                Other::Ignore => Flow::Continue,
+                Other::Close => Flow::Close,
             }
         };
         if flow == Flow::Close || !lock(&down.codec).keep_alive() || shutdown.is_cancelled() {
@@ -188,6 +193,34 @@ pub(crate) async fn serve(
         }
     }
     let _ = down.out.shutdown().await;
+}
+
+/// What a downstream message that is not a request asks of the connection.
+enum Other {
+    /// Answer it with this (a heartbeat's reply).
+    Reply(Result<EncodedFrame, SendError>),
+    /// Nothing to answer.
+    Ignore,
+    /// It has no place here: close.
+    Close,
+}
+
+/// Handles a downstream message that is not a request. A plain function that takes the
+/// message, so that no message is part of a connection's state while it writes.
+fn not_a_request(ctx: &ListenerContext, codec: &Mutex<Box<dyn Codec>>, msg: Message) -> Other {
+    match msg.kind {
+        MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg) {
+            Some(reply) => {
+                ctx.stats.heartbeats.inc();
+                Other::Reply(encode(codec, &reply))
+            }
+            None => Other::Ignore,
+        },
+        _ => {
+            ctx.stats.protocol_error("unexpected_message");
+            Other::Close
+        }
+    }
 }
 
 /// The client side of an exchange.
@@ -199,9 +232,9 @@ struct Downstream {
 }
 
 impl Downstream {
-    /// Writes `msg` and flushes.
-    async fn reply(&mut self, msg: &Message) -> Flow {
-        match send(&mut self.out, &self.codec, msg).await {
+    /// Writes an encoded reply and flushes.
+    async fn reply(&mut self, frame: Result<EncodedFrame, SendError>) -> Flow {
+        match send(&mut self.out, frame).await {
             Ok(()) => match self.out.flush().await {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Close,
@@ -220,7 +253,9 @@ impl Downstream {
         tracing::info!(listener = %ctx.name, error = %e, "undecodable downstream frame");
         if let ErrorAction::Reply(m) | ErrorAction::ReplyAndClose(m) = e.action {
             ctx.stats.local_reply(LocalReplyKind::BadRequest);
-            let _ = self.reply(&m).await;
+            let frame = encode(&self.codec, &m);
+            drop(m);
+            let _ = self.reply(frame).await;
         }
     }
 
@@ -240,15 +275,18 @@ impl Downstream {
         if req.kind == MessageKind::OnewayRequest {
             obs.unanswered(kind);
         } else {
-            let reply = ctx.protocol.local_reply(
-                req,
-                LocalReply {
-                    kind,
-                    message: text,
-                },
-            );
-            obs.answer(&*ctx.protocol, &reply, Some(kind));
-            flow = self.reply(&reply).await;
+            let frame = {
+                let reply = ctx.protocol.local_reply(
+                    req,
+                    LocalReply {
+                        kind,
+                        message: text,
+                    },
+                );
+                obs.answer(&*ctx.protocol, &reply, Some(kind));
+                encode(&self.codec, &reply)
+            };
+            flow = self.reply(frame).await;
         }
         if flow == Flow::Continue && req.stream == StreamState::More {
             flow = if ctx.protocol.continue_reply(req).is_some() {
@@ -318,56 +356,61 @@ type RoutedHooks<'a> = (&'a crate::router::Route, &'a [Arc<HookProgram>]);
 /// What one attempt at an upstream produced before the response was looked at.
 type AttemptFailure = (Option<RetryOn>, LocalReplyKind, String);
 
-/// One request from head to the end of its response, with retries.
-async fn exchange(
-    ctx: &ListenerContext,
-    down: &mut Downstream,
+/// One request from head to the end of its response, with retries. Not an `async fn`:
+/// the block uses the request where it was moved in, where an `async fn` would keep a
+/// second copy of it in its state.
+#[allow(clippy::manual_async_fn)]
+fn exchange<'a>(
+    ctx: &'a ListenerContext,
+    down: &'a mut Downstream,
     mut req: Message,
     peer: Option<std::net::SocketAddr>,
-) -> Flow {
-    ctx.stats.rq_total.inc();
-    let snapshot = ctx.store.load();
-    let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
-    let Routed {
-        route,
-        cluster,
-        hash,
-        listener_hooks,
-    } = match routed {
-        Ok(r) => r,
-        Err((kind, text)) => return down.local_reply(ctx, &req, (kind, &text), &mut obs).await,
-    };
-    obs.route(route);
-    let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
-        let text = format!(
-            "{} ({})",
-            UpstreamError::Overflow(Resource::Requests),
-            cluster.name
+) -> impl Future<Output = Flow> + Send + 'a {
+    async move {
+        ctx.stats.rq_total.inc();
+        let snapshot = ctx.store.load();
+        let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
+        let Routed {
+            route,
+            cluster,
+            hash,
+            listener_hooks,
+        } = match routed {
+            Ok(r) => r,
+            Err((kind, text)) => return down.local_reply(ctx, &req, (kind, &text), &mut obs).await,
+        };
+        obs.route(route);
+        let Some(_request) = cluster.shared.acquire(Resource::Requests) else {
+            let text = format!(
+                "{} ({})",
+                UpstreamError::Overflow(Resource::Requests),
+                cluster.name
+            );
+            return down
+                .local_reply(ctx, &req, (LocalReplyKind::Overloaded, &text), &mut obs)
+                .await;
+        };
+        // Body bytes pumped each way, over every attempt.
+        let body_in = AtomicU64::new(0);
+        let body_out = AtomicU64::new(0);
+        let flow = attempts(
+            ctx,
+            down,
+            &req,
+            (route, cluster, hash, listener_hooks),
+            (&mut obs, &body_in, &body_out),
+        )
+        .await;
+        let (sent_up, sent_down) = (
+            body_in.load(Ordering::Relaxed),
+            body_out.load(Ordering::Relaxed),
         );
-        return down
-            .local_reply(ctx, &req, (LocalReplyKind::Overloaded, &text), &mut obs)
-            .await;
-    };
-    // Body bytes pumped each way, over every attempt.
-    let body_in = AtomicU64::new(0);
-    let body_out = AtomicU64::new(0);
-    let flow = attempts(
-        ctx,
-        down,
-        &req,
-        (route, cluster, hash, listener_hooks),
-        (&mut obs, &body_in, &body_out),
-    )
-    .await;
-    let (sent_up, sent_down) = (
-        body_in.load(Ordering::Relaxed),
-        body_out.load(Ordering::Relaxed),
-    );
-    obs.rx_bytes += sent_up;
-    obs.tx_bytes += sent_down;
-    cluster.stats.tx_bytes.inc_by(sent_up);
-    cluster.stats.rx_bytes.inc_by(sent_down);
-    flow
+        obs.rx_bytes += sent_up;
+        obs.tx_bytes += sent_down;
+        cluster.stats.tx_bytes.inc_by(sent_up);
+        cluster.stats.rx_bytes.inc_by(sent_down);
+        flow
+    }
 }
 
 /// The route's cluster, the request's hash and the listener's hooks.
@@ -427,13 +470,17 @@ async fn attempts(
             };
             if !continued {
                 continued = true;
-                if let Some(cont) = ctx.protocol.continue_reply(req) {
-                    if down.reply(&cont).await == Flow::Close {
+                let cont = ctx
+                    .protocol
+                    .continue_reply(req)
+                    .map(|cont| encode(&down.codec, &cont));
+                if let Some(frame) = cont {
+                    if down.reply(frame).await == Flow::Close {
                         return Flow::Close;
                     }
                 }
             }
-            match send(&mut up.wr, &up.codec, req).await {
+            match send(&mut up.wr, encode(&up.codec, req)).await {
                 Ok(()) => {}
                 Err(SendError::Encode(e)) => {
                     pool.stats().rq_error("encode");
@@ -525,7 +572,7 @@ async fn attempts(
                 let routed = (route, listener_hooks);
                 let class = ctx.protocol.response_class(&head);
                 active.responded(class, req.frame.len(), head.frame.len() as u64);
-                let delivered = deliver(ctx, down, &mut up, req, routed, *head, body_out).await;
+                let delivered = deliver(ctx, down, &mut up, req, routed, head, body_out).await;
                 if let Ok(done) = &delivered {
                     obs.answered(done.class, done.status, done.head_bytes, None);
                 }
@@ -596,7 +643,7 @@ pub(crate) async fn exchange_once(
 ) -> Result<MessageKind, UpstreamError> {
     let _active = pool.begin_request();
     let mut up = pool.checkout().await?;
-    send(&mut up.wr, &up.codec, req)
+    send(&mut up.wr, encode(&up.codec, req))
         .await
         .map_err(|e| match e {
             SendError::Encode(text) => UpstreamError::Encode(text),
@@ -697,14 +744,14 @@ async fn forward(
                 }
             }
         };
-        if hold_error && head.kind == MessageKind::Error {
+        if hold_error && matches!(head.kind, MessageKind::Error) {
             return Err(ResponseError::Held(Box::new(head)));
         }
+        let head = prepare_response(ctx, (req, route), head, down_codec)?;
         send_response(
             ctx,
             (up_rd, up_buf, up_codec),
             (down_wr, down_codec),
-            (req, route),
             head,
             body_out,
         )
@@ -741,46 +788,68 @@ async fn deliver(
     up: &mut ExclusiveConnection,
     req: &Message,
     route: RoutedHooks<'_>,
-    head: Message,
+    head: Box<Message>,
     body_out: &AtomicU64,
 ) -> Result<ResponseDone, ResponseError> {
+    let head = prepare_response(ctx, (req, route), *head, &down.codec)?;
     send_response(
         ctx,
         (&mut up.rd, &mut up.buf, &up.codec),
         (&mut down.out, &down.codec),
-        (req, route),
         head,
         body_out,
     )
     .await
 }
 
-/// Mutates and writes a response head, then streams its body.
-async fn send_response(
+/// A response head after the route's mutations and hooks, encoded for the client.
+struct PreparedHead {
+    frame: Result<EncodedFrame, SendError>,
+    stream: StreamState,
+    done: ResponseDone,
+}
+
+/// Mutates a response head, runs the response hooks on it and encodes it. Synchronous,
+/// so that the head itself is gone before anything waits for a socket.
+fn prepare_response(
     ctx: &ListenerContext,
-    (up_rd, up_buf, up_codec): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
-    (down_wr, down_codec): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
     (req, route): (&Message, RoutedHooks<'_>),
     mut head: Message,
-    body_out: &AtomicU64,
-) -> Result<ResponseDone, ResponseError> {
+    down_codec: &Mutex<Box<dyn Codec>>,
+) -> Result<PreparedHead, ResponseError> {
     ctx.protocol.finish_response(req, &mut head);
     Mutation::apply_all(&route.0.response_mutation, &mut head.metadata);
     if let Err(text) = response_hooks(ctx.protocol.name(), route, &mut head, req) {
         return Err(ResponseError::BeforeHead(LocalReplyKind::HookError, text));
     }
-    let stream = head.stream;
-    let error = head.kind == MessageKind::Error;
-    let done = |upgrade| ResponseDone {
-        upgrade,
-        error,
-        class: ctx.protocol.response_class(&head),
-        status: head.status,
-        head_bytes: head.frame.len() as u64,
-    };
-    let (finished, upgraded) = (done(false), done(true));
     head.request_id = req.request_id;
-    send(down_wr, down_codec, &head)
+    Ok(PreparedHead {
+        frame: encode(down_codec, &head),
+        stream: head.stream,
+        done: ResponseDone {
+            upgrade: head.stream == StreamState::Upgrade,
+            error: head.kind == MessageKind::Error,
+            class: ctx.protocol.response_class(&head),
+            status: head.status,
+            head_bytes: head.frame.len() as u64,
+        },
+    })
+}
+
+/// Writes a prepared response head, then streams its body.
+async fn send_response(
+    ctx: &ListenerContext,
+    (up_rd, up_buf, up_codec): (&mut OwnedReadHalf, &mut BytesMut, &Mutex<Box<dyn Codec>>),
+    (down_wr, down_codec): (&mut FrameWriter<OwnedWriteHalf>, &Mutex<Box<dyn Codec>>),
+    head: PreparedHead,
+    body_out: &AtomicU64,
+) -> Result<ResponseDone, ResponseError> {
+    let PreparedHead {
+        frame,
+        stream,
+        done,
+    } = head;
+    send(down_wr, frame)
         .await
         .map_err(|_| ResponseError::AfterHead)?;
     if stream != StreamState::More {
@@ -788,11 +857,7 @@ async fn send_response(
             .flush()
             .await
             .map_err(|_| ResponseError::AfterHead)?;
-        return Ok(if stream == StreamState::Upgrade {
-            upgraded
-        } else {
-            finished
-        });
+        return Ok(done);
     }
     // The head leaves with the first body piece (or alone, if that is not read yet).
     pump_body(
@@ -803,7 +868,7 @@ async fn send_response(
     )
     .await
     .map_err(|_| ResponseError::AfterHead)?;
-    Ok(finished)
+    Ok(done)
 }
 
 /// Which side of a body pump failed.
@@ -822,15 +887,22 @@ async fn pump_body(
     counted: &AtomicU64,
 ) -> Result<(), Pump> {
     loop {
-        let buffered = lock(from).decode(buf);
+        let buffered = match lock(from).decode(buf) {
+            Ok(Some(m)) => Some(encode_piece(m, to)?),
+            Ok(None) => None,
+            Err(e) => {
+                ctx.stats.protocol_error(e.reason);
+                return Err(Pump::Read);
+            }
+        };
         let piece = match buffered {
-            Ok(Some(m)) => m,
-            Ok(None) => {
+            Some(p) => p,
+            None => {
                 wr.flush().await.map_err(|_| Pump::Write)?;
                 let next =
                     tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
                 match next {
-                    Ok(Next::Message(m)) => m,
+                    Ok(Next::Message(m)) => encode_piece(m, to)?,
                     Ok(Next::Bad(e)) => {
                         ctx.stats.protocol_error(e.reason);
                         return Err(Pump::Read);
@@ -838,20 +910,29 @@ async fn pump_body(
                     _ => return Err(Pump::Read),
                 }
             }
-            Err(e) => {
-                ctx.stats.protocol_error(e.reason);
-                return Err(Pump::Read);
-            }
         };
-        if piece.kind != MessageKind::Data {
-            return Err(Pump::Read);
-        }
-        send(wr, to, &piece).await.map_err(|_| Pump::Write)?;
-        counted.fetch_add(piece.frame.len() as u64, Ordering::Relaxed);
-        if piece.stream == StreamState::End {
+        let (frame, len, end) = piece;
+        send(wr, frame).await.map_err(|_| Pump::Write)?;
+        counted.fetch_add(len, Ordering::Relaxed);
+        if end {
             return wr.flush().await.map_err(|_| Pump::Write);
         }
     }
+}
+
+/// A body piece encoded for the other side, with its length and whether it ends the body.
+type Piece = (Result<EncodedFrame, SendError>, u64, bool);
+
+/// Encodes a body piece (anything but a piece ends the pump).
+fn encode_piece(piece: Message, to: &Mutex<Box<dyn Codec>>) -> Result<Piece, Pump> {
+    if piece.kind != MessageKind::Data {
+        return Err(Pump::Read);
+    }
+    Ok((
+        encode(to, &piece),
+        piece.frame.len() as u64,
+        piece.stream == StreamState::End,
+    ))
 }
 
 /// After an upgrade: bytes flow unchanged both ways until both sides are done.
