@@ -98,12 +98,17 @@ pub fn child_traceparent(parent: &str) -> Option<String> {
 /// trace context, as `tracing` says.
 pub fn propagate(tracing: &config::Tracing, req: &mut Message) {
     if tracing.request_id && !req.metadata.contains(REQUEST_ID) {
-        req.metadata
-            .set(REQUEST_ID, ByteString::from(new_request_id()));
+        req.metadata.set(
+            ByteString::from_static(REQUEST_ID),
+            ByteString::from(new_request_id()),
+        );
     }
     if tracing.traceparent {
         if let Some(child) = req.metadata.get(TRACEPARENT).and_then(child_traceparent) {
-            req.metadata.set(TRACEPARENT, ByteString::from(child));
+            req.metadata.set(
+                ByteString::from_static(TRACEPARENT),
+                ByteString::from(child),
+            );
         }
     }
 }

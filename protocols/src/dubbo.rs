@@ -323,9 +323,12 @@ impl DubboCodec {
             let descriptor = d.read_str().map_err(hessian_err)?;
             let n = count_parameters(&descriptor)
                 .ok_or_else(|| format!("invalid parameter descriptor {descriptor:?}"))?;
-            msg.metadata.push_decoded("interface", path);
-            msg.metadata.push_decoded("method", method);
-            msg.metadata.push_decoded("version", version);
+            msg.metadata
+                .push_decoded(ByteString::from_static("interface"), path);
+            msg.metadata
+                .push_decoded(ByteString::from_static("method"), method);
+            msg.metadata
+                .push_decoded(ByteString::from_static("version"), version);
             for i in 0..n {
                 d.skip_value()
                     .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
@@ -619,7 +622,16 @@ fn append_attachments(msg: &Message, out: &mut BytesMut) {
 /// keys are appended as strings.
 fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
     let is_request = msg.kind.is_request();
-    let mut out = Vec::with_capacity(64 + msg.metadata.len() * 24);
+    // Room for the original map and every entry as a new string (a short string's
+    // header is one byte, a long one's three): one allocation, no growth.
+    let original =
+        (msg.layout[ATTACH_END] as usize).saturating_sub(msg.layout[ATTACH_START] as usize);
+    let entries: usize = msg
+        .metadata
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum();
+    let mut out = Vec::with_capacity(2 + original + entries);
     out.push(b'H');
     let mut written: smallvec::SmallVec<[&str; 16]> = smallvec::SmallVec::new();
     let body_key = |k: &str| {
@@ -657,9 +669,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                     }
                     Some(v) => {
                         out.extend_from_slice(&body[key_at..value_at]);
-                        let mut e = Encoder::new();
-                        e.write_str(v);
-                        out.extend_from_slice(&e.into_inner());
+                        Encoder::with_buffer(&mut out).write_str(v);
                     }
                 }
                 if let Some((k, _)) = msg
@@ -672,7 +682,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
             }
         }
     }
-    let mut e = Encoder::new();
+    let mut e = Encoder::with_buffer(&mut out);
     for (k, v) in msg.metadata.iter() {
         if body_key(k) || written.iter().any(|w| w.eq_ignore_ascii_case(k)) {
             continue;
@@ -680,7 +690,6 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
         e.write_str(k);
         e.write_str(v);
     }
-    out.extend_from_slice(&e.into_inner());
     out.push(b'Z');
     Ok(Bytes::from(out))
 }

@@ -460,15 +460,27 @@ fn reply(
     let mut msg = Message::new(kind_of_status(code), id, w.freeze());
     msg.status = Some(u32::from(code));
     let md = &mut msg.metadata;
-    md.push_decoded(":status", ByteString::from(code.to_string()));
-    md.push_decoded("content-type", ByteString::from_static("text/plain"));
-    md.push_decoded("content-length", ByteString::from(body_len.to_string()));
     md.push_decoded(
-        "x-metamesh-local-reply",
+        ByteString::from_static(":status"),
+        ByteString::from(code.to_string()),
+    );
+    md.push_decoded(
+        ByteString::from_static("content-type"),
+        ByteString::from_static("text/plain"),
+    );
+    md.push_decoded(
+        ByteString::from_static("content-length"),
+        ByteString::from(body_len.to_string()),
+    );
+    md.push_decoded(
+        ByteString::from_static("x-metamesh-local-reply"),
         ByteString::from_static(kind.as_str()),
     );
     if close {
-        md.push_decoded("connection", ByteString::from_static("close"));
+        md.push_decoded(
+            ByteString::from_static("connection"),
+            ByteString::from_static("close"),
+        );
     }
     msg.layout[FLAGS] = flag::DECODED | flag::HTTP11 | if close { flag::CLOSE } else { 0 };
     msg.layout[HEAD_LEN] = head_len as u32;
@@ -663,10 +675,19 @@ impl HttpCodec {
         let (path, authority) = pseudo(&frame, &head, fields.host);
         let mut msg = Message::new(MessageKind::Request, id, frame);
         let md = &mut msg.metadata;
-        md.push_decoded(":method", method_text(&msg.frame, head.start.method));
-        md.push_decoded(":path", derived_text(&msg.frame, &path));
+        md.push_decoded(
+            ByteString::from_static(":method"),
+            method_text(&msg.frame, head.start.method),
+        );
+        md.push_decoded(
+            ByteString::from_static(":path"),
+            derived_text(&msg.frame, &path),
+        );
         if let Some(a) = &authority {
-            md.push_decoded(":authority", derived_text(&msg.frame, a));
+            md.push_decoded(
+                ByteString::from_static(":authority"),
+                derived_text(&msg.frame, a),
+            );
         }
         push_fields(md, &msg.frame, &head.headers);
         msg.layout[FLAGS] = flags;
@@ -754,8 +775,10 @@ impl HttpCodec {
             }
             let mut msg = Message::new(kind_of_status(code), ex.id, frame);
             msg.status = Some(u32::from(code));
-            msg.metadata
-                .push_decoded(":status", text(&msg.frame, head.start.code_span));
+            msg.metadata.push_decoded(
+                ByteString::from_static(":status"),
+                text(&msg.frame, head.start.code_span),
+            );
             push_fields(&mut msg.metadata, &msg.frame, &head.headers);
             msg.layout[FLAGS] = flags;
             msg.layout[HEAD_LEN] = head.len as u32;

@@ -288,15 +288,21 @@ fn message(frame: Bytes, p: &Parsed) -> Message {
         .unwrap_or_else(|_| ByteString::from(String::from_utf8_lossy(&name).into_owned()));
     match name.find(':') {
         Some(i) => {
-            msg.metadata
-                .push_decoded("method", name.slice_ref(&name[i + 1..]));
-            msg.metadata
-                .push_decoded("service", name.slice_ref(&name[..i]));
+            msg.metadata.push_decoded(
+                ByteString::from_static("method"),
+                name.slice_ref(&name[i + 1..]),
+            );
+            msg.metadata.push_decoded(
+                ByteString::from_static("service"),
+                name.slice_ref(&name[..i]),
+            );
         }
-        None => msg.metadata.push_decoded("method", name),
+        None => msg
+            .metadata
+            .push_decoded(ByteString::from_static("method"), name),
     }
     msg.metadata.push_decoded(
-        "message_type",
+        ByteString::from_static("message_type"),
         ByteString::from_static(p.message_type.as_str()),
     );
     if let Some(h) = &p.header {
