@@ -152,7 +152,7 @@ impl Metadata {
     /// entry still holds its decoded value. A codec can then append these to the
     /// original metadata section instead of writing it anew. `None` when nothing changed
     /// or a decoded entry was changed or removed.
-    pub fn appended(&self) -> Option<impl Iterator<Item = (&str, &str)>> {
+    pub fn appended(&self) -> Option<impl Iterator<Item = (&str, &str)> + Clone> {
         (self.dirty && !self.rewritten).then(|| {
             self.entries[self.decoded..]
                 .iter()

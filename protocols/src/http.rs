@@ -354,7 +354,14 @@ fn append_fields(
     if head_len < 4 || frame.get(head_len - 4..head_len) != Some(&b"\r\n\r\n"[..]) {
         return Ok(false);
     }
-    let mut w = BytesMut::with_capacity(64);
+    // Exactly the room the fields take: a buffer frozen full becomes `Bytes` without
+    // another allocation.
+    let size = added
+        .clone()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + 2;
+    let mut w = BytesMut::with_capacity(size);
     for (k, v) in added {
         let key = k.as_bytes();
         let special = k.starts_with(':')
