@@ -64,3 +64,13 @@ EOF
     echo "$f"
 }
 
+
+# For the perf-based tools (profile.sh, allocs.sh): builds the release binaries, sets MM
+# (unless the caller gave one) and BENCH, and fails when perf is missing. Needs REPO.
+perf_tool_binaries() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+    (cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins)
+    MM="${MM:-$CARGO_TARGET_DIR/release/metamesh}"
+    BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
+    command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }
+}

@@ -3,6 +3,7 @@
 # where hardware counters do not, as in most VMs), and prints the top symbols.
 #
 #   bench/profile.sh                    # closed loop, 4 connections x 32 in flight
+#   MM=/path/to/metamesh bench/profile.sh   # another build of the proxy
 #   RATE=5000 bench/profile.sh          # open loop at 5,000 requests per second
 #   ROUTES=10000 RATE=2000 bench/profile.sh   # 9,999 non-matching routes first
 #   TRACING=off bench/profile.sh        # without x-request-id / traceparent handling
@@ -15,16 +16,12 @@ OUT="${OUT:-$(mktemp -d /tmp/metamesh-profile.XXXXXX)}"
 mkdir -p "$OUT"
 SECONDS_SAMPLED=${SECONDS_SAMPLED:-8}
 ROUTES=${ROUTES:-0}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-(cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins)
-MM="$CARGO_TARGET_DIR/release/metamesh"
-BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
-command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+source "$REPO/bench/common.sh"
+perf_tool_binaries
 
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
 E1=$(free_port); E2=$(free_port); P=$(free_port)
 "$BENCH" echo --protocol dubbo --listen "127.0.0.1:$E1" --listen "127.0.0.1:$E2" >"$OUT/echo.log" &
 PIDS+=($!)

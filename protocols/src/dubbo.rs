@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use metamesh_codecs::hessian2::{Decoder, Encoder, Error as HessianError, MapStart, Value};
+use metamesh_codecs::hessian2::{self, Decoder, Encoder, Error as HessianError, MapStart, Value};
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
     LocalReplyKind, Message, MessageKind, Metadata, Protocol,
@@ -515,23 +515,21 @@ impl Codec for DubboCodec {
             what: "dubbo attachments",
             detail: e,
         })?;
-        let mut head = BytesMut::with_capacity(HEADER_LEN + 8);
-        let body_len =
-            prefix.len() + flag_patch.as_ref().map_or(0, |f| f.len()) + attachments.len();
+        let flag_len = flag_patch.map_or(0, hessian2::i32_len);
+        // Exactly the room the header and the new flag take: a buffer frozen full becomes
+        // `Bytes` without another allocation.
+        let mut head = BytesMut::with_capacity(HEADER_LEN + flag_len);
         let h = Header {
             flags: frame[2],
             status: frame[3],
             request_id: request_id as i64,
-            body_len: body_len as u32,
+            body_len: (flag_len + prefix.len() + attachments.len()) as u32,
         };
         h.write(&mut head);
-        match flag_patch {
-            Some(flag) => {
-                head.extend_from_slice(&flag);
-                out.push(head.freeze());
-            }
-            None => out.push(head.freeze()),
+        if let Some(flag) = flag_patch {
+            Encoder::with_buffer(&mut head).write_i32(flag);
         }
+        out.push(head.freeze());
         out.push(prefix);
         out.push(attachments);
         Ok(())
@@ -557,7 +555,7 @@ fn can_rewrite(msg: &Message) -> bool {
 
 /// The body bytes kept before the new attachment map, and a replacement response flag
 /// when a response gains attachments.
-fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
+fn rewrite_split(msg: &Message) -> (Bytes, Option<i32>) {
     let frame = &msg.frame;
     if msg.layout[ATTACH_START] != 0 {
         return (
@@ -570,8 +568,6 @@ fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
     let old = Decoder::new(&frame[HEADER_LEN..flag_end])
         .read_i32()
         .unwrap_or(1);
-    let mut enc = Encoder::new();
-    enc.write_i32(old + 3);
     // Some servers write a stray null after NULL_VALUE; with attachments the map must
     // follow the flag directly, so it is dropped (readers ignore it either way).
     let kept = if old == response_flag::NULL_VALUE {
@@ -579,7 +575,7 @@ fn rewrite_split(msg: &Message) -> (Bytes, Option<Vec<u8>>) {
     } else {
         frame.slice(flag_end..)
     };
-    (kept, Some(enc.into_inner()))
+    (kept, Some(old + 3))
 }
 
 /// True when the only change to `msg.metadata` is new keys and the message has an

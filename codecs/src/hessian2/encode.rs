@@ -76,6 +76,17 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 }
 
+/// How many bytes [`Encoder::write_i32`] writes for `v`: for a caller that sizes a
+/// buffer exactly before writing into it.
+pub fn i32_len(v: i32) -> usize {
+    match v {
+        -0x10..=0x2f => 1,
+        -0x800..=0x7ff => 2,
+        -0x40000..=0x3ffff => 3,
+        _ => 5,
+    }
+}
+
 impl<B: Sink> Encoder<B> {
     /// An encoder appending to `buf`.
     pub fn with_buffer(buf: B) -> Self {
@@ -114,7 +125,7 @@ impl<B: Sink> Encoder<B> {
         self
     }
 
-    /// An int in 1, 2, 3 or 5 bytes.
+    /// An int in 1, 2, 3 or 5 bytes ([`i32_len`] says how many).
     pub fn write_i32(&mut self, v: i32) -> &mut Self {
         match v {
             -0x10..=0x2f => self.buf.put_u8((v + i32::from(tag::INT_ZERO)) as u8),

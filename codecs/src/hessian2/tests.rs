@@ -871,3 +871,32 @@ fn string_spans_read_like_strings() {
     assert_eq!(d.read_str_span(), Err(Error::Eof));
     assert_eq!(d.position(), 0);
 }
+
+#[test]
+fn i32_len_is_what_write_i32_writes() {
+    // Every boundary of the four forms, and values on both sides of it.
+    let edges = [
+        i32::MIN,
+        -0x40001,
+        -0x40000,
+        -0x801,
+        -0x800,
+        -0x11,
+        -0x10,
+        -1,
+        0,
+        0x2f,
+        0x30,
+        0x7ff,
+        0x800,
+        0x3ffff,
+        0x40000,
+        i32::MAX,
+    ];
+    for v in edges.into_iter().chain((-0x50000..0x50000).step_by(97)) {
+        let written = enc(|e| {
+            e.write_i32(v);
+        });
+        assert_eq!(i32_len(v), written.len(), "{v}");
+    }
+}
