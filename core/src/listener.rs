@@ -119,9 +119,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Spare room below which the read buffer grows before a read.
 const MIN_READ: usize = 1024;
 
-/// A request being handled. Boxed, so that what a connection keeps while it has no
-/// request in flight does not grow with the size of a request's state.
-type Request<'a> = std::pin::Pin<Box<dyn Future<Output = Option<Outgoing>> + Send + 'a>>;
 
 /// Serves a connection of a multiplexing protocol on one task: its requests are futures
 /// polled by the connection (no task per request, no writer task, no channel), and the
@@ -156,8 +153,11 @@ async fn serve_multiplexed(
                         ctx.stats.rq_total.inc();
                         // The request is put on the heap once; its state holds a pointer.
                         let msg = Arc::new(msg);
-                        let request: Request<'_> = Box::pin(handle_request(&ctx, msg, peer));
-                        requests.push(request);
+                        // The set keeps each request's state in a node of its own on
+                        // the heap (one allocation, freed when it completes), so what a
+                        // connection keeps with no request in flight does not grow with
+                        // it, and no box of its own is needed.
+                        requests.push(handle_request(&ctx, msg, peer));
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
                         if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
