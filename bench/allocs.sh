@@ -13,14 +13,12 @@
 # Needs root, perf (Debian linux-perf) and the release binaries (it builds them).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$(mktemp -d /tmp/metamesh-allocs.XXXXXX)}"
-mkdir -p "$OUT"
+# shellcheck source=bench/common.sh
+source "$REPO/bench/common.sh"
+perf_tool_setup allocs
 PROTOCOL=${PROTOCOL:-dubbo}
 RATE=${RATE:-2000}
 SECONDS_COUNTED=${SECONDS_COUNTED:-2}
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
-perf_tool_binaries
 
 # The allocator's exported entry points (mimalloc): every Rust allocation enters one.
 ENTRIES=(mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free)

@@ -65,12 +65,20 @@ EOF
 }
 
 
-# For the perf-based tools (profile.sh, allocs.sh): builds the release binaries, sets MM
-# (unless the caller gave one) and BENCH, and fails when perf is missing. Needs REPO.
-perf_tool_binaries() {
+# For the measuring tools: OUT (unless the caller gave one) becomes a new directory
+# /tmp/metamesh-$1.XXXXXX; the release binaries are built; MM (unless given) and BENCH
+# name them. Needs REPO.
+tool_setup() {
+    OUT="${OUT:-$(mktemp -d "/tmp/metamesh-$1.XXXXXX")}"
+    mkdir -p "$OUT"
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
     (cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins)
     MM="${MM:-$CARGO_TARGET_DIR/release/metamesh}"
     BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
+}
+
+# tool_setup for the perf-based tools (profile.sh, allocs.sh); fails when perf is missing.
+perf_tool_setup() {
+    tool_setup "$1"
     command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }
 }

@@ -12,13 +12,11 @@
 # perf.data and the reports into $OUT (default: a new directory under /tmp).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$(mktemp -d /tmp/metamesh-profile.XXXXXX)}"
-mkdir -p "$OUT"
 SECONDS_SAMPLED=${SECONDS_SAMPLED:-8}
 ROUTES=${ROUTES:-0}
 # shellcheck source=bench/common.sh
 source "$REPO/bench/common.sh"
-perf_tool_binaries
+perf_tool_setup profile
 
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
