@@ -119,7 +119,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Spare room below which the read buffer grows before a read.
 const MIN_READ: usize = 1024;
 
-
 /// Serves a connection of a multiplexing protocol on one task: its requests are futures
 /// polled by the connection (no task per request, no writer task, no channel), and the
 /// answers that are ready together leave in one write.
