@@ -181,17 +181,26 @@ pub fn count_parameters(descriptor: &str) -> Option<usize> {
     Some(n)
 }
 
-/// The numeric form of a Dubbo version string, as Dubbo compares them ("2.0.2" is 2000200).
+/// The numeric form of a Dubbo version string, as Dubbo compares them ("2.0.2" is 2000200):
+/// up to four dot-separated parts, each read from its leading digits (capped at 99).
+/// One pass over the bytes: every request carries the version.
 fn int_version(v: &str) -> Option<u32> {
-    let mut out = 0u32;
-    let mut parts = 0;
-    for p in v.split('.') {
-        let digits = p.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u32 = p[..digits].parse().ok()?;
+    let b = v.as_bytes();
+    let (mut out, mut parts, mut i) = (0u32, 0, 0);
+    loop {
+        let (mut n, start) = (0u32, i);
+        while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u32::from(d - b'0'))?;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
         out = out.checked_mul(100)?.checked_add(n.min(99))?;
         parts += 1;
-        if parts == 4 {
-            break;
+        match b[i..].iter().position(|&c| c == b'.') {
+            Some(dot) if parts < 4 => i += dot + 1,
+            _ => break,
         }
     }
     while parts < 4 {
@@ -900,5 +909,70 @@ pub mod build {
             )),
             _ => d.read_value().map_err(|e| e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::int_version;
+
+    /// The reading of a version string the one-pass parser must agree with: split on
+    /// dots, each of the first four parts read from its leading digits.
+    fn by_parts(v: &str) -> Option<u32> {
+        let mut out = 0u32;
+        let mut parts = 0;
+        for p in v.split('.') {
+            let digits = p.bytes().take_while(u8::is_ascii_digit).count();
+            let n: u32 = p[..digits].parse().ok()?;
+            out = out.checked_mul(100)?.checked_add(n.min(99))?;
+            parts += 1;
+            if parts == 4 {
+                break;
+            }
+        }
+        while parts < 4 {
+            out = out.checked_mul(100)?;
+            parts += 1;
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn one_pass_reads_versions_as_parts_do() {
+        let cases = [
+            "2.0.2",
+            "2.0.1",
+            "2.0.2-SNAPSHOT",
+            "2.7.8",
+            "3.2.0",
+            "2",
+            "2.",
+            ".2",
+            "",
+            "garbage",
+            "2..2",
+            "1.2.3.4",
+            "1.2.3.4.5",
+            "1.2.3.4.x",
+            "1.2.3.4.",
+            "100.200.300",
+            "4294967295",
+            "4294967296",
+            "99999999999",
+            "2.0.2a.7",
+            "2.0.2 ",
+            " 2.0.2",
+            "0.0.0",
+            "2.9.99",
+            "2.10.0",
+            "+2.0",
+            "2.-0",
+            "١.٢",
+        ];
+        for v in cases {
+            assert_eq!(int_version(v), by_parts(v), "{v:?}");
+        }
+        assert_eq!(int_version("2.0.2"), Some(2_000_200));
+        assert_eq!(int_version("1.2.3.4.5"), Some(1_020_304));
     }
 }
