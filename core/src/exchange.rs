@@ -163,10 +163,11 @@ pub(crate) async fn serve(
         out: FrameWriter::new(wr),
         codec,
     };
+    let mut shutdown = crate::shutdown::Shutdown::new(shutdown);
     loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if down.buf.is_empty() => break,
+            _ = &mut shutdown, if down.buf.is_empty() => break,
             n = next_message(&mut down.rd, &mut down.buf, &down.codec) => n,
         };
         let msg = match next {

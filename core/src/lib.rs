@@ -24,6 +24,7 @@ pub mod observe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;
+mod shutdown;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;

@@ -140,8 +140,7 @@ async fn serve_multiplexed(
     let mut out = OutQueue::default();
     let mut requests = FuturesUnordered::new();
     let mut reading = true;
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let mut cancelled = crate::shutdown::Shutdown::new(shutdown);
 
     loop {
         // Decode what was read while the connection may take more requests.

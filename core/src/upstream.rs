@@ -73,9 +73,31 @@ struct Outbound {
     id: u64,
 }
 
+/// Hashes the request ids of one upstream connection. They are the proxy's own
+/// (sequential, never chosen by a peer), so one multiplication spreads them over the
+/// table: no keyed hash is needed to resist collisions made on purpose.
+#[derive(Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// State shared by a connection's handle, reader and writer.
 struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<IdMap<oneshot::Sender<Reply>>>,
     closed: AtomicBool,
 }
 
@@ -492,7 +514,7 @@ impl EndpointPool {
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             closed: AtomicBool::new(false),
         });
         let options = self.codec_options();
