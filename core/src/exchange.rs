@@ -163,7 +163,9 @@ pub(crate) async fn serve(
         out: FrameWriter::new(wr),
         codec,
     };
-    let mut shutdown = crate::shutdown::Shutdown::new(shutdown);
+    let wait = shutdown.cancelled();
+    tokio::pin!(wait);
+    let mut shutdown = crate::shutdown::Shutdown::new(&shutdown, wait);
     loop {
         let next = tokio::select! {
             biased;

@@ -119,6 +119,11 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Spare room below which the read buffer grows before a read.
 const MIN_READ: usize = 1024;
 
+/// A request being handled. Boxed: a set of unboxed futures keeps room for one (a request's
+/// whole state, about 1 KB) in a node it allocates with the set, so every connection,
+/// idle or not, would carry it.
+type Request<'a> = std::pin::Pin<Box<dyn Future<Output = Option<Outgoing>> + Send + 'a>>;
+
 /// Serves a connection of a multiplexing protocol on one task: its requests are futures
 /// polled by the connection (no task per request, no writer task, no channel), and the
 /// answers that are ready together leave in one write.
@@ -140,7 +145,9 @@ async fn serve_multiplexed(
     let mut out = OutQueue::default();
     let mut requests = FuturesUnordered::new();
     let mut reading = true;
-    let mut cancelled = crate::shutdown::Shutdown::new(shutdown);
+    let wait = shutdown.cancelled();
+    tokio::pin!(wait);
+    let mut cancelled = crate::shutdown::Shutdown::new(&shutdown, wait);
 
     loop {
         // Decode what was read while the connection may take more requests.
@@ -151,11 +158,8 @@ async fn serve_multiplexed(
                         ctx.stats.rq_total.inc();
                         // The request is put on the heap once; its state holds a pointer.
                         let msg = Arc::new(msg);
-                        // The set keeps each request's state in a node of its own on
-                        // the heap (one allocation, freed when it completes), so what a
-                        // connection keeps with no request in flight does not grow with
-                        // it, and no box of its own is needed.
-                        requests.push(handle_request(&ctx, msg, peer));
+                        let request: Request<'_> = Box::pin(handle_request(&ctx, msg, peer));
+                        requests.push(request);
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
                         if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {

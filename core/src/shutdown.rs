@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Resolves when the token is cancelled; see the module comment.
-pub(crate) struct Shutdown {
-    token: CancellationToken,
-    /// The token's future, once polled.
-    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// The waker the token's future holds: it flags the wake before passing it on.
+pub(crate) struct Shutdown<'a, 'p> {
+    token: &'a CancellationToken,
+    /// The token's future, pinned where the caller keeps its state (no allocation).
+    wait: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    /// The waker the token's future holds: it flags the wake before passing it on. Set
+    /// by the first poll.
     wake: Option<Arc<Flagged>>,
     done: bool,
 }
@@ -38,12 +39,15 @@ impl Wake for Flagged {
     }
 }
 
-impl Shutdown {
-    /// Watches `token`.
-    pub(crate) fn new(token: CancellationToken) -> Self {
+impl<'a, 'p> Shutdown<'a, 'p> {
+    /// Watches `token` through `wait`, its `cancelled()` future pinned by the caller.
+    pub(crate) fn new(
+        token: &'a CancellationToken,
+        wait: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    ) -> Self {
         Self {
             token,
-            wait: None,
+            wait,
             wake: None,
             done: false,
         }
@@ -51,15 +55,15 @@ impl Shutdown {
 
     /// True once the token is cancelled. After a first poll this reads the flag alone.
     pub(crate) fn is_cancelled(&self) -> bool {
-        match (&self.wait, &self.wake) {
+        match &self.wake {
             _ if self.done => true,
-            (Some(_), Some(w)) => w.woken.load(Ordering::Acquire),
-            _ => self.token.is_cancelled(),
+            Some(w) => w.woken.load(Ordering::Acquire),
+            None => self.token.is_cancelled(),
         }
     }
 }
 
-impl Future for Shutdown {
+impl Future for Shutdown<'_, '_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -71,7 +75,7 @@ impl Future for Shutdown {
             .wake
             .as_ref()
             .is_some_and(|w| w.task.will_wake(cx.waker()));
-        if same_task && this.wait.is_some() {
+        if same_task {
             if let Some(w) = &this.wake {
                 if !w.woken.swap(false, Ordering::AcqRel) {
                     return Poll::Pending;
@@ -89,12 +93,8 @@ impl Future for Shutdown {
                 w
             }
         };
-        let token = &this.token;
-        let wait = this
-            .wait
-            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
         let waker = Waker::from(wake);
-        let r = wait.as_mut().poll(&mut Context::from_waker(&waker));
+        let r = this.wait.as_mut().poll(&mut Context::from_waker(&waker));
         this.done = r.is_ready();
         r
     }
@@ -112,14 +112,16 @@ mod tests {
         }
     }
 
-    fn poll(s: &mut Shutdown, waker: &Waker) -> Poll<()> {
+    fn poll(s: &mut Shutdown<'_, '_>, waker: &Waker) -> Poll<()> {
         Pin::new(s).poll(&mut Context::from_waker(waker))
     }
 
     #[test]
     fn wakes_the_task_and_resolves_when_cancelled() {
         let token = CancellationToken::new();
-        let mut s = Shutdown::new(token.child_token());
+        let child = token.child_token();
+        let wait = std::pin::pin!(child.cancelled());
+        let mut s = Shutdown::new(&child, wait);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         for _ in 0..3 {
@@ -137,7 +139,8 @@ mod tests {
     #[test]
     fn a_new_waker_is_the_one_woken() {
         let token = CancellationToken::new();
-        let mut s = Shutdown::new(token.clone());
+        let wait = std::pin::pin!(token.cancelled());
+        let mut s = Shutdown::new(&token, wait);
         let (first, second) = (
             Arc::new(Count(AtomicUsize::new(0))),
             Arc::new(Count(AtomicUsize::new(0))),
@@ -154,7 +157,8 @@ mod tests {
     fn a_token_cancelled_before_the_first_poll_is_seen() {
         let token = CancellationToken::new();
         token.cancel();
-        let mut s = Shutdown::new(token);
+        let wait = std::pin::pin!(token.cancelled());
+        let mut s = Shutdown::new(&token, wait);
         assert!(s.is_cancelled());
         let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         assert!(poll(&mut s, &waker).is_ready());
