@@ -71,20 +71,12 @@ impl Future for Shutdown<'_, '_> {
         if this.done {
             return Poll::Ready(());
         }
-        let same_task = this
-            .wake
-            .as_ref()
-            .is_some_and(|w| w.task.will_wake(cx.waker()));
-        if same_task {
-            if let Some(w) = &this.wake {
-                if !w.woken.swap(false, Ordering::AcqRel) {
-                    return Poll::Pending;
-                }
-            }
-        }
-        let wake = match &this.wake {
-            Some(w) if same_task => w.clone(),
-            _ => {
+        let wake = match this.wake.as_ref().filter(|w| w.task.will_wake(cx.waker())) {
+            // Registered by this task: nothing to do unless the token woke it.
+            Some(w) if !w.woken.swap(false, Ordering::AcqRel) => return Poll::Pending,
+            Some(w) => w.clone(),
+            // First poll, or another task: the token's future takes a waker for it.
+            None => {
                 let w = Arc::new(Flagged {
                     woken: AtomicBool::new(false),
                     task: cx.waker().clone(),
