@@ -735,7 +735,7 @@ mod tests {
                     let mut m = msg.clone();
                     m.metadata = crate::Metadata::new();
                     for (k, v) in msg.metadata.iter() {
-                        m.metadata.push_decoded(k.to_owned(), v.to_owned());
+                        m.metadata.push_decoded(k, v);
                     }
                     self.0.encode(&m, id, out)
                 }

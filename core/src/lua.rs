@@ -648,7 +648,7 @@ mod tests {
     fn request(pairs: &[(&str, &str)]) -> Message {
         let mut m = Message::new(MessageKind::Request, 7, Bytes::new());
         for (k, v) in pairs {
-            m.metadata.push_decoded(k.to_string(), v.to_string());
+            m.metadata.push_decoded(k, v);
         }
         m
     }

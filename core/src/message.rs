@@ -57,23 +57,175 @@ impl MessageKind {
 
 /// Small ordered map of routable string attributes. Keys compare ASCII case-insensitively.
 ///
-/// Keys and values are [`ByteString`]s, so a codec can hand out slices of the frame it
-/// decoded without copying them. Any change marks the map dirty, which tells the codec
-/// that the metadata section has to be re-encoded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An entry decoded from a frame costs no copy and no reference count: when the map was
+/// made for a frame ([`Metadata::with_source`], which [`Message::new`] does), a key or
+/// value that is a slice of that frame is kept as its position in it. Well-known names
+/// (`interface`, `:path`, `x-request-id`, ...) are kept as an index into a static table,
+/// and any other text is copied into one buffer the map owns. An entry is 24 bytes, so a
+/// message moves cheaply. Any change marks the map dirty, which tells the codec that the
+/// metadata section has to be re-encoded.
+#[derive(Clone, Default)]
 pub struct Metadata {
-    entries: SmallVec<[(ByteString, ByteString); 8]>,
-    dirty: bool,
+    /// The frame that [`Slot::Source`] positions are in.
+    source: Bytes,
+    entries: SmallVec<[(Slot, Slot); 8]>,
+    /// The text of [`Slot::Owned`] entries.
+    owned: String,
     /// Entries that came from decoding (the first `decoded` ones).
-    decoded: usize,
+    decoded: u32,
+    dirty: bool,
     /// True once an entry that came from decoding was changed or removed.
     rewritten: bool,
+}
+
+/// Where the text of a key or a value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Bytes `at..at + len` of the source frame, UTF-8 (checked when added).
+    Source { at: u32, len: u32 },
+    /// Bytes `at..at + len` of the map's own buffer.
+    Owned { at: u32, len: u32 },
+    /// Entry `at` of [`WELL_KNOWN`], `len` bytes long.
+    Known { at: u32, len: u32 },
+}
+
+/// Names and values kept without a copy when they do not come from the frame, sorted by
+/// length, then bytes (binary search).
+const WELL_KNOWN: &[&str] = &[
+    "",
+    "GET",
+    "PUT",
+    "age",
+    "via",
+    "HEAD",
+    "POST",
+    "call",
+    "date",
+    "etag",
+    "host",
+    "path",
+    "true",
+    "vary",
+    ":path",
+    "PATCH",
+    "TRACE",
+    "close",
+    "false",
+    "group",
+    "range",
+    "reply",
+    "DELETE",
+    "accept",
+    "cookie",
+    "expect",
+    "method",
+    "oneway",
+    "origin",
+    "pragma",
+    "server",
+    ":method",
+    ":status",
+    "CONNECT",
+    "OPTIONS",
+    "expires",
+    "referer",
+    "service",
+    "timeout",
+    "upgrade",
+    "version",
+    "internal",
+    "location",
+    "no_route",
+    "rejected",
+    "exception",
+    "interface",
+    ":authority",
+    "connection",
+    "hook_error",
+    "keep-alive",
+    "overloaded",
+    "set-cookie",
+    "text/plain",
+    "timeout_ms",
+    "user-agent",
+    "bad_request",
+    "traceparent",
+    "content-type",
+    "message_type",
+    "rate_limited",
+    "x-request-id",
+    "accept-ranges",
+    "authorization",
+    "cache-control",
+    "if-none-match",
+    "last-modified",
+    "content-length",
+    "upstream_reset",
+    "accept-encoding",
+    "accept-language",
+    "x-forwarded-for",
+    "application/json",
+    "content-encoding",
+    "if-modified-since",
+    "transfer-encoding",
+    "x-forwarded-proto",
+    "no_healthy_upstream",
+    "x-metamesh-local-reply",
+    "upstream_connect_failure",
+];
+
+/// The longest text in [`WELL_KNOWN`].
+const WELL_KNOWN_MAX: usize = 24;
+
+/// Where the texts of each length start in [`WELL_KNOWN`]: those of length `n` are at
+/// `BY_LENGTH[n]..BY_LENGTH[n + 1]`.
+const BY_LENGTH: [usize; WELL_KNOWN_MAX + 2] = {
+    let mut starts = [WELL_KNOWN.len(); WELL_KNOWN_MAX + 2];
+    let mut i = WELL_KNOWN.len();
+    while i > 0 {
+        i -= 1;
+        starts[WELL_KNOWN[i].len()] = i;
+    }
+    // A length no text has starts where the next length does.
+    let mut n = WELL_KNOWN_MAX;
+    while n > 0 {
+        n -= 1;
+        if starts[n] > starts[n + 1] {
+            starts[n] = starts[n + 1];
+        }
+    }
+    starts
+};
+
+/// The index of `s` in [`WELL_KNOWN`]: only the texts of its length are compared.
+fn well_known(s: &[u8]) -> Option<u32> {
+    let n = s.len();
+    if n > WELL_KNOWN_MAX {
+        return None;
+    }
+    let (start, end) = (BY_LENGTH[n], BY_LENGTH[n + 1]);
+    let first = s.first();
+    let at = WELL_KNOWN
+        .get(start..end)?
+        .iter()
+        .position(|k| k.as_bytes().first() == first && k.as_bytes() == s)?;
+    u32::try_from(start + at).ok()
 }
 
 impl Metadata {
     /// An empty map.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty map for the entries of `frame`: keys and values added later that are
+    /// slices of `frame` (a `&str` borrowed from it, or a `ByteString` sliced out of it)
+    /// are kept as positions in it, without a copy.
+    pub fn with_source(frame: Bytes) -> Self {
+        Self {
+            source: frame,
+            ..Self::default()
+        }
     }
 
     /// Number of entries.
@@ -86,15 +238,103 @@ impl Metadata {
         self.entries.is_empty()
     }
 
+    /// The length of `slot`'s text.
+    fn len_of(slot: Slot) -> usize {
+        match slot {
+            Slot::Source { len, .. } | Slot::Owned { len, .. } | Slot::Known { len, .. } => {
+                len as usize
+            }
+        }
+    }
+
+    /// The bytes of `slot`.
+    fn bytes(&self, slot: Slot) -> &[u8] {
+        let range = |at: u32, len: u32| at as usize..at as usize + len as usize;
+        match slot {
+            Slot::Source { at, len } => self.source.get(range(at, len)).unwrap_or_default(),
+            Slot::Owned { at, len } => self
+                .owned
+                .as_bytes()
+                .get(range(at, len))
+                .unwrap_or_default(),
+            Slot::Known { at, .. } => WELL_KNOWN.get(at as usize).map_or(&[], |s| s.as_bytes()),
+        }
+    }
+
+    /// The text of `slot`.
+    fn text(&self, slot: Slot) -> &str {
+        match slot {
+            Slot::Source { .. } => std::str::from_utf8(self.bytes(slot)).unwrap_or_default(),
+            Slot::Owned { at, len } => self
+                .owned
+                .get(at as usize..at as usize + len as usize)
+                .unwrap_or_default(),
+            Slot::Known { at, .. } => WELL_KNOWN.get(at as usize).copied().unwrap_or_default(),
+        }
+    }
+
+    /// Where `s` is kept: in the source frame when it is a slice of it, in the table of
+    /// well-known text, or else copied into the map's own buffer. `None` only when a
+    /// position would not fit in 32 bits (text past 4 GiB).
+    fn slot(&mut self, s: &str) -> Option<Slot> {
+        let base = self.source.as_ptr() as usize;
+        let at = (s.as_ptr() as usize).wrapping_sub(base);
+        if !s.is_empty() && at < self.source.len() && s.len() <= self.source.len() - at {
+            return Some(Slot::Source {
+                at: u32::try_from(at).ok()?,
+                len: u32::try_from(s.len()).ok()?,
+            });
+        }
+        if let Some(at) = well_known(s.as_bytes()) {
+            return Some(Slot::Known {
+                at,
+                len: s.len() as u32,
+            });
+        }
+        let at = u32::try_from(self.owned.len()).ok()?;
+        let len = u32::try_from(s.len()).ok()?;
+        at.checked_add(len)?;
+        if self.owned.capacity() == 0 {
+            self.owned.reserve(s.len().max(48));
+        }
+        self.owned.push_str(s);
+        Some(Slot::Owned { at, len })
+    }
+
+    /// Where `b` is kept, as [`Metadata::slot`] does for text; `None` when `b` is not
+    /// UTF-8. Bytes of the source frame are checked, not copied.
+    fn slot_bytes(&mut self, b: &[u8]) -> Option<Slot> {
+        let at = (b.as_ptr() as usize).wrapping_sub(self.source.as_ptr() as usize);
+        let in_source =
+            !b.is_empty() && at < self.source.len() && b.len() <= self.source.len() - at;
+        if in_source && (b.is_ascii() || std::str::from_utf8(b).is_ok()) {
+            return Some(Slot::Source {
+                at: u32::try_from(at).ok()?,
+                len: u32::try_from(b.len()).ok()?,
+            });
+        }
+        if let Some(at) = well_known(b) {
+            return Some(Slot::Known {
+                at,
+                len: b.len() as u32,
+            });
+        }
+        self.slot(std::str::from_utf8(b).ok()?)
+    }
+
     fn position(&self, key: &str) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|(k, _)| k.len() == key.len() && k.eq_ignore_ascii_case(key))
+        self.position_bytes(key.as_bytes())
+    }
+
+    fn position_bytes(&self, key: &[u8]) -> Option<usize> {
+        self.entries.iter().position(|&(k, _)| {
+            Self::len_of(k) == key.len() && self.bytes(k).eq_ignore_ascii_case(key)
+        })
     }
 
     /// The value of `key`, compared case-insensitively.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.position(key).map(|i| &*self.entries[i].1)
+        self.position(key).map(|i| self.text(self.entries[i].1))
     }
 
     /// True when `key` is present.
@@ -104,36 +344,84 @@ impl Metadata {
 
     /// Adds an entry while decoding: does not mark the map dirty and does not look for an
     /// existing key (codecs append each key once, in wire order).
-    pub fn push_decoded(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
-        self.entries.push((key.into(), value.into()));
-        self.decoded = self.entries.len();
+    pub fn push_decoded(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        if let (Some(k), Some(v)) = (self.slot(key.as_ref()), self.slot(value.as_ref())) {
+            self.entries.push((k, v));
+            self.decoded = self.entries.len() as u32;
+        }
+    }
+
+    /// Adds an entry while decoding, as [`Metadata::push_decoded`] does, from bytes: those
+    /// of the source frame ([`Metadata::with_source`]) are kept where they are, checked
+    /// once to be UTF-8 (a plain ASCII check for most). Adds nothing and returns false
+    /// when either is not UTF-8.
+    pub fn push_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
+        match (self.slot_bytes(key), self.slot_bytes(value)) {
+            (Some(k), Some(v)) => {
+                self.entries.push((k, v));
+                self.decoded = self.entries.len() as u32;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Metadata::insert_decoded`] from bytes, checked as [`Metadata::push_decoded_bytes`]
+    /// checks them. Returns false, changing nothing, when either is not UTF-8.
+    pub fn insert_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
+        let Some(v) = self.slot_bytes(value) else {
+            return false;
+        };
+        // A key equal to a present one but for ASCII case is UTF-8 like it.
+        match self.position_bytes(key) {
+            Some(i) => self.entries[i].1 = v,
+            None => {
+                let Some(k) = self.slot_bytes(key) else {
+                    return false;
+                };
+                self.entries.push((k, v));
+            }
+        }
+        self.decoded = self.entries.len() as u32;
+        true
     }
 
     /// Adds or replaces an entry while decoding, without marking the map dirty: for wire
     /// formats where a repeated key overrides the earlier one (as a Java map does).
-    pub fn insert_decoded(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
-        let key = key.into();
-        let value = value.into();
-        match self.position(&key) {
-            Some(i) => self.entries[i].1 = value,
-            None => self.entries.push((key, value)),
+    pub fn insert_decoded(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let Some(v) = self.slot(value) else { return };
+        match self.position(key) {
+            Some(i) => self.entries[i].1 = v,
+            None => {
+                let Some(k) = self.slot(key) else { return };
+                self.entries.push((k, v));
+            }
         }
-        self.decoded = self.entries.len();
+        self.decoded = self.entries.len() as u32;
     }
 
     /// Sets `key` to `value`, replacing an existing entry in place or appending a new one.
-    pub fn set(&mut self, key: impl Into<ByteString>, value: impl Into<ByteString>) {
-        let key = key.into();
-        let value = value.into();
+    pub fn set(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
         self.dirty = true;
-        match self.position(&key) {
+        match self.position(key) {
             Some(i) => {
-                if i < self.decoded && self.entries[i].1 != value {
+                if self.text(self.entries[i].1) == value {
+                    return;
+                }
+                if i < self.decoded as usize {
                     self.rewritten = true;
                 }
-                self.entries[i].1 = value;
+                if let Some(v) = self.slot(value) {
+                    self.entries[i].1 = v;
+                }
             }
-            None => self.entries.push((key, value)),
+            None => {
+                if let (Some(k), Some(v)) = (self.slot(key), self.slot(value)) {
+                    self.entries.push((k, v));
+                }
+            }
         }
     }
 
@@ -141,11 +429,21 @@ impl Metadata {
     pub fn remove(&mut self, key: &str) -> Option<ByteString> {
         let i = self.position(key)?;
         self.dirty = true;
-        if i < self.decoded {
+        if i < self.decoded as usize {
             self.rewritten = true;
             self.decoded -= 1;
         }
-        Some(self.entries.remove(i).1)
+        let (_, v) = self.entries.remove(i);
+        Some(match v {
+            Slot::Source { at, len } => {
+                let range = at as usize..at as usize + len as usize;
+                ByteString::try_from(self.source.slice(range)).unwrap_or_default()
+            }
+            Slot::Known { at, .. } => WELL_KNOWN
+                .get(at as usize)
+                .map_or_else(ByteString::new, |s| ByteString::from_static(s)),
+            Slot::Owned { .. } => ByteString::from(self.text(v)),
+        })
     }
 
     /// The entries added since decoding, when that is the only change: every decoded
@@ -154,9 +452,9 @@ impl Metadata {
     /// or a decoded entry was changed or removed.
     pub fn appended(&self) -> Option<impl Iterator<Item = (&str, &str)> + Clone> {
         (self.dirty && !self.rewritten).then(|| {
-            self.entries[self.decoded..]
+            self.entries[self.decoded as usize..]
                 .iter()
-                .map(|(k, v)| (&**k, &**v))
+                .map(|&(k, v)| (self.text(k), self.text(v)))
         })
     }
 
@@ -167,7 +465,40 @@ impl Metadata {
 
     /// Entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (&**k, &**v))
+        self.entries
+            .iter()
+            .map(|&(k, v)| (self.text(k), self.text(v)))
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.iter().eq(other.iter())
+            && self.decoded == other.decoded
+            && self.dirty == other.dirty
+            && self.rewritten == other.rewritten
+    }
+}
+
+impl Eq for Metadata {}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("entries", &MapView(self))
+            .field("dirty", &self.dirty)
+            .field("decoded", &self.decoded)
+            .field("rewritten", &self.rewritten)
+            .finish()
+    }
+}
+
+struct MapView<'a>(&'a Metadata);
+
+impl std::fmt::Debug for MapView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
     }
 }
 
@@ -196,7 +527,7 @@ impl Message {
         Self {
             kind,
             request_id,
-            metadata: Metadata::new(),
+            metadata: Metadata::with_source(frame.clone()),
             status: None,
             frame,
             layout: [0; 4],
@@ -404,6 +735,133 @@ mod tests {
         assert_eq!(m.remove("X-TIER").as_deref(), Some("batch"));
         assert_eq!(m.get("x-tier"), None);
         assert_eq!(m.remove("missing"), None);
+    }
+
+    #[test]
+    fn well_known_texts_are_found_by_length() {
+        assert!(WELL_KNOWN.iter().all(|k| k.len() <= WELL_KNOWN_MAX));
+        assert!(
+            WELL_KNOWN
+                .windows(2)
+                .all(|w| (w[0].len(), w[0].as_bytes()) < (w[1].len(), w[1].as_bytes())),
+            "sorted by length, then bytes, without repeats"
+        );
+        for (i, k) in WELL_KNOWN.iter().enumerate() {
+            assert_eq!(well_known(k.as_bytes()), Some(i as u32), "{k:?}");
+        }
+        for miss in [
+            "x",
+            "Interface",
+            "interfacf",
+            "x-request-ids",
+            &"a".repeat(100),
+        ] {
+            assert_eq!(well_known(miss.as_bytes()), None, "{miss:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_kept_where_it_is() {
+        let frame = Bytes::from_static(b"interface=a.B;note=\xe2\x9c\x93");
+        let text = std::str::from_utf8(&frame).unwrap();
+        let mut m = Metadata::with_source(frame.clone());
+        m.push_decoded(&text[..9], &text[10..13]);
+        m.push_decoded("interface", "batch");
+        let owned = String::from("note");
+        m.push_decoded(owned.as_str(), "checked \u{2713}");
+        assert!(matches!(
+            m.entries[0],
+            (
+                Slot::Source { at: 0, len: 9 },
+                Slot::Source { at: 10, len: 3 }
+            )
+        ));
+        assert!(matches!(
+            m.entries[1],
+            (Slot::Known { .. }, Slot::Owned { .. })
+        ));
+        assert!(matches!(
+            m.entries[2],
+            (Slot::Owned { .. }, Slot::Owned { .. })
+        ));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [
+                ("interface", "a.B"),
+                ("interface", "batch"),
+                ("note", "checked \u{2713}")
+            ]
+        );
+        // Another buffer with the same bytes is not the source.
+        let copy = Bytes::copy_from_slice(&frame);
+        m.insert_decoded(
+            std::str::from_utf8(&copy[..9]).unwrap(),
+            &std::str::from_utf8(&copy).unwrap()[10..13],
+        );
+        assert!(
+            matches!(m.entries[0].1, Slot::Owned { .. }),
+            "text of another buffer is copied"
+        );
+        assert_eq!(m.get("INTERFACE"), Some("a.B"));
+        assert_eq!(m.remove("interface").as_deref(), Some("a.B"));
+        assert_eq!(m.remove("interface").as_deref(), Some("batch"));
+        assert_eq!(m.remove("note").as_deref(), Some("checked \u{2713}"));
+        assert!(m.is_empty());
+        let mut a = Metadata::new();
+        a.push_decoded("interface", "a.B");
+        let mut b = Metadata::with_source(frame.clone());
+        b.push_decoded(&text[..9], &text[10..13]);
+        assert_eq!(a, b, "maps compare by their text");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    #[test]
+    fn bytes_are_checked_once_and_kept_where_they_are() {
+        let frame = Bytes::from_static(b"batchjob=true;k=\xe2\x9c\x93;bad=\xff\xfe");
+        let mut m = Metadata::with_source(frame.clone());
+        assert!(m.push_decoded_bytes(&frame[..8], &frame[9..13]));
+        assert!(m.push_decoded_bytes(b"interface", &frame[16..19]));
+        assert!(
+            !m.push_decoded_bytes(&frame[20..23], &frame[24..26]),
+            "not UTF-8"
+        );
+        assert!(!m.insert_decoded_bytes(b"k", b"\xc3"), "not UTF-8");
+        assert!(m.insert_decoded_bytes(b"BATCHJOB", b"false"));
+        assert!(m.insert_decoded_bytes(b"note", b"copied"));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [
+                ("batchjob", "false"),
+                ("interface", "\u{2713}"),
+                ("note", "copied")
+            ]
+        );
+        assert!(matches!(m.entries[0].0, Slot::Source { at: 0, len: 8 }));
+        assert!(matches!(
+            m.entries[1],
+            (Slot::Known { .. }, Slot::Source { at: 16, len: 3 })
+        ));
+        assert!(
+            matches!(m.entries[0].1, Slot::Known { .. }),
+            "a well-known value"
+        );
+        assert!(matches!(
+            m.entries[2],
+            (Slot::Owned { .. }, Slot::Owned { .. })
+        ));
+        assert!(!m.is_dirty());
+        assert_eq!(m.appended().map(Iterator::count), None);
+    }
+
+    #[test]
+    fn setting_an_equal_value_changes_nothing_but_the_dirty_mark() {
+        let mut m = Metadata::new();
+        m.push_decoded("a", "1");
+        let copied = m.owned.len();
+        m.set("a", "1");
+        assert!(m.is_dirty());
+        assert_eq!(m.appended().expect("not rewritten").count(), 0);
+        assert_eq!(m.owned.len(), copied, "nothing copied");
     }
 
     #[test]

@@ -505,7 +505,7 @@ mod tests {
     fn md(pairs: &[(&str, &str)]) -> Metadata {
         let mut m = Metadata::new();
         for (k, v) in pairs {
-            m.push_decoded(k.to_string(), v.to_string());
+            m.push_decoded(k, v);
         }
         m
     }

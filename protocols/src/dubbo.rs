@@ -13,7 +13,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use bytestring::ByteString;
 use metamesh_codecs::hessian2::{self, Decoder, Encoder, Error as HessianError, MapStart, Value};
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
@@ -223,16 +222,6 @@ fn hessian_err(e: HessianError) -> String {
     e.to_string()
 }
 
-fn slice_str(frame: &Bytes, s: &str) -> ByteString {
-    // A string borrowed from `frame` shares its buffer instead of being copied.
-    if !s.is_empty() && frame.as_ptr_range().contains(&s.as_ptr()) {
-        if let Ok(v) = ByteString::try_from(frame.slice_ref(s.as_bytes())) {
-            return v;
-        }
-    }
-    ByteString::from(s)
-}
-
 /// Text form of an attachment value for metadata (empty for null and containers).
 fn display(v: &Value) -> String {
     v.to_display_string()
@@ -240,33 +229,44 @@ fn display(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a string of `frame`'s body (which `d` reads) as a slice of the frame when its
-/// bytes are plain UTF-8, checking them once; otherwise decodes it.
-fn read_shared(frame: &Bytes, d: &mut Decoder<'_>) -> Result<ByteString, HessianError> {
-    let Some(span) = d.read_str_span()? else {
-        return Ok(slice_str(frame, &d.read_str()?));
-    };
-    let (start, end) = (HEADER_LEN + span.start, HEADER_LEN + span.end);
-    if end <= frame.len() {
-        if let Ok(s) = ByteString::try_from(frame.slice(start..end)) {
-            return Ok(s);
-        }
+/// Reads a string.
+fn read_text<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, HessianError> {
+    match d.read_str_span()? {
+        Some(span) => d.str_at(span),
+        None => d.read_str(),
     }
-    Ok(slice_str(frame, &d.str_at(span)?))
+}
+
+/// Reads a string of `body` (which `d` reads) as UTF-8 bytes. One that is a single chunk
+/// of ASCII (nearly all) is its bytes in the frame, checked with one pass over them: the
+/// metadata keeps it as a position in the frame. Any other is decoded.
+fn read_utf8<'b>(body: &'b [u8], d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, HessianError> {
+    let text = match d.read_str_span()? {
+        Some(span) => match body.get(span.clone()) {
+            Some(bytes) if bytes.is_ascii() => return Ok(Cow::Borrowed(bytes)),
+            _ => d.str_at(span)?,
+        },
+        None => d.read_str()?,
+    };
+    Ok(match text {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    })
 }
 
 /// Reads one attachment value; strings are borrowed from the frame.
-fn read_attachment_value(frame: &Bytes, d: &mut Decoder<'_>) -> Result<ByteString, HessianError> {
+fn read_attachment_value<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, HessianError> {
     match d.peek_tag() {
-        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_shared(frame, d),
-        _ => Ok(ByteString::from(display(&d.read_value()?))),
+        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_text(d),
+        _ => Ok(Cow::Owned(display(&d.read_value()?))),
     }
 }
 
-/// Reads an attachment map into `metadata`; returns the bits of body fields it repeated.
-fn read_attachments(
-    frame: &Bytes,
-    d: &mut Decoder<'_>,
+/// Reads an attachment map of `body` into `metadata`; returns the bits of body fields it
+/// repeated.
+fn read_attachments<'b>(
+    body: &'b [u8],
+    d: &mut Decoder<'b>,
     metadata: &mut Metadata,
     skip_body_keys: bool,
 ) -> Result<u32, HessianError> {
@@ -275,13 +275,16 @@ fn read_attachments(
         return Ok(0);
     }
     while !d.at_end_marker()? {
-        let key = read_shared(frame, d)?;
-        let value = read_attachment_value(frame, d)?;
+        let key = read_utf8(body, d)?;
+        let value = match d.peek_tag() {
+            Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_utf8(body, d)?,
+            _ => Cow::Owned(display(&d.read_value()?).into_bytes()),
+        };
         if skip_body_keys {
             let bit = match &*key {
-                "interface" => BIT_ATTACHED_INTERFACE,
-                "method" => BIT_ATTACHED_METHOD,
-                "version" => BIT_ATTACHED_VERSION,
+                b"interface" => BIT_ATTACHED_INTERFACE,
+                b"method" => BIT_ATTACHED_METHOD,
+                b"version" => BIT_ATTACHED_VERSION,
                 _ => 0,
             };
             if bit != 0 {
@@ -289,8 +292,9 @@ fn read_attachments(
                 continue;
             }
         }
-        // A repeated key overrides the earlier one, as it does in the provider's map.
-        metadata.insert_decoded(key, value);
+        // A repeated key overrides the earlier one, as it does in the provider's map. Both
+        // are UTF-8 (ASCII, or decoded), so the entry is always added.
+        metadata.insert_decoded_bytes(&key, &value);
     }
     Ok(bits)
 }
@@ -320,24 +324,22 @@ impl DubboCodec {
         let result = (|| -> Result<(), String> {
             let dubbo_version = d.read_str().map_err(hessian_err)?;
             let supports = supports_response_attachments(&dubbo_version);
-            let path = read_shared(&frame, &mut d).map_err(hessian_err)?;
+            let path = read_utf8(body, &mut d).map_err(hessian_err)?;
             let version = match d.peek_tag() {
                 Some(b'N') => {
                     d.skip_value().map_err(hessian_err)?;
-                    ByteString::new()
+                    Cow::Borrowed(&b""[..])
                 }
-                _ => read_shared(&frame, &mut d).map_err(hessian_err)?,
+                _ => read_utf8(body, &mut d).map_err(hessian_err)?,
             };
-            let method = read_shared(&frame, &mut d).map_err(hessian_err)?;
+            let method = read_utf8(body, &mut d).map_err(hessian_err)?;
             let descriptor = d.read_str().map_err(hessian_err)?;
             let n = count_parameters(&descriptor)
                 .ok_or_else(|| format!("invalid parameter descriptor {descriptor:?}"))?;
-            msg.metadata
-                .push_decoded(ByteString::from_static("interface"), path);
-            msg.metadata
-                .push_decoded(ByteString::from_static("method"), method);
-            msg.metadata
-                .push_decoded(ByteString::from_static("version"), version);
+            // All UTF-8 (ASCII, or decoded), so every entry is added.
+            msg.metadata.push_decoded_bytes(b"interface", &path);
+            msg.metadata.push_decoded_bytes(b"method", &method);
+            msg.metadata.push_decoded_bytes(b"version", &version);
             for i in 0..n {
                 d.skip_value()
                     .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
@@ -349,7 +351,7 @@ impl DubboCodec {
             };
             if !d.is_empty() {
                 let start = HEADER_LEN + d.position();
-                bits |= read_attachments(&frame, &mut d, &mut msg.metadata, true)
+                bits |= read_attachments(body, &mut d, &mut msg.metadata, true)
                     .map_err(|e| format!("attachments: {}", hessian_err(e)))?;
                 msg.layout[ATTACH_START] = start as u32;
                 msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
@@ -389,7 +391,7 @@ impl DubboCodec {
                     d.skip_value().map_err(|e| format!("response value: {e}"))?;
                 }
                 let start = HEADER_LEN + d.position();
-                read_attachments(&frame, &mut d, &mut msg.metadata, false)
+                read_attachments(body, &mut d, &mut msg.metadata, false)
                     .map_err(|e| format!("response attachments: {e}"))?;
                 msg.layout[ATTACH_START] = start as u32;
                 msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
@@ -660,7 +662,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                 let key_at = d.position();
                 let key = d.read_str().map_err(hessian_err)?;
                 let value_at = d.position();
-                let original = read_attachment_value(&msg.frame, &mut d).map_err(hessian_err)?;
+                let original = read_attachment_value(&mut d).map_err(hessian_err)?;
                 let value_end = d.position();
                 if body_key(&key) {
                     // Kept as the client sent it: the body field is what routes.

@@ -195,15 +195,11 @@ fn limits_of(options: &CodecOptions) -> Limits {
     }
 }
 
-/// The text of `span` in `frame`: shares the frame's buffer when it is UTF-8.
-fn text(frame: &Bytes, span: Span) -> ByteString {
-    let range = span.range();
-    if range.end > frame.len() || range.start > range.end {
-        return ByteString::new();
-    }
-    match ByteString::try_from(frame.slice(range)) {
-        Ok(s) => s,
-        Err(_) => ByteString::from(String::from_utf8_lossy(span.of(frame)).into_owned()),
+/// Adds a decoded entry whose key and value are bytes of the frame (or static): the
+/// metadata keeps them where they are when they are UTF-8, and their lossy text when not.
+fn push(md: &mut Metadata, key: &[u8], value: &[u8]) {
+    if !md.push_decoded_bytes(key, value) {
+        md.push_decoded(String::from_utf8_lossy(key), String::from_utf8_lossy(value));
     }
 }
 
@@ -247,11 +243,11 @@ const KNOWN_FIELDS: &[&str] = &[
     "x-request-id",
 ];
 
-/// The lower-case form of a field name.
-fn field_name(frame: &Bytes, span: Span) -> ByteString {
+/// The lower-case form of a field name: its bytes in the frame when it has no upper case.
+fn field_name(frame: &[u8], span: Span) -> Cow<'_, [u8]> {
     let name = span.of(frame);
     if !name.iter().any(u8::is_ascii_uppercase) {
-        return text(frame, span);
+        return Cow::Borrowed(name);
     }
     let mut lower = [0u8; 24];
     if let Some(lower) = lower.get_mut(..name.len()) {
@@ -259,26 +255,10 @@ fn field_name(frame: &Bytes, span: Span) -> ByteString {
             *l = b.to_ascii_lowercase();
         }
         if let Some(k) = KNOWN_FIELDS.iter().find(|k| k.as_bytes() == lower) {
-            return ByteString::from_static(k);
+            return Cow::Borrowed(k.as_bytes());
         }
     }
-    // Names are tokens: ASCII.
-    ByteString::from(
-        name.iter()
-            .map(|b| char::from(b.to_ascii_lowercase()))
-            .collect::<String>(),
-    )
-}
-
-fn method_text(frame: &Bytes, span: Span) -> ByteString {
-    const METHODS: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    let m = span.of(frame);
-    match METHODS.iter().find(|k| k.as_bytes() == m) {
-        Some(k) => ByteString::from_static(k),
-        None => text(frame, span),
-    }
+    Cow::Owned(name.to_ascii_lowercase())
 }
 
 /// The authority without userinfo.
@@ -295,10 +275,10 @@ enum Derived {
     Static(&'static str),
 }
 
-fn derived_text(frame: &Bytes, d: &Derived) -> ByteString {
+fn derived_bytes<'a>(frame: &'a [u8], d: &Derived) -> &'a [u8] {
     match d {
-        Derived::Span(s) => text(frame, *s),
-        Derived::Static(s) => ByteString::from_static(s),
+        Derived::Span(s) => s.of(frame),
+        Derived::Static(s) => s.as_bytes(),
     }
 }
 
@@ -332,9 +312,9 @@ fn pseudo(frame: &[u8], head: &RequestHead, host: Option<Span>) -> (Derived, Opt
     }
 }
 
-fn push_fields(md: &mut Metadata, frame: &Bytes, fields: &[Header]) {
+fn push_fields(md: &mut Metadata, frame: &[u8], fields: &[Header]) {
     for f in fields {
-        md.push_decoded(field_name(frame, f.name), text(frame, f.value));
+        push(md, &field_name(frame, f.name), f.value.of(frame));
     }
 }
 
@@ -682,19 +662,10 @@ impl HttpCodec {
         let (path, authority) = pseudo(&frame, &head, fields.host);
         let mut msg = Message::new(MessageKind::Request, id, frame);
         let md = &mut msg.metadata;
-        md.push_decoded(
-            ByteString::from_static(":method"),
-            method_text(&msg.frame, head.start.method),
-        );
-        md.push_decoded(
-            ByteString::from_static(":path"),
-            derived_text(&msg.frame, &path),
-        );
+        push(md, b":method", head.start.method.of(&msg.frame));
+        push(md, b":path", derived_bytes(&msg.frame, &path));
         if let Some(a) = &authority {
-            md.push_decoded(
-                ByteString::from_static(":authority"),
-                derived_text(&msg.frame, a),
-            );
+            push(md, b":authority", derived_bytes(&msg.frame, a));
         }
         push_fields(md, &msg.frame, &head.headers);
         msg.layout[FLAGS] = flags;
@@ -782,9 +753,10 @@ impl HttpCodec {
             }
             let mut msg = Message::new(kind_of_status(code), ex.id, frame);
             msg.status = Some(u32::from(code));
-            msg.metadata.push_decoded(
-                ByteString::from_static(":status"),
-                text(&msg.frame, head.start.code_span),
+            push(
+                &mut msg.metadata,
+                b":status",
+                head.start.code_span.of(&msg.frame),
             );
             push_fields(&mut msg.metadata, &msg.frame, &head.headers);
             msg.layout[FLAGS] = flags;

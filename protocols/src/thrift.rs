@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use bytestring::ByteString;
+
 use metamesh_codecs::thrift::{
     self as wire, detect_protocol, detect_transport, exception_type, frame_len, parse_header_frame,
     parse_message_header, write_exception, write_varint, Exception, Framing, HeaderFrame,
@@ -34,7 +34,7 @@ use metamesh_codecs::thrift::{
 };
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, OptionError, Protocol, ProtocolOptions, Side,
+    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions, Side,
 };
 
 // Positions in `Message::layout`.
@@ -253,17 +253,6 @@ fn parse_frame_as(
     })
 }
 
-/// `part` (a slice of `frame`) as a string sharing `frame`'s buffer; `None` when it is not
-/// UTF-8.
-fn shared_str(frame: &Bytes, part: &[u8]) -> Option<ByteString> {
-    let start = (part.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    if end > frame.len() {
-        return None;
-    }
-    ByteString::try_from(frame.slice(start..end)).ok()
-}
-
 fn is_derived_key(k: &[u8]) -> bool {
     DERIVED_KEYS
         .iter()
@@ -283,38 +272,29 @@ fn message(frame: Bytes, p: &Parsed) -> Message {
         msg.status = Some(u32::from(p.message_type.code()));
     }
     p.layout.store(&mut msg);
-    let name = frame.slice(p.name.clone());
-    let name = ByteString::try_from(name.clone())
-        .unwrap_or_else(|_| ByteString::from(String::from_utf8_lossy(&name).into_owned()));
-    match name.find(':') {
-        Some(i) => {
-            msg.metadata.push_decoded(
-                ByteString::from_static("method"),
-                name.slice_ref(&name[i + 1..]),
-            );
-            msg.metadata.push_decoded(
-                ByteString::from_static("service"),
-                name.slice_ref(&name[..i]),
-            );
+    // Keys and values are bytes of the frame: the metadata keeps them where they are.
+    let md = &mut msg.metadata;
+    let name = frame.get(p.name.clone()).unwrap_or_default();
+    let text = |md: &mut Metadata, key: &str, value: &[u8]| {
+        if !md.push_decoded_bytes(key.as_bytes(), value) {
+            md.push_decoded(key, String::from_utf8_lossy(value));
         }
-        None => msg
-            .metadata
-            .push_decoded(ByteString::from_static("method"), name),
+    };
+    match name.iter().position(|&b| b == b':') {
+        Some(i) => {
+            text(md, "method", &name[i + 1..]);
+            text(md, "service", &name[..i]);
+        }
+        None => text(md, "method", name),
     }
-    msg.metadata.push_decoded(
-        ByteString::from_static("message_type"),
-        ByteString::from_static(p.message_type.as_str()),
-    );
+    md.push_decoded("message_type", p.message_type.as_str());
     if let Some(h) = &p.header {
         for info in h.infos(&frame) {
             if info.kind != InfoKind::KeyValue || is_derived_key(info.key) {
                 continue;
             }
-            if let (Some(k), Some(v)) =
-                (shared_str(&frame, info.key), shared_str(&frame, info.value))
-            {
-                msg.metadata.insert_decoded(k, v);
-            }
+            // A key or value that is not UTF-8 is left out.
+            md.insert_decoded_bytes(info.key, info.value);
         }
     }
     msg

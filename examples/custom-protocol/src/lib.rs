@@ -299,7 +299,8 @@ fn parse(frame: Bytes, head: &Head, max_headers: usize) -> Result<Message, Malfo
         ));
     }
     let end = HEAD_LEN + head.hdr_len as usize;
-    let mut metadata = Metadata::new();
+    // Strings sliced out of `frame` are kept as positions in it, not copied.
+    let mut metadata = Metadata::with_source(frame.clone());
     let mut at = HEAD_LEN;
     while at < end {
         if metadata.len() == max_headers {
