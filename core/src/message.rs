@@ -90,7 +90,7 @@ enum Slot {
 }
 
 /// Names and values kept without a copy when they do not come from the frame, sorted by
-/// length, then bytes (binary search).
+/// length, then bytes ([`BY_LENGTH`] finds the texts of one length).
 const WELL_KNOWN: &[&str] = &[
     "",
     "GET",
@@ -212,6 +212,14 @@ fn well_known(s: &[u8]) -> Option<u32> {
     u32::try_from(start + at).ok()
 }
 
+/// The slot of `s` when it is in [`WELL_KNOWN`].
+fn known(s: &[u8]) -> Option<Slot> {
+    Some(Slot::Known {
+        at: well_known(s)?,
+        len: s.len() as u32,
+    })
+}
+
 impl Metadata {
     /// An empty map.
     pub fn new() -> Self {
@@ -273,23 +281,28 @@ impl Metadata {
         }
     }
 
+    /// The position of `b` when it is a slice of the source frame (not yet checked to be
+    /// UTF-8).
+    fn in_source(&self, b: &[u8]) -> Option<Slot> {
+        let at = (b.as_ptr() as usize).wrapping_sub(self.source.as_ptr() as usize);
+        if b.is_empty() || at >= self.source.len() || b.len() > self.source.len() - at {
+            return None;
+        }
+        Some(Slot::Source {
+            at: u32::try_from(at).ok()?,
+            len: u32::try_from(b.len()).ok()?,
+        })
+    }
+
     /// Where `s` is kept: in the source frame when it is a slice of it, in the table of
     /// well-known text, or else copied into the map's own buffer. `None` only when a
     /// position would not fit in 32 bits (text past 4 GiB).
     fn slot(&mut self, s: &str) -> Option<Slot> {
-        let base = self.source.as_ptr() as usize;
-        let at = (s.as_ptr() as usize).wrapping_sub(base);
-        if !s.is_empty() && at < self.source.len() && s.len() <= self.source.len() - at {
-            return Some(Slot::Source {
-                at: u32::try_from(at).ok()?,
-                len: u32::try_from(s.len()).ok()?,
-            });
+        if let Some(slot) = self.in_source(s.as_bytes()) {
+            return Some(slot);
         }
-        if let Some(at) = well_known(s.as_bytes()) {
-            return Some(Slot::Known {
-                at,
-                len: s.len() as u32,
-            });
+        if let Some(slot) = known(s.as_bytes()) {
+            return Some(slot);
         }
         let at = u32::try_from(self.owned.len()).ok()?;
         let len = u32::try_from(s.len()).ok()?;
@@ -302,24 +315,45 @@ impl Metadata {
     }
 
     /// Where `b` is kept, as [`Metadata::slot`] does for text; `None` when `b` is not
-    /// UTF-8. Bytes of the source frame are checked, not copied.
+    /// UTF-8. Bytes of the source frame are checked (one ASCII pass for most), not copied.
     fn slot_bytes(&mut self, b: &[u8]) -> Option<Slot> {
-        let at = (b.as_ptr() as usize).wrapping_sub(self.source.as_ptr() as usize);
-        let in_source =
-            !b.is_empty() && at < self.source.len() && b.len() <= self.source.len() - at;
-        if in_source && (b.is_ascii() || std::str::from_utf8(b).is_ok()) {
-            return Some(Slot::Source {
-                at: u32::try_from(at).ok()?,
-                len: u32::try_from(b.len()).ok()?,
-            });
+        match self.in_source(b) {
+            Some(slot) if b.is_ascii() || std::str::from_utf8(b).is_ok() => Some(slot),
+            // A well-known text needs no check.
+            _ => known(b).or_else(|| self.slot(std::str::from_utf8(b).ok()?)),
         }
-        if let Some(at) = well_known(b) {
-            return Some(Slot::Known {
-                at,
-                len: b.len() as u32,
-            });
+    }
+
+    /// Appends a decoded entry; false when either side could not be kept.
+    fn push_entry(&mut self, key: Option<Slot>, value: Option<Slot>) -> bool {
+        let (Some(k), Some(v)) = (key, value) else {
+            return false;
+        };
+        self.entries.push((k, v));
+        self.decoded = self.entries.len() as u32;
+        true
+    }
+
+    /// Replaces the value of `key` with `value`, or appends an entry with the key
+    /// `new_key` makes; false when either side could not be kept.
+    fn insert_entry(
+        &mut self,
+        key: &[u8],
+        value: Option<Slot>,
+        new_key: impl FnOnce(&mut Self) -> Option<Slot>,
+    ) -> bool {
+        let Some(v) = value else { return false };
+        match self.position_bytes(key) {
+            Some(i) => {
+                self.entries[i].1 = v;
+                self.decoded = self.entries.len() as u32;
+                true
+            }
+            None => {
+                let k = new_key(self);
+                self.push_entry(k, Some(v))
+            }
         }
-        self.slot(std::str::from_utf8(b).ok()?)
     }
 
     fn position(&self, key: &str) -> Option<usize> {
@@ -345,10 +379,8 @@ impl Metadata {
     /// Adds an entry while decoding: does not mark the map dirty and does not look for an
     /// existing key (codecs append each key once, in wire order).
     pub fn push_decoded(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
-        if let (Some(k), Some(v)) = (self.slot(key.as_ref()), self.slot(value.as_ref())) {
-            self.entries.push((k, v));
-            self.decoded = self.entries.len() as u32;
-        }
+        let (k, v) = (self.slot(key.as_ref()), self.slot(value.as_ref()));
+        self.push_entry(k, v);
     }
 
     /// Adds an entry while decoding, as [`Metadata::push_decoded`] does, from bytes: those
@@ -356,49 +388,24 @@ impl Metadata {
     /// once to be UTF-8 (a plain ASCII check for most). Adds nothing and returns false
     /// when either is not UTF-8.
     pub fn push_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
-        match (self.slot_bytes(key), self.slot_bytes(value)) {
-            (Some(k), Some(v)) => {
-                self.entries.push((k, v));
-                self.decoded = self.entries.len() as u32;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// [`Metadata::insert_decoded`] from bytes, checked as [`Metadata::push_decoded_bytes`]
-    /// checks them. Returns false, changing nothing, when either is not UTF-8.
-    pub fn insert_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
-        let Some(v) = self.slot_bytes(value) else {
-            return false;
-        };
-        // A key equal to a present one but for ASCII case is UTF-8 like it.
-        match self.position_bytes(key) {
-            Some(i) => self.entries[i].1 = v,
-            None => {
-                let Some(k) = self.slot_bytes(key) else {
-                    return false;
-                };
-                self.entries.push((k, v));
-            }
-        }
-        self.decoded = self.entries.len() as u32;
-        true
+        let (k, v) = (self.slot_bytes(key), self.slot_bytes(value));
+        self.push_entry(k, v)
     }
 
     /// Adds or replaces an entry while decoding, without marking the map dirty: for wire
     /// formats where a repeated key overrides the earlier one (as a Java map does).
     pub fn insert_decoded(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
-        let (key, value) = (key.as_ref(), value.as_ref());
-        let Some(v) = self.slot(value) else { return };
-        match self.position(key) {
-            Some(i) => self.entries[i].1 = v,
-            None => {
-                let Some(k) = self.slot(key) else { return };
-                self.entries.push((k, v));
-            }
-        }
-        self.decoded = self.entries.len() as u32;
+        let key = key.as_ref();
+        let v = self.slot(value.as_ref());
+        self.insert_entry(key.as_bytes(), v, |m| m.slot(key));
+    }
+
+    /// [`Metadata::insert_decoded`] from bytes, checked as [`Metadata::push_decoded_bytes`]
+    /// checks them. Returns false, changing nothing, when either is not UTF-8. (A key
+    /// equal to a present one but for ASCII case is UTF-8 like it.)
+    pub fn insert_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
+        let v = self.slot_bytes(value);
+        self.insert_entry(key, v, |m| m.slot_bytes(key))
     }
 
     /// Sets `key` to `value`, replacing an existing entry in place or appending a new one.

@@ -229,14 +229,6 @@ fn display(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a string.
-fn read_text<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, HessianError> {
-    match d.read_str_span()? {
-        Some(span) => d.str_at(span),
-        None => d.read_str(),
-    }
-}
-
 /// Reads a string of `body` (which `d` reads) as UTF-8 bytes. One that is a single chunk
 /// of ASCII (nearly all) is its bytes in the frame, checked with one pass over them: the
 /// metadata keeps it as a position in the frame. Any other is decoded.
@@ -254,11 +246,15 @@ fn read_utf8<'b>(body: &'b [u8], d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, H
     })
 }
 
-/// Reads one attachment value; strings are borrowed from the frame.
-fn read_attachment_value<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, HessianError> {
+/// Reads one attachment value of `body` as UTF-8 bytes: a string as [`read_utf8`] reads
+/// it, any other value as its text.
+fn read_attachment_value<'b>(
+    body: &'b [u8],
+    d: &mut Decoder<'b>,
+) -> Result<Cow<'b, [u8]>, HessianError> {
     match d.peek_tag() {
-        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_text(d),
-        _ => Ok(Cow::Owned(display(&d.read_value()?))),
+        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_utf8(body, d),
+        _ => Ok(Cow::Owned(display(&d.read_value()?).into_bytes())),
     }
 }
 
@@ -276,10 +272,7 @@ fn read_attachments<'b>(
     }
     while !d.at_end_marker()? {
         let key = read_utf8(body, d)?;
-        let value = match d.peek_tag() {
-            Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_utf8(body, d)?,
-            _ => Cow::Owned(display(&d.read_value()?).into_bytes()),
-        };
+        let value = read_attachment_value(body, d)?;
         if skip_body_keys {
             let bit = match &*key {
                 b"interface" => BIT_ATTACHED_INTERFACE,
@@ -662,7 +655,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                 let key_at = d.position();
                 let key = d.read_str().map_err(hessian_err)?;
                 let value_at = d.position();
-                let original = read_attachment_value(&mut d).map_err(hessian_err)?;
+                let original = read_attachment_value(body, &mut d).map_err(hessian_err)?;
                 let value_end = d.position();
                 if body_key(&key) {
                     // Kept as the client sent it: the body field is what routes.
@@ -671,7 +664,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                 }
                 match msg.metadata.get(&key) {
                     None => {}
-                    Some(v) if v == &*original => {
+                    Some(v) if v.as_bytes() == &*original => {
                         out.extend_from_slice(&body[key_at..value_end]);
                     }
                     Some(v) => {
