@@ -6,6 +6,7 @@
 #   PROTOCOL=http bench/instructions.sh              # HTTP/1.1 (also: thrift)
 #   bench/instructions.sh /tmp/old/metamesh target/release/metamesh   # compare builds
 #   PROFILE=1 bench/instructions.sh                  # also a callgrind profile of the run
+#   RATE=max bench/instructions.sh                   # closed loop, 4 connections x 32 in flight
 #
 # The figure is a count, not a timing: a busy machine does not change it, so two builds
 # can be compared where CPU time is within the machine's noise. Each build runs twice,
@@ -47,8 +48,10 @@ run() {
     vg=$!
     for _ in $(seq 1 600); do grep -q '"event":"ready"' "$OUT/proxy.log" && break; sleep 0.1; done
     grep -q '"event":"ready"' "$OUT/proxy.log" || { echo "proxy not ready under valgrind (see $OUT)" >&2; exit 1; }
+    local load=(--rate "$RATE")
+    [ "$RATE" = max ] && load=(--inflight 32)
     "$BENCH" load --protocol "$PROTOCOL" --target "127.0.0.1:$port" --connections 4 \
-        --rate "$RATE" --batchjob-every 3 --warmup 1s --duration "${secs}s" >"$OUT/load.json"
+        "${load[@]}" --batchjob-every 3 --warmup 1s --duration "${secs}s" >"$OUT/load.json"
     [ "$(jq .errors "$OUT/load.json")" = 0 ] || { echo "errors under load (see $OUT)" >&2; exit 1; }
     kill -TERM "$vg"
     wait "$vg" 2>/dev/null || true

@@ -163,8 +163,8 @@ impl Header {
 }
 
 /// Counts the parameters in a JVM method descriptor such as `Ljava/lang/String;I[J`.
-pub fn count_parameters(descriptor: &str) -> Option<usize> {
-    let b = descriptor.as_bytes();
+pub fn count_parameters(descriptor: impl AsRef<[u8]>) -> Option<usize> {
+    let b = descriptor.as_ref();
     let (mut i, mut n) = (0, 0);
     while i < b.len() {
         while i < b.len() && b[i] == b'[' {
@@ -183,8 +183,8 @@ pub fn count_parameters(descriptor: &str) -> Option<usize> {
 /// The numeric form of a Dubbo version string, as Dubbo compares them ("2.0.2" is 2000200):
 /// up to four dot-separated parts, each read from its leading digits (capped at 99).
 /// One pass over the bytes: every request carries the version.
-fn int_version(v: &str) -> Option<u32> {
-    let b = v.as_bytes();
+fn int_version(v: &[u8]) -> Option<u32> {
+    let b = v;
     let (mut out, mut parts, mut i) = (0u32, 0, 0);
     loop {
         let (mut n, start) = (0u32, i);
@@ -210,8 +210,13 @@ fn int_version(v: &str) -> Option<u32> {
 }
 
 /// True when a client of this Dubbo version understands response flags 3 to 5.
-pub fn supports_response_attachments(dubbo_version: &str) -> bool {
-    int_version(dubbo_version).is_some_and(|v| (2_000_200..=2_009_900).contains(&v))
+pub fn supports_response_attachments(dubbo_version: impl AsRef<[u8]>) -> bool {
+    let v = dubbo_version.as_ref();
+    // What nearly every client sends, known without parsing.
+    if v == b"2.0.2" {
+        return true;
+    }
+    int_version(v).is_some_and(|v| (2_000_200..=2_009_900).contains(&v))
 }
 
 struct DubboCodec {
@@ -229,40 +234,45 @@ fn display(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a string of `body` (which `d` reads) as UTF-8 bytes. One that is a single chunk
-/// of ASCII (nearly all) is its bytes in the frame, checked with one pass over them: the
-/// metadata keeps it as a position in the frame. Any other is decoded.
-fn read_utf8<'b>(body: &'b [u8], d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, HessianError> {
-    let text = match d.read_str_span()? {
-        Some(span) => match body.get(span.clone()) {
-            Some(bytes) if bytes.is_ascii() => return Ok(Cow::Borrowed(bytes)),
-            _ => d.str_at(span)?,
-        },
-        None => d.read_str()?,
-    };
-    Ok(match text {
+/// Reads a string as UTF-8 bytes: one chunk of ASCII (nearly all) is its bytes in the
+/// frame, which the metadata keeps as a position in it; any other is decoded.
+fn read_utf8<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, HessianError> {
+    if let Some(bytes) = d.read_ascii() {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    Ok(match d.read_str()? {
         Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
         Cow::Owned(s) => Cow::Owned(s.into_bytes()),
     })
 }
 
-/// Reads one attachment value of `body` as UTF-8 bytes: a string as [`read_utf8`] reads
-/// it, any other value as its text.
-fn read_attachment_value<'b>(
-    body: &'b [u8],
-    d: &mut Decoder<'b>,
-) -> Result<Cow<'b, [u8]>, HessianError> {
+/// Reads one attachment value as UTF-8 bytes: a string as [`read_utf8`] reads it, any
+/// other value as its text.
+fn read_attachment_value<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, HessianError> {
     match d.peek_tag() {
-        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_utf8(body, d),
+        Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R') => read_utf8(d),
         _ => Ok(Cow::Owned(display(&d.read_value()?).into_bytes())),
     }
 }
 
-/// Reads an attachment map of `body` into `metadata`; returns the bits of body fields it
-/// repeated.
-fn read_attachments<'b>(
-    body: &'b [u8],
-    d: &mut Decoder<'b>,
+/// A bit of a 64-bit set that an attachment key, compared as metadata compares keys
+/// (ASCII case folded), always falls on: its length and its first and last bytes.
+fn key_bit(key: &[u8]) -> u64 {
+    let (first, last) = match key {
+        [] => (0, 0),
+        [f, .., l] => (f.to_ascii_lowercase(), l.to_ascii_lowercase()),
+        [f] => (f.to_ascii_lowercase(), f.to_ascii_lowercase()),
+    };
+    let h = (key.len() as u64)
+        .wrapping_mul(31)
+        .wrapping_add(u64::from(first) * 7)
+        .wrapping_add(u64::from(last));
+    1 << (h & 63)
+}
+
+/// Reads an attachment map into `metadata`; returns the bits of body fields it repeated.
+fn read_attachments(
+    d: &mut Decoder<'_>,
     metadata: &mut Metadata,
     skip_body_keys: bool,
 ) -> Result<u32, HessianError> {
@@ -270,9 +280,14 @@ fn read_attachments<'b>(
     if matches!(d.read_map_start()?, MapStart::Null) {
         return Ok(0);
     }
+    // The keys present so far, as bits: a key whose bit is clear repeats none of them and
+    // is appended without searching the map.
+    let mut seen = metadata
+        .iter()
+        .fold(0, |set, (k, _)| set | key_bit(k.as_bytes()));
     while !d.at_end_marker()? {
-        let key = read_utf8(body, d)?;
-        let value = read_attachment_value(body, d)?;
+        let key = read_utf8(d)?;
+        let value = read_attachment_value(d)?;
         if skip_body_keys {
             let bit = match &*key {
                 b"interface" => BIT_ATTACHED_INTERFACE,
@@ -285,9 +300,14 @@ fn read_attachments<'b>(
                 continue;
             }
         }
-        // A repeated key overrides the earlier one, as it does in the provider's map. Both
-        // are UTF-8 (ASCII, or decoded), so the entry is always added.
-        metadata.insert_decoded_bytes(&key, &value);
+        let bit = key_bit(&key);
+        if seen & bit == 0 {
+            seen |= bit;
+            metadata.push_decoded_bytes(&key, &value);
+        } else {
+            // A repeated key overrides the earlier one, as it does in the provider's map.
+            metadata.insert_decoded_bytes(&key, &value);
+        }
     }
     Ok(bits)
 }
@@ -315,20 +335,24 @@ impl DubboCodec {
         let body = &frame[HEADER_LEN..];
         let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
         let result = (|| -> Result<(), String> {
-            let dubbo_version = d.read_str().map_err(hessian_err)?;
+            let dubbo_version = read_utf8(&mut d).map_err(hessian_err)?;
             let supports = supports_response_attachments(&dubbo_version);
-            let path = read_utf8(body, &mut d).map_err(hessian_err)?;
+            let path = read_utf8(&mut d).map_err(hessian_err)?;
             let version = match d.peek_tag() {
                 Some(b'N') => {
                     d.skip_value().map_err(hessian_err)?;
                     Cow::Borrowed(&b""[..])
                 }
-                _ => read_utf8(body, &mut d).map_err(hessian_err)?,
+                _ => read_utf8(&mut d).map_err(hessian_err)?,
             };
-            let method = read_utf8(body, &mut d).map_err(hessian_err)?;
-            let descriptor = d.read_str().map_err(hessian_err)?;
-            let n = count_parameters(&descriptor)
-                .ok_or_else(|| format!("invalid parameter descriptor {descriptor:?}"))?;
+            let method = read_utf8(&mut d).map_err(hessian_err)?;
+            let descriptor = read_utf8(&mut d).map_err(hessian_err)?;
+            let n = count_parameters(&descriptor).ok_or_else(|| {
+                format!(
+                    "invalid parameter descriptor {:?}",
+                    String::from_utf8_lossy(&descriptor)
+                )
+            })?;
             // All UTF-8 (ASCII, or decoded), so every entry is added.
             msg.metadata.push_decoded_bytes(b"interface", &path);
             msg.metadata.push_decoded_bytes(b"method", &method);
@@ -344,7 +368,7 @@ impl DubboCodec {
             };
             if !d.is_empty() {
                 let start = HEADER_LEN + d.position();
-                bits |= read_attachments(body, &mut d, &mut msg.metadata, true)
+                bits |= read_attachments(&mut d, &mut msg.metadata, true)
                     .map_err(|e| format!("attachments: {}", hessian_err(e)))?;
                 msg.layout[ATTACH_START] = start as u32;
                 msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
@@ -384,7 +408,7 @@ impl DubboCodec {
                     d.skip_value().map_err(|e| format!("response value: {e}"))?;
                 }
                 let start = HEADER_LEN + d.position();
-                read_attachments(body, &mut d, &mut msg.metadata, false)
+                read_attachments(&mut d, &mut msg.metadata, false)
                     .map_err(|e| format!("response attachments: {e}"))?;
                 msg.layout[ATTACH_START] = start as u32;
                 msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
@@ -655,7 +679,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                 let key_at = d.position();
                 let key = d.read_str().map_err(hessian_err)?;
                 let value_at = d.position();
-                let original = read_attachment_value(body, &mut d).map_err(hessian_err)?;
+                let original = read_attachment_value(&mut d).map_err(hessian_err)?;
                 let value_end = d.position();
                 if body_key(&key) {
                     // Kept as the client sent it: the body field is what routes.
@@ -965,9 +989,9 @@ mod version_tests {
             "١.٢",
         ];
         for v in cases {
-            assert_eq!(int_version(v), by_parts(v), "{v:?}");
+            assert_eq!(int_version(v.as_bytes()), by_parts(v), "{v:?}");
         }
-        assert_eq!(int_version("2.0.2"), Some(2_000_200));
-        assert_eq!(int_version("1.2.3.4.5"), Some(1_020_304));
+        assert_eq!(int_version(b"2.0.2"), Some(2_000_200));
+        assert_eq!(int_version(b"1.2.3.4.5"), Some(1_020_304));
     }
 }

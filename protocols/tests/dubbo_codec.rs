@@ -406,6 +406,41 @@ fn a_repeated_attachment_key_keeps_the_last_value_through_mutation() {
 }
 
 #[test]
+fn repeated_attachment_keys_are_found_whatever_their_case_and_number() {
+    // Enough distinct keys that their quick-check bits collide, repeats in other cases,
+    // and an attachment repeating a body field in another case (it overrides the field).
+    let mut pairs: Vec<(String, String)> = (0..80)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    pairs.push(("K7".into(), "again".into()));
+    pairs.push(("k79".into(), "last".into()));
+    pairs.push(("Method".into(), "other".into()));
+    let attachments: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let f = build::Request {
+        dubbo_version: "2.0.2",
+        interface: "svc",
+        version: "1",
+        method: "m",
+        args: &[],
+        attachments: &attachments,
+        two_way: true,
+    }
+    .encode(1);
+    let m = decode_one(Side::Downstream, &f);
+    // interface, method, version and the 80 distinct keys: each once.
+    assert_eq!(m.metadata.len(), 83);
+    assert_eq!(m.metadata.get("k7"), Some("again"));
+    assert_eq!(m.metadata.get("k79"), Some("last"));
+    assert_eq!(m.metadata.get("k3"), Some("v3"));
+    assert_eq!(m.metadata.get("method"), Some("other"));
+    let keys: Vec<&str> = m.metadata.iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys.iter().filter(|k| k.eq_ignore_ascii_case("k7")).count(),
+        1
+    );
+}
+
+#[test]
 fn builder_round_trip() {
     let f = build::Request {
         dubbo_version: "2.0.2",

@@ -116,6 +116,35 @@ impl<'a> Decoder<'a> {
         self.cur.string_after(t, pos)
     }
 
+    /// Reads a string that is one chunk of ASCII, as its bytes in the input: the fast path
+    /// for nearly every string of an RPC envelope (names, versions, attachment keys),
+    /// where a length in UTF-16 units is also the length in bytes. One pass over the bytes
+    /// checks them. Any other string, any other tag and a truncated input give `None` and
+    /// consume nothing; [`Decoder::read_str`] reads those.
+    #[inline]
+    pub fn read_ascii(&mut self) -> Option<&'a [u8]> {
+        let (buf, pos) = (self.cur.buf, self.cur.pos);
+        let t = *buf.get(pos)?;
+        let (units, start) = match t {
+            0x00..=0x1f => (usize::from(t), pos + 1),
+            0x30..=0x33 => {
+                let low = usize::from(*buf.get(pos + 1)?);
+                ((usize::from(t - tag::STRING_MEDIUM) << 8) | low, pos + 2)
+            }
+            tag::STRING_FINAL => {
+                let len = buf.get(pos + 1..pos + 3)?;
+                (usize::from(u16::from_be_bytes([len[0], len[1]])), pos + 3)
+            }
+            _ => return None,
+        };
+        let bytes = buf.get(start..start + units)?;
+        if !bytes.is_ascii() {
+            return None;
+        }
+        self.cur.pos = start + units;
+        Some(bytes)
+    }
+
     /// Reads a string that is one chunk and returns where its bytes are in the input,
     /// without checking that they are UTF-8: for a caller that keeps the bytes and checks
     /// them once itself, falling back to [`Decoder::str_at`] when they are not plain UTF-8.

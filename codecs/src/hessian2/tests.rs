@@ -276,6 +276,42 @@ fn read_str_borrows_when_it_can() {
 }
 
 #[test]
+fn read_ascii_reads_one_ascii_chunk_or_nothing() {
+    // Each short, medium and final form of an ASCII string is read where it is.
+    for len in [0usize, 1, 31, 32, 1023, 1024, 0x8000] {
+        let text = "k".repeat(len);
+        let bytes = enc(|e| {
+            e.write_str(&text).write_i32(7);
+        });
+        let mut d = Decoder::new(&bytes);
+        assert_eq!(d.read_ascii(), Some(text.as_bytes()), "len {len}");
+        assert_eq!(d.read_i32(), Ok(7), "len {len}");
+    }
+    // Non-ASCII, several chunks, other tags and a cut-off string are left untouched for
+    // the general reader, which still reads (or rejects) them as before.
+    for bytes in [
+        enc(|e| {
+            e.write_str("é");
+        }),
+        enc(|e| {
+            e.write_str(&"y".repeat(65536));
+        }),
+        enc(|e| {
+            e.write_i32(1);
+        }),
+        vec![0x05, b'a', b'b'],
+        vec![b'S', 0x00],
+        vec![0x30],
+        vec![],
+    ] {
+        let mut d = Decoder::new(&bytes);
+        assert_eq!(d.read_ascii(), None);
+        assert_eq!(d.position(), 0);
+    }
+    assert_eq!(dec_err(&[0x05, b'a', b'b']), Error::Eof);
+}
+
+#[test]
 fn invalid_utf8() {
     assert_eq!(dec_err(&[0x01, 0xff]), Error::InvalidUtf8 { pos: 1 });
     assert_eq!(dec_err(&[0x01, 0x80]), Error::InvalidUtf8 { pos: 1 });
