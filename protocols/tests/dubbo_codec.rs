@@ -384,18 +384,23 @@ fn local_replies_are_dubbo_errors_the_codec_reads_back() {
     }
 }
 
-#[test]
-fn a_repeated_attachment_key_keeps_the_last_value_through_mutation() {
-    let f = build::Request {
+/// A call of `svc` version 1, method `m`, without arguments, with `attachments`.
+fn call_with(attachments: &[(&str, &str)]) -> Bytes {
+    build::Request {
         dubbo_version: "2.0.2",
         interface: "svc",
         version: "1",
         method: "m",
         args: &[],
-        attachments: &[("d", ""), ("d", " ")],
+        attachments,
         two_way: true,
     }
-    .encode(1);
+    .encode(1)
+}
+
+#[test]
+fn a_repeated_attachment_key_keeps_the_last_value_through_mutation() {
+    let f = call_with(&[("d", ""), ("d", " ")]);
     let mut m = decode_one(Side::Downstream, &f);
     assert_eq!(m.metadata.get("d"), Some(" "));
     assert_eq!(m.metadata.len(), 4);
@@ -416,16 +421,7 @@ fn repeated_attachment_keys_are_found_whatever_their_case_and_number() {
     pairs.push(("k79".into(), "last".into()));
     pairs.push(("Method".into(), "other".into()));
     let attachments: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
-    let f = build::Request {
-        dubbo_version: "2.0.2",
-        interface: "svc",
-        version: "1",
-        method: "m",
-        args: &[],
-        attachments: &attachments,
-        two_way: true,
-    }
-    .encode(1);
+    let f = call_with(&attachments);
     let m = decode_one(Side::Downstream, &f);
     // interface, method, version and the 80 distinct keys: each once.
     assert_eq!(m.metadata.len(), 83);
