@@ -371,6 +371,13 @@ impl Metadata {
         self.position(key).map(|i| self.text(self.entries[i].1))
     }
 
+    /// The value of `key` as its UTF-8 bytes, compared case-insensitively: what
+    /// [`Metadata::get`] gives, without checking the bytes again to make them text. For
+    /// comparing a value with another (exact and prefix matches, equality).
+    pub fn get_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.position(key).map(|i| self.bytes(self.entries[i].1))
+    }
+
     /// True when `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.position(key).is_some()
@@ -414,7 +421,7 @@ impl Metadata {
         self.dirty = true;
         match self.position(key) {
             Some(i) => {
-                if self.text(self.entries[i].1) == value {
+                if self.bytes(self.entries[i].1) == value.as_bytes() {
                     return;
                 }
                 if i < self.decoded as usize {
@@ -810,6 +817,11 @@ mod tests {
             "text of another buffer is copied"
         );
         assert_eq!(m.get("INTERFACE"), Some("a.B"));
+        // The bytes of each kind of slot are the text's bytes.
+        for (k, v) in [("interface", "a.B"), ("note", "checked \u{2713}")] {
+            assert_eq!(m.get_bytes(k), Some(v.as_bytes()), "{k}");
+        }
+        assert_eq!(m.get_bytes("absent"), None);
         assert_eq!(m.remove("interface").as_deref(), Some("a.B"));
         assert_eq!(m.remove("interface").as_deref(), Some("batch"));
         assert_eq!(m.remove("note").as_deref(), Some("checked \u{2713}"));

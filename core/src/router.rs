@@ -32,13 +32,14 @@ pub enum Matcher {
 }
 
 impl Matcher {
-    fn matches(&self, value: Option<&str>) -> bool {
+    /// True when `value` (the attribute's UTF-8 bytes, if present) matches.
+    fn matches(&self, value: Option<&[u8]>) -> bool {
         match (self, value) {
             (Matcher::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (Matcher::Exact(s), Some(v)) => v == s,
-            (Matcher::Prefix(s), Some(v)) => v.starts_with(s.as_str()),
-            (Matcher::Regex(r), Some(v)) => r.is_match(v),
+            (Matcher::Exact(s), Some(v)) => v == s.as_bytes(),
+            (Matcher::Prefix(s), Some(v)) => v.starts_with(s.as_bytes()),
+            (Matcher::Regex(r), Some(v)) => std::str::from_utf8(v).is_ok_and(|v| r.is_match(v)),
         }
     }
 }
@@ -73,7 +74,9 @@ impl Conditions {
 
     /// True when every condition holds for `metadata`.
     pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.0.iter().all(|(key, m)| m.matches(metadata.get(key)))
+        self.0
+            .iter()
+            .all(|(key, m)| m.matches(metadata.get_bytes(key)))
     }
 
     /// True when there are no conditions.
@@ -286,6 +289,9 @@ pub struct RouteTable {
 /// Tables shorter than this are scanned; longer ones use a [`RouteIndex`].
 const INDEX_FROM: usize = 8;
 
+/// An attribute's exact values, as bytes, and the routes that want each, in table order.
+type RoutesByValue = HashMap<Box<[u8]>, Vec<u32>>;
+
 /// Finds the first matching route of a long table without trying every route: a route
 /// with an exact condition can only match a request whose attribute has that value, so
 /// it is listed under its first exact condition's attribute and value; the routes
@@ -294,7 +300,7 @@ const INDEX_FROM: usize = 8;
 #[derive(Debug, Default)]
 struct RouteIndex {
     /// Attribute name (lower case) → value → routes, in table order.
-    by_exact: Vec<(String, HashMap<String, Vec<u32>>)>,
+    by_exact: Vec<(String, RoutesByValue)>,
     /// Routes with no exact condition, in table order.
     always: Vec<u32>,
 }
@@ -320,7 +326,7 @@ impl RouteIndex {
                     };
                     ix.by_exact[slot]
                         .1
-                        .entry(value.clone())
+                        .entry(value.as_bytes().into())
                         .or_default()
                         .push(i);
                 }
@@ -344,7 +350,7 @@ impl RouteIndex {
         };
         try_list(&self.always, &mut best);
         for (key, values) in &self.by_exact {
-            if let Some(list) = metadata.get(key).and_then(|v| values.get(v)) {
+            if let Some(list) = metadata.get_bytes(key).and_then(|v| values.get(v)) {
                 try_list(list, &mut best);
             }
         }
