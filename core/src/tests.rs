@@ -118,6 +118,46 @@ async fn routes_by_attribute_and_mutates_both_ways() {
     proxy.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The sum of every series of `metric` (a histogram's `_sum`, say).
+fn metric_sum(proxy: &Proxy, metric: &str) -> f64 {
+    let text = proxy.store().stats().encode();
+    text.lines()
+        .filter(|l| l.starts_with(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn durations_count_from_the_read_to_the_answer() {
+    // The recorded durations span the upstream's delay, and requests answered at once
+    // add next to nothing.
+    let proxy = start("").await;
+    let mut c = Client::connect(proxy.listener_addr("in").expect("listener")).await;
+    for id in 1..=20 {
+        let r = c.call_id(id, &[("user", "quick")]).await;
+        assert_eq!(r.kind, MessageKind::Response);
+    }
+    let quick = metric_sum(&proxy, "metamesh_downstream_rq_duration_seconds_sum");
+    assert!(quick < 10.0, "20 quick requests took {quick} s in all");
+    let started = std::time::Instant::now();
+    let r = c
+        .call_id(21, &[("user", "slow"), ("delay-ms", "150")])
+        .await;
+    let waited = started.elapsed().as_secs_f64();
+    assert_eq!(r.kind, MessageKind::Response);
+    let down = metric_sum(&proxy, "metamesh_downstream_rq_duration_seconds_sum") - quick;
+    let up = metric_sum(&proxy, "metamesh_upstream_rq_duration_seconds_sum");
+    assert!(
+        (0.15..=waited).contains(&down),
+        "downstream {down} s, client waited {waited} s"
+    );
+    assert!(
+        up >= 0.15 && up <= quick + waited,
+        "upstream {up} s, client waited {waited} s"
+    );
+    proxy.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn local_replies_for_no_route_connect_failure_and_timeout() {
     let proxy = start("").await;
