@@ -270,7 +270,12 @@ fn key_bit(key: &[u8]) -> u64 {
     1 << (h & 63)
 }
 
+/// The keys a request's metadata has before its attachments are read.
+const BODY_KEYS: [&[u8]; 3] = [b"interface", b"method", b"version"];
+
 /// Reads an attachment map into `metadata`; returns the bits of body fields it repeated.
+/// A request's map (`skip_body_keys`) is read after the body fields ([`BODY_KEYS`]) went
+/// into `metadata`; a response's into an empty one.
 fn read_attachments(
     d: &mut Decoder<'_>,
     metadata: &mut Metadata,
@@ -281,10 +286,13 @@ fn read_attachments(
         return Ok(0);
     }
     // The keys present so far, as bits: a key whose bit is clear repeats none of them and
-    // is appended without searching the map.
-    let mut seen = metadata
-        .iter()
-        .fold(0, |set, (k, _)| set | key_bit(k.as_bytes()));
+    // is appended without searching the map. (A bit set for a key that is not there only
+    // costs a search.)
+    let mut seen = if skip_body_keys {
+        BODY_KEYS.iter().fold(0, |set, k| set | key_bit(k))
+    } else {
+        0
+    };
     while !d.at_end_marker()? {
         let key = read_utf8(d)?;
         let value = read_attachment_value(d)?;
@@ -354,9 +362,10 @@ impl DubboCodec {
                 )
             })?;
             // All UTF-8 (ASCII, or decoded), so every entry is added.
-            msg.metadata.push_decoded_bytes(b"interface", &path);
-            msg.metadata.push_decoded_bytes(b"method", &method);
-            msg.metadata.push_decoded_bytes(b"version", &version);
+            let [interface, method_key, version_key] = BODY_KEYS;
+            msg.metadata.push_decoded_bytes(interface, &path);
+            msg.metadata.push_decoded_bytes(method_key, &method);
+            msg.metadata.push_decoded_bytes(version_key, &version);
             for i in 0..n {
                 d.skip_value()
                     .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
