@@ -183,8 +183,7 @@ pub fn count_parameters(descriptor: impl AsRef<[u8]>) -> Option<usize> {
 /// The numeric form of a Dubbo version string, as Dubbo compares them ("2.0.2" is 2000200):
 /// up to four dot-separated parts, each read from its leading digits (capped at 99).
 /// One pass over the bytes: every request carries the version.
-fn int_version(v: &[u8]) -> Option<u32> {
-    let b = v;
+fn int_version(b: &[u8]) -> Option<u32> {
     let (mut out, mut parts, mut i) = (0u32, 0, 0);
     loop {
         let (mut n, start) = (0u32, i);
@@ -257,7 +256,7 @@ fn read_attachment_value<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, Hessi
 
 /// A bit of a 64-bit set that an attachment key, compared as metadata compares keys
 /// (ASCII case folded), always falls on: its length and its first and last bytes.
-fn key_bit(key: &[u8]) -> u64 {
+const fn key_bit(key: &[u8]) -> u64 {
     let (first, last) = match key {
         [] => (0, 0),
         [f, .., l] => (f.to_ascii_lowercase(), l.to_ascii_lowercase()),
@@ -265,13 +264,15 @@ fn key_bit(key: &[u8]) -> u64 {
     };
     let h = (key.len() as u64)
         .wrapping_mul(31)
-        .wrapping_add(u64::from(first) * 7)
-        .wrapping_add(u64::from(last));
+        .wrapping_add(first as u64 * 7)
+        .wrapping_add(last as u64);
     1 << (h & 63)
 }
 
 /// The keys a request's metadata has before its attachments are read.
 const BODY_KEYS: [&[u8]; 3] = [b"interface", b"method", b"version"];
+/// Their [`key_bit`]s.
+const BODY_KEY_BITS: u64 = key_bit(BODY_KEYS[0]) | key_bit(BODY_KEYS[1]) | key_bit(BODY_KEYS[2]);
 
 /// Reads an attachment map into `metadata`; returns the bits of body fields it repeated.
 /// A request's map (`skip_body_keys`) is read after the body fields ([`BODY_KEYS`]) went
@@ -288,11 +289,7 @@ fn read_attachments(
     // The keys present so far, as bits: a key whose bit is clear repeats none of them and
     // is appended without searching the map. (A bit set for a key that is not there only
     // costs a search.)
-    let mut seen = if skip_body_keys {
-        BODY_KEYS.iter().fold(0, |set, k| set | key_bit(k))
-    } else {
-        0
-    };
+    let mut seen = if skip_body_keys { BODY_KEY_BITS } else { 0 };
     while !d.at_end_marker()? {
         let key = read_utf8(d)?;
         let value = read_attachment_value(d)?;
