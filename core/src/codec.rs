@@ -187,6 +187,43 @@ impl EncodedFrame {
     }
 }
 
+/// Where an encoder writes the short pieces of a frame it cannot take from the frame it
+/// was given (a header with a new request id, appended entries): each piece is split off
+/// as [`Bytes`] that share one block, so that writing one costs no allocation of its own.
+/// A block is reused from its start once every piece cut from it has been dropped (they
+/// live until they are written), and a new one is allocated only while the last is still
+/// in use.
+///
+/// ```
+/// use metamesh_core::codec::Scratch;
+///
+/// let mut scratch = Scratch::default();
+/// let head = scratch.write(4, |b| b.extend_from_slice(b"abcd"));
+/// let next = scratch.write(2, |b| b.extend_from_slice(b"ef"));
+/// assert_eq!((&head[..], &next[..]), (&b"abcd"[..], &b"ef"[..]));
+/// ```
+#[derive(Debug, Default)]
+pub struct Scratch {
+    buf: BytesMut,
+}
+
+impl Scratch {
+    /// The size of a block. A connection that has encoded keeps one while it is open.
+    pub const BLOCK: usize = 1024;
+
+    /// Calls `write` with an empty buffer that has room for at least `room` bytes, and
+    /// returns what it appended (it may append more than `room`: the buffer grows).
+    pub fn write(&mut self, room: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+        debug_assert!(self.buf.is_empty());
+        if self.buf.capacity() < room {
+            // Takes back the whole block when no piece of it is alive any more.
+            self.buf.reserve(room.max(Self::BLOCK));
+        }
+        write(&mut self.buf);
+        self.buf.split().freeze()
+    }
+}
+
 /// Per-connection decoder and encoder of one protocol.
 ///
 /// For protocols that multiplex, the engine may use separate instances to read and to
@@ -353,5 +390,48 @@ impl ProtocolRegistry {
 impl fmt::Debug for ProtocolRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.names()).finish()
+    }
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    use super::Scratch;
+
+    #[test]
+    fn scratch_pieces_share_a_block_that_is_taken_back_once_they_are_dropped() {
+        let mut s = Scratch::default();
+        let a = s.write(16, |b| b.extend_from_slice(&[1; 16]));
+        let b = s.write(16, |b| b.extend_from_slice(&[2; 16]));
+        assert_eq!((&a[..], &b[..]), (&[1u8; 16][..], &[2u8; 16][..]));
+        // Cut one after the other from one block.
+        assert_eq!(a.as_ptr().wrapping_add(16), b.as_ptr());
+        let start = a.as_ptr();
+        drop((a, b));
+        // Fill the rest of the block; the next piece starts it again from the front.
+        let rest = Scratch::BLOCK - 32;
+        let filler = s.write(rest, |b| b.extend_from_slice(&vec![3; rest]));
+        assert_eq!(filler.len(), rest);
+        drop(filler);
+        let again = s.write(8, |b| b.extend_from_slice(b"reused!!"));
+        assert_eq!(again.as_ptr(), start);
+        assert_eq!(&again[..], b"reused!!");
+        // While a piece of the block is alive, the next one comes from a new block and
+        // the live one is left as it was.
+        let rest = Scratch::BLOCK - 8;
+        let _filler = s.write(rest, |b| b.extend_from_slice(&vec![4; rest]));
+        let fresh = s.write(4, |b| b.extend_from_slice(b"new!"));
+        assert_ne!(fresh.as_ptr(), start);
+        assert_eq!(&again[..], b"reused!!");
+        assert_eq!(&fresh[..], b"new!");
+    }
+
+    #[test]
+    fn scratch_grows_past_a_block_for_a_large_piece() {
+        let mut s = Scratch::default();
+        let big = vec![7u8; 3 * Scratch::BLOCK];
+        let piece = s.write(16, |b| b.extend_from_slice(&big));
+        assert_eq!(&piece[..], &big[..]);
+        let after = s.write(2, |b| b.extend_from_slice(b"ok"));
+        assert_eq!(&after[..], b"ok");
     }
 }

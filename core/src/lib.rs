@@ -46,7 +46,8 @@ mod traffic_tests;
 pub use admin::LogControl;
 pub use codec::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, OptionError,
-    Protocol, ProtocolOptions, ProtocolRegistry, Side, DEFAULT_MAX_FRAME_SIZE, TRUNCATED_FRAME,
+    Protocol, ProtocolOptions, ProtocolRegistry, Scratch, Side, DEFAULT_MAX_FRAME_SIZE,
+    TRUNCATED_FRAME,
 };
 pub use config::{Bootstrap, ConfigError, ConfigErrors};
 pub use message::{

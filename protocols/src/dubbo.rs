@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use metamesh_codecs::hessian2::{self, Decoder, Encoder, Error as HessianError, MapStart, Value};
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, Protocol,
+    LocalReplyKind, Message, MessageKind, Metadata, Protocol, Scratch,
 };
 
 /// Magic bytes at the start of every frame.
@@ -220,6 +220,8 @@ pub fn supports_response_attachments(dubbo_version: impl AsRef<[u8]>) -> bool {
 
 struct DubboCodec {
     max_frame_size: usize,
+    /// Where new headers and attachment maps are written.
+    scratch: Scratch,
 }
 
 fn hessian_err(e: HessianError) -> String {
@@ -513,57 +515,57 @@ impl Codec for DubboCodec {
             if request_id == msg.request_id {
                 out.push(frame.clone());
             } else {
-                let mut head = BytesMut::with_capacity(HEADER_LEN);
-                head.extend_from_slice(&frame[..4]);
-                head.put_i64(request_id as i64);
-                head.extend_from_slice(&frame[12..HEADER_LEN]);
-                out.push(head.freeze());
+                let head = self.scratch.write(HEADER_LEN, |b| {
+                    b.extend_from_slice(&frame[..4]);
+                    b.put_i64(request_id as i64);
+                    b.extend_from_slice(&frame[12..HEADER_LEN]);
+                });
+                out.push(head);
                 out.push(frame.slice(HEADER_LEN..));
             }
             return Ok(());
         }
         if can_append(msg) {
             // Only new attachments: the original body stays, up to the map's end marker.
-            // The header and the new entries share one buffer (splitting it adds only the
-            // small handle that shares it).
-            let mut head = BytesMut::with_capacity(HEADER_LEN + 128);
-            head.extend_from_slice(&[0; HEADER_LEN]);
-            let mut appended = head.split_off(HEADER_LEN);
-            append_attachments(msg, &mut appended);
+            let appended = self.scratch.write(128, |b| append_attachments(msg, b));
             let end = msg.layout[ATTACH_END] as usize - 1;
-            head.clear();
-            Header {
-                flags: frame[2],
-                status: frame[3],
-                request_id: request_id as i64,
-                body_len: (end - HEADER_LEN + appended.len()) as u32,
-            }
-            .write(&mut head);
-            out.push(head.freeze());
+            let head = self.scratch.write(HEADER_LEN, |b| {
+                Header {
+                    flags: frame[2],
+                    status: frame[3],
+                    request_id: request_id as i64,
+                    body_len: (end - HEADER_LEN + appended.len()) as u32,
+                }
+                .write(b)
+            });
+            out.push(head);
             out.push(frame.slice(HEADER_LEN..end));
-            out.push(appended.freeze());
+            out.push(appended);
             return Ok(());
         }
         let (prefix, flag_patch) = rewrite_split(msg);
-        let attachments = encode_attachments(msg).map_err(|e| EncodeError {
+        let mut encoded = Ok(());
+        let attachments = self.scratch.write(attachments_room(msg), |b| {
+            encoded = encode_attachments(msg, b)
+        });
+        encoded.map_err(|e| EncodeError {
             what: "dubbo attachments",
             detail: e,
         })?;
         let flag_len = flag_patch.map_or(0, hessian2::i32_len);
-        // Exactly the room the header and the new flag take: a buffer frozen full becomes
-        // `Bytes` without another allocation.
-        let mut head = BytesMut::with_capacity(HEADER_LEN + flag_len);
-        let h = Header {
-            flags: frame[2],
-            status: frame[3],
-            request_id: request_id as i64,
-            body_len: (flag_len + prefix.len() + attachments.len()) as u32,
-        };
-        h.write(&mut head);
-        if let Some(flag) = flag_patch {
-            Encoder::with_buffer(&mut head).write_i32(flag);
-        }
-        out.push(head.freeze());
+        let head = self.scratch.write(HEADER_LEN + flag_len, |b| {
+            Header {
+                flags: frame[2],
+                status: frame[3],
+                request_id: request_id as i64,
+                body_len: (flag_len + prefix.len() + attachments.len()) as u32,
+            }
+            .write(b);
+            if let Some(flag) = flag_patch {
+                Encoder::with_buffer(b).write_i32(flag);
+            }
+        });
+        out.push(head);
         out.push(prefix);
         out.push(attachments);
         Ok(())
@@ -647,13 +649,10 @@ fn append_attachments(msg: &Message, out: &mut BytesMut) {
     out.put_u8(b'Z');
 }
 
-/// Writes the attachment map for `msg.metadata`: entries of the original map keep their
-/// bytes (and hessian types) unless their value changed; removed keys are left out; new
-/// keys are appended as strings.
-fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
-    let is_request = msg.kind.is_request();
-    // Room for the original map and every entry as a new string (a short string's
-    // header is one byte, a long one's three): one allocation, no growth.
+/// Room for the attachment map [`encode_attachments`] writes: the original map and every
+/// entry as a new string (a short string's header is one byte, a long one's three), so
+/// that the buffer does not grow.
+fn attachments_room(msg: &Message) -> usize {
     let original =
         (msg.layout[ATTACH_END] as usize).saturating_sub(msg.layout[ATTACH_START] as usize);
     let entries: usize = msg
@@ -661,8 +660,15 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
         .iter()
         .map(|(k, v)| k.len() + v.len() + 6)
         .sum();
-    let mut out = Vec::with_capacity(2 + original + entries);
-    out.push(b'H');
+    2 + original + entries
+}
+
+/// Writes to `out` the attachment map for `msg.metadata`: entries of the original map
+/// keep their bytes (and hessian types) unless their value changed; removed keys are left
+/// out; new keys are appended as strings.
+fn encode_attachments(msg: &Message, out: &mut BytesMut) -> Result<(), String> {
+    let is_request = msg.kind.is_request();
+    out.put_u8(b'H');
     let mut written: smallvec::SmallVec<[&str; 16]> = smallvec::SmallVec::new();
     let body_key = |k: &str| {
         is_request
@@ -699,7 +705,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
                     }
                     Some(v) => {
                         out.extend_from_slice(&body[key_at..value_at]);
-                        Encoder::with_buffer(&mut out).write_str(v);
+                        Encoder::with_buffer(&mut *out).write_str(v);
                     }
                 }
                 if let Some((k, _)) = msg
@@ -712,7 +718,7 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
             }
         }
     }
-    let mut e = Encoder::with_buffer(&mut out);
+    let mut e = Encoder::with_buffer(&mut *out);
     for (k, v) in msg.metadata.iter() {
         if body_key(k) || written.iter().any(|w| w.eq_ignore_ascii_case(k)) {
             continue;
@@ -720,8 +726,8 @@ fn encode_attachments(msg: &Message) -> Result<Bytes, String> {
         e.write_str(k);
         e.write_str(v);
     }
-    out.push(b'Z');
-    Ok(Bytes::from(out))
+    out.put_u8(b'Z');
+    Ok(())
 }
 
 /// A response with `status` and `message` as its hessian string body.
@@ -782,6 +788,7 @@ impl Protocol for DubboProtocol {
     fn codec(&self, options: &CodecOptions) -> Box<dyn Codec> {
         Box::new(DubboCodec {
             max_frame_size: options.max_frame_size,
+            scratch: Scratch::default(),
         })
     }
 

@@ -55,7 +55,7 @@ use metamesh_codecs::http1::{
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
     LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions,
-    ResponseClass, Side, StreamState,
+    ResponseClass, Scratch, Side, StreamState,
 };
 use smallvec::SmallVec;
 
@@ -154,6 +154,8 @@ struct HttpCodec {
     in_flight: VecDeque<Exchange>,
     next_id: u64,
     keep_alive: bool,
+    /// Where added header fields are written.
+    scratch: Scratch,
 }
 
 fn option_in(
@@ -325,6 +327,7 @@ fn push_fields(md: &mut Metadata, frame: &[u8], fields: &[Header]) {
 fn append_fields(
     msg: &Message,
     head_len: usize,
+    scratch: &mut Scratch,
     out: &mut EncodedFrame,
 ) -> Result<bool, EncodeError> {
     let Some(added) = msg.metadata.appended() else {
@@ -334,17 +337,9 @@ fn append_fields(
     if head_len < 4 || frame.get(head_len - 4..head_len) != Some(&b"\r\n\r\n"[..]) {
         return Ok(false);
     }
-    // Exactly the room the fields take: a buffer frozen full becomes `Bytes` without
-    // another allocation.
-    let size = added
-        .clone()
-        .map(|(k, v)| k.len() + v.len() + 4)
-        .sum::<usize>()
-        + 2;
-    let mut w = BytesMut::with_capacity(size);
-    for (k, v) in added {
+    let special = |k: &str| {
         let key = k.as_bytes();
-        let special = k.starts_with(':')
+        k.starts_with(':')
             || is_framing_field(key)
             || [
                 &b"connection"[..],
@@ -356,15 +351,29 @@ fn append_fields(
                 b"proxy-connection",
             ]
             .iter()
-            .any(|n| key.eq_ignore_ascii_case(n));
-        if special {
-            return Ok(false);
-        }
-        write_header(&mut w, key, v.as_bytes()).map_err(|e| encode_error(format!("{k}: {e}")))?;
+            .any(|n| key.eq_ignore_ascii_case(n))
+    };
+    if added.clone().any(|(k, _)| special(k)) {
+        return Ok(false);
     }
-    w.extend_from_slice(b"\r\n");
+    let size = added
+        .clone()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + 2;
+    let mut written = Ok(());
+    let fields = scratch.write(size, |w| {
+        for (k, v) in added {
+            if let Err(e) = write_header(w, k.as_bytes(), v.as_bytes()) {
+                written = Err(encode_error(format!("{k}: {e}")));
+                return;
+            }
+        }
+        w.extend_from_slice(b"\r\n");
+    });
+    written?;
     out.push(frame.slice(..head_len - 2));
-    out.push(w.freeze());
+    out.push(fields);
     if head_len < frame.len() {
         out.push(frame.slice(head_len..));
     }
@@ -565,6 +574,7 @@ impl HttpCodec {
             in_flight: VecDeque::new(),
             next_id: 1,
             keep_alive: true,
+            scratch: Scratch::default(),
         }
     }
 
@@ -1063,7 +1073,7 @@ impl Codec for HttpCodec {
         }
         let (mut flags, head_len) = Self::head_info(msg)?;
         if msg.metadata.is_dirty() {
-            if !append_fields(msg, head_len, out)? {
+            if !append_fields(msg, head_len, &mut self.scratch, out)? {
                 flags = self.reencode(msg, head_len, out)?;
             }
         } else {

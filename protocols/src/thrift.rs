@@ -29,12 +29,13 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use metamesh_codecs::thrift::{
     self as wire, detect_protocol, detect_transport, exception_type, frame_len, parse_header_frame,
-    parse_message_header, write_exception, write_varint, Exception, Framing, HeaderFrame,
-    HeaderPrefix, InfoKind, MessageType, Protocol as Serialization, TType, Transport, Walker,
+    parse_message_header, write_exception, Exception, Framing, HeaderFrame, HeaderPrefix, InfoKind,
+    MessageType, Protocol as Serialization, TType, Transport, Walker,
 };
 use metamesh_core::{
     Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions, Side,
+    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions,
+    Scratch, Side,
 };
 
 // Positions in `Message::layout`.
@@ -318,6 +319,8 @@ struct ThriftCodec {
     /// An unframed message being walked as its bytes arrive.
     walking: bool,
     walker: Walker,
+    /// Where patched frame heads are written.
+    scratch: Scratch,
 }
 
 impl ThriftCodec {
@@ -328,6 +331,7 @@ impl ThriftCodec {
             max_frame_size: options.max_frame_size,
             walking: false,
             walker: Walker::new(Serialization::Binary, TType::Struct, 0),
+            scratch: Scratch::default(),
         }
     }
 
@@ -482,7 +486,7 @@ impl Codec for ThriftCodec {
                 out.push(msg.frame.clone());
                 Ok(())
             }
-            (Some(id), false) => patch_seq_id(msg, &layout, id, out),
+            (Some(id), false) => patch_seq_id(msg, &layout, id, &mut self.scratch, out),
             (new_id, true) => rewrite_info_headers(msg, &layout, new_id, out),
         };
         result.map_err(|e| EncodeError {
@@ -492,12 +496,31 @@ impl Codec for ThriftCodec {
     }
 }
 
-/// The bytes of `frame` up to the seqid with `seq_id` in its place, for `patch_seq_id`
-/// and `rewrite_info_headers`: the rest of the frame follows unchanged.
+/// Appends `seq_id` as `layout`'s serialization writes it (for `rewrite_info_headers`).
 fn seq_id_bytes(layout: &Layout, seq_id: i32, out: &mut Vec<u8>) {
+    let (bytes, len) = seq_id_wire(layout, seq_id);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `seq_id` as `layout`'s serialization writes it: four bytes, or a varint of up to five.
+fn seq_id_wire(layout: &Layout, seq_id: i32) -> ([u8; 5], usize) {
+    let mut out = [0u8; 5];
     match layout.protocol {
-        Serialization::Binary => out.extend_from_slice(&seq_id.to_be_bytes()),
-        Serialization::Compact => write_varint(out, u64::from(seq_id as u32)),
+        Serialization::Binary => {
+            out[..4].copy_from_slice(&seq_id.to_be_bytes());
+            (out, 4)
+        }
+        Serialization::Compact => {
+            let mut v = seq_id as u32;
+            let mut n = 0;
+            while v >= 0x80 {
+                out[n] = (v as u8) | 0x80;
+                v >>= 7;
+                n += 1;
+            }
+            out[n] = v as u8;
+            (out, n + 1)
+        }
     }
 }
 
@@ -507,30 +530,37 @@ fn patch_seq_id(
     msg: &Message,
     layout: &Layout,
     seq_id: i32,
+    scratch: &mut Scratch,
     out: &mut EncodedFrame,
 ) -> Result<(), wire::Error> {
     let frame = &msg.frame;
     let seq_end = layout.seq_at + layout.seq_len;
     let before = frame.get(..layout.seq_at).ok_or(wire::Error::Truncated)?;
-    let mut head = Vec::with_capacity(layout.seq_at + 5);
-    head.extend_from_slice(before);
-    seq_id_bytes(layout, seq_id, &mut head);
-    if layout.transport == Transport::Header {
-        let at = head
-            .get_mut(HEADER_SEQ_AT..HEADER_SEQ_AT + 4)
-            .ok_or(wire::Error::Truncated)?;
-        at.copy_from_slice(&seq_id.to_be_bytes());
+    let (seq, seq_len) = seq_id_wire(layout, seq_id);
+    let header_seq = layout.transport == Transport::Header;
+    if header_seq && before.len() + seq_len < HEADER_SEQ_AT + 4 {
+        return Err(wire::Error::Truncated);
     }
-    let grown = head.len() as i64 - seq_end as i64;
-    if grown != 0 && layout.transport != Transport::Unframed {
+    let grown = (layout.seq_at + seq_len) as i64 - seq_end as i64;
+    let new_len = if grown != 0 && layout.transport != Transport::Unframed {
         let len = frame.get(..4).ok_or(wire::Error::Truncated)?.get_i32();
         let len = i32::try_from(i64::from(len) + grown)
             .map_err(|_| wire::Error::TooLarge("thrift frame"))?;
-        if let Some(b) = head.get_mut(..4) {
-            b.copy_from_slice(&len.to_be_bytes());
+        Some(len)
+    } else {
+        None
+    };
+    let head = scratch.write(layout.seq_at + seq_len, |head| {
+        head.extend_from_slice(before);
+        head.extend_from_slice(&seq[..seq_len]);
+        if header_seq {
+            head[HEADER_SEQ_AT..HEADER_SEQ_AT + 4].copy_from_slice(&seq_id.to_be_bytes());
         }
-    }
-    out.push(Bytes::from(head));
+        if let Some(len) = new_len {
+            head[..4].copy_from_slice(&len.to_be_bytes());
+        }
+    });
+    out.push(head);
     out.push(frame.slice(seq_end..));
     Ok(())
 }
