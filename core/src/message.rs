@@ -61,14 +61,15 @@ impl MessageKind {
 /// made for a frame ([`Metadata::with_source`], which [`Message::new`] does), a key or
 /// value that is a slice of that frame is kept as its position in it. Well-known names
 /// (`interface`, `:path`, `x-request-id`, ...) are kept as an index into a static table,
-/// and any other text is copied into one buffer the map owns. An entry is 24 bytes, so a
-/// message moves cheaply. Any change marks the map dirty, which tells the codec that the
+/// and any other text is copied into one buffer the map owns. An entry is 16 bytes and
+/// twelve are kept inline, so a message moves cheaply and most never allocate for their
+/// entries. Any change marks the map dirty, which tells the codec that the
 /// metadata section has to be re-encoded.
 #[derive(Clone, Default)]
 pub struct Metadata {
     /// The frame that [`Slot::Source`] positions are in.
     source: Bytes,
-    entries: SmallVec<[(Slot, Slot); 8]>,
+    entries: SmallVec<[(Slot, Slot); INLINE_ENTRIES]>,
     /// The text of [`Slot::Owned`] entries.
     owned: String,
     /// Entries that came from decoding (the first `decoded` ones).
@@ -78,15 +79,60 @@ pub struct Metadata {
     rewritten: bool,
 }
 
-/// Where the text of a key or a value is.
+/// Entries a map holds without allocating (as many as 8 entries of 24 bytes took).
+const INLINE_ENTRIES: usize = 12;
+
+/// Which text a [`Slot`]'s position is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
+enum Place {
     /// Bytes `at..at + len` of the source frame, UTF-8 (checked when added).
-    Source { at: u32, len: u32 },
+    Source = 0,
     /// Bytes `at..at + len` of the map's own buffer.
-    Owned { at: u32, len: u32 },
+    Owned = 1,
     /// Entry `at` of [`WELL_KNOWN`], `len` bytes long.
-    Known { at: u32, len: u32 },
+    Known = 2,
+}
+
+/// Where the text of a key or a value is: its [`Place`], its position there and its
+/// length, packed into 8 bytes (2, 32 and 30 bits).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Slot(u64);
+
+impl Slot {
+    /// The longest text a slot holds (a gibibyte less one byte).
+    const MAX_LEN: usize = (1 << 30) - 1;
+
+    /// `None` when `len` is over [`Slot::MAX_LEN`].
+    fn new(place: Place, at: u32, len: usize) -> Option<Slot> {
+        if len > Self::MAX_LEN {
+            return None;
+        }
+        Some(Slot(
+            (place as u64) << 62 | (len as u64) << 32 | u64::from(at),
+        ))
+    }
+
+    fn place(self) -> Place {
+        match self.0 >> 62 {
+            0 => Place::Source,
+            1 => Place::Owned,
+            _ => Place::Known,
+        }
+    }
+
+    fn at(self) -> u32 {
+        self.0 as u32
+    }
+
+    fn len(self) -> usize {
+        ((self.0 >> 32) as usize) & Self::MAX_LEN
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}({}, {})", self.place(), self.at(), self.len())
+    }
 }
 
 /// Names and values kept without a copy when they do not come from the frame, sorted by
@@ -214,10 +260,7 @@ fn well_known(s: &[u8]) -> Option<u32> {
 
 /// The slot of `s` when it is in [`WELL_KNOWN`].
 fn known(s: &[u8]) -> Option<Slot> {
-    Some(Slot::Known {
-        at: well_known(s)?,
-        len: s.len() as u32,
-    })
+    Slot::new(Place::Known, well_known(s)?, s.len())
 }
 
 impl Metadata {
@@ -246,38 +289,36 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    /// The length of `slot`'s text.
-    fn len_of(slot: Slot) -> usize {
-        match slot {
-            Slot::Source { len, .. } | Slot::Owned { len, .. } | Slot::Known { len, .. } => {
-                len as usize
-            }
-        }
+    /// The byte range of `slot` in its place.
+    fn range(slot: Slot) -> std::ops::Range<usize> {
+        let at = slot.at() as usize;
+        at..at + slot.len()
     }
 
     /// The bytes of `slot`.
     fn bytes(&self, slot: Slot) -> &[u8] {
-        let range = |at: u32, len: u32| at as usize..at as usize + len as usize;
-        match slot {
-            Slot::Source { at, len } => self.source.get(range(at, len)).unwrap_or_default(),
-            Slot::Owned { at, len } => self
+        match slot.place() {
+            Place::Source => self.source.get(Self::range(slot)).unwrap_or_default(),
+            Place::Owned => self
                 .owned
                 .as_bytes()
-                .get(range(at, len))
+                .get(Self::range(slot))
                 .unwrap_or_default(),
-            Slot::Known { at, .. } => WELL_KNOWN.get(at as usize).map_or(&[], |s| s.as_bytes()),
+            Place::Known => WELL_KNOWN
+                .get(slot.at() as usize)
+                .map_or(&[], |s| s.as_bytes()),
         }
     }
 
     /// The text of `slot`.
     fn text(&self, slot: Slot) -> &str {
-        match slot {
-            Slot::Source { .. } => std::str::from_utf8(self.bytes(slot)).unwrap_or_default(),
-            Slot::Owned { at, len } => self
-                .owned
-                .get(at as usize..at as usize + len as usize)
+        match slot.place() {
+            Place::Source => std::str::from_utf8(self.bytes(slot)).unwrap_or_default(),
+            Place::Owned => self.owned.get(Self::range(slot)).unwrap_or_default(),
+            Place::Known => WELL_KNOWN
+                .get(slot.at() as usize)
+                .copied()
                 .unwrap_or_default(),
-            Slot::Known { at, .. } => WELL_KNOWN.get(at as usize).copied().unwrap_or_default(),
         }
     }
 
@@ -288,15 +329,13 @@ impl Metadata {
         if b.is_empty() || at >= self.source.len() || b.len() > self.source.len() - at {
             return None;
         }
-        Some(Slot::Source {
-            at: u32::try_from(at).ok()?,
-            len: u32::try_from(b.len()).ok()?,
-        })
+        Slot::new(Place::Source, u32::try_from(at).ok()?, b.len())
     }
 
     /// Where `s` is kept: in the source frame when it is a slice of it, in the table of
     /// well-known text, or else copied into the map's own buffer. `None` only when a
-    /// position would not fit in 32 bits (text past 4 GiB).
+    /// position would not fit in 32 bits (text past 4 GiB) or the text is over
+    /// [`Slot::MAX_LEN`].
     fn slot(&mut self, s: &str) -> Option<Slot> {
         if let Some(slot) = self.in_source(s.as_bytes()) {
             return Some(slot);
@@ -305,13 +344,13 @@ impl Metadata {
             return Some(slot);
         }
         let at = u32::try_from(self.owned.len()).ok()?;
-        let len = u32::try_from(s.len()).ok()?;
-        at.checked_add(len)?;
+        at.checked_add(u32::try_from(s.len()).ok()?)?;
+        let slot = Slot::new(Place::Owned, at, s.len())?;
         if self.owned.capacity() == 0 {
             self.owned.reserve(s.len().max(48));
         }
         self.owned.push_str(s);
-        Some(Slot::Owned { at, len })
+        Some(slot)
     }
 
     /// Where `b` is kept, as [`Metadata::slot`] does for text; `None` when `b` is not
@@ -361,9 +400,9 @@ impl Metadata {
     }
 
     fn position_bytes(&self, key: &[u8]) -> Option<usize> {
-        self.entries.iter().position(|&(k, _)| {
-            Self::len_of(k) == key.len() && self.bytes(k).eq_ignore_ascii_case(key)
-        })
+        self.entries
+            .iter()
+            .position(|&(k, _)| k.len() == key.len() && self.bytes(k).eq_ignore_ascii_case(key))
     }
 
     /// The value of `key`, compared case-insensitively.
@@ -448,15 +487,14 @@ impl Metadata {
             self.decoded -= 1;
         }
         let (_, v) = self.entries.remove(i);
-        Some(match v {
-            Slot::Source { at, len } => {
-                let range = at as usize..at as usize + len as usize;
-                ByteString::try_from(self.source.slice(range)).unwrap_or_default()
+        Some(match v.place() {
+            Place::Source => {
+                ByteString::try_from(self.source.slice(Self::range(v))).unwrap_or_default()
             }
-            Slot::Known { at, .. } => WELL_KNOWN
-                .get(at as usize)
+            Place::Known => WELL_KNOWN
+                .get(v.at() as usize)
                 .map_or_else(ByteString::new, |s| ByteString::from_static(s)),
-            Slot::Owned { .. } => ByteString::from(self.text(v)),
+            Place::Owned => ByteString::from(self.text(v)),
         })
     }
 
@@ -710,6 +748,46 @@ pub struct LocalReply<'a> {
 mod tests {
     use super::*;
 
+    /// Place, position and length of an entry's key and value.
+    fn view((k, v): (Slot, Slot)) -> ((Place, u32, usize), (Place, u32, usize)) {
+        ((k.place(), k.at(), k.len()), (v.place(), v.at(), v.len()))
+    }
+
+    fn places((k, v): (Slot, Slot)) -> (Place, Place) {
+        (k.place(), v.place())
+    }
+
+    #[test]
+    fn a_slot_packs_its_place_position_and_length() {
+        for place in [Place::Source, Place::Owned, Place::Known] {
+            for (at, len) in [(0, 0), (7, 3), (u32::MAX, Slot::MAX_LEN)] {
+                let s = Slot::new(place, at, len).unwrap();
+                assert_eq!((s.place(), s.at(), s.len()), (place, at, len));
+            }
+            assert_eq!(Slot::new(place, 0, Slot::MAX_LEN + 1), None);
+        }
+        assert_eq!(std::mem::size_of::<(Slot, Slot)>(), 16);
+        // Twelve entries inline take the room eight took before the slots were packed.
+        assert_eq!(
+            std::mem::size_of::<SmallVec<[(Slot, Slot); INLINE_ENTRIES]>>(),
+            std::mem::size_of::<SmallVec<[([u32; 3], [u32; 3]); 8]>>()
+        );
+    }
+
+    #[test]
+    fn a_map_of_twelve_entries_does_not_allocate_for_them() {
+        let mut m = Metadata::new();
+        for i in 0..INLINE_ENTRIES {
+            m.push_decoded(["interface", "method", "version", "group"][i % 4], "true");
+        }
+        assert!(!m.entries.spilled());
+        m.set("path", "true");
+        assert!(
+            m.entries.spilled(),
+            "the thirteenth entry moves them to the heap"
+        );
+    }
+
     #[test]
     fn appended_entries_are_told_apart_from_rewrites() {
         let mut m = Metadata::new();
@@ -783,21 +861,12 @@ mod tests {
         m.push_decoded("interface", "batch");
         let owned = String::from("note");
         m.push_decoded(owned.as_str(), "checked \u{2713}");
-        assert!(matches!(
-            m.entries[0],
-            (
-                Slot::Source { at: 0, len: 9 },
-                Slot::Source { at: 10, len: 3 }
-            )
-        ));
-        assert!(matches!(
-            m.entries[1],
-            (Slot::Known { .. }, Slot::Owned { .. })
-        ));
-        assert!(matches!(
-            m.entries[2],
-            (Slot::Owned { .. }, Slot::Owned { .. })
-        ));
+        assert_eq!(
+            view(m.entries[0]),
+            ((Place::Source, 0, 9), (Place::Source, 10, 3))
+        );
+        assert_eq!(places(m.entries[1]), (Place::Known, Place::Owned));
+        assert_eq!(places(m.entries[2]), (Place::Owned, Place::Owned));
         assert_eq!(
             m.iter().collect::<Vec<_>>(),
             [
@@ -812,8 +881,9 @@ mod tests {
             std::str::from_utf8(&copy[..9]).unwrap(),
             &std::str::from_utf8(&copy).unwrap()[10..13],
         );
-        assert!(
-            matches!(m.entries[0].1, Slot::Owned { .. }),
+        assert_eq!(
+            m.entries[0].1.place(),
+            Place::Owned,
             "text of another buffer is copied"
         );
         assert_eq!(m.get("INTERFACE"), Some("a.B"));
@@ -855,19 +925,11 @@ mod tests {
                 ("note", "copied")
             ]
         );
-        assert!(matches!(m.entries[0].0, Slot::Source { at: 0, len: 8 }));
-        assert!(matches!(
-            m.entries[1],
-            (Slot::Known { .. }, Slot::Source { at: 16, len: 3 })
-        ));
-        assert!(
-            matches!(m.entries[0].1, Slot::Known { .. }),
-            "a well-known value"
-        );
-        assert!(matches!(
-            m.entries[2],
-            (Slot::Owned { .. }, Slot::Owned { .. })
-        ));
+        assert_eq!(view(m.entries[0]).0, (Place::Source, 0, 8));
+        assert_eq!(places(m.entries[1]), (Place::Known, Place::Source));
+        assert_eq!(view(m.entries[1]).1, (Place::Source, 16, 3));
+        assert_eq!(m.entries[0].1.place(), Place::Known, "a well-known value");
+        assert_eq!(places(m.entries[2]), (Place::Owned, Place::Owned));
         assert!(!m.is_dirty());
         assert_eq!(m.appended().map(Iterator::count), None);
     }
