@@ -480,6 +480,7 @@ pub(crate) fn retry_condition(e: &UpstreamError) -> Option<RetryOn> {
     match e {
         UpstreamError::ConnectFailed(..) => Some(RetryOn::ConnectFailure),
         UpstreamError::Reset => Some(RetryOn::Reset),
+        UpstreamError::Timeout => Some(RetryOn::Timeout),
         UpstreamError::Encode(_) | UpstreamError::Overflow(_) => None,
     }
 }
@@ -612,12 +613,15 @@ async fn handle_request(
             }
             None => (deadline, total),
         };
-        let call = endpoint.pool.call(req.clone(), expect_response);
+        // The connection answers with a timeout when the attempt's deadline passes.
+        let call = endpoint
+            .pool
+            .call(req.clone(), expect_response, try_deadline);
         // Only the wait outlives this block, so the request's state keeps no room for a
         // response (or a failure) while it sleeps before the next attempt.
         let wait = {
-            let next = match tokio::time::timeout_at(try_deadline, call).await {
-                Ok(Ok(Some(resp))) => {
+            let next = match call.await {
+                Ok(Some(resp)) => {
                     let error = resp.kind == MessageKind::Error;
                     cluster.report(
                         index,
@@ -637,19 +641,12 @@ async fn handle_request(
                         Next::Answer(resp)
                     }
                 }
-                Ok(Ok(None)) => {
+                Ok(None) => {
                     cluster.report(index, Outcome::Success);
                     return None;
                 }
-                Ok(Err(e)) => {
-                    if retry_condition(&e).is_some() {
-                        cluster.report(index, Outcome::LocalFailure);
-                    }
-                    let text = format!("{} ({})", e, cluster.name);
-                    Next::Fail(retry_condition(&e), e.local_reply_kind(), text)
-                }
-                Err(_) => {
-                    cluster.stats.rq_error("timeout");
+                Err(UpstreamError::Timeout) => {
+                    // Counted as a `timeout` error of the cluster by the pool.
                     cluster.report(index, Outcome::LocalFailure);
                     let text = if Instant::now() >= deadline {
                         format!(
@@ -665,6 +662,13 @@ async fn handle_request(
                         )
                     };
                     Next::Fail(Some(RetryOn::Timeout), LocalReplyKind::Timeout, text)
+                }
+                Err(e) => {
+                    if retry_condition(&e).is_some() {
+                        cluster.report(index, Outcome::LocalFailure);
+                    }
+                    let text = format!("{} ({})", e, cluster.name);
+                    Next::Fail(retry_condition(&e), e.local_reply_kind(), text)
                 }
             };
             match next {

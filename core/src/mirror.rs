@@ -46,11 +46,14 @@ pub(crate) fn send(
             let (index, endpoint) = cluster.pick(hash, None)?;
             let expect_response = copy.kind != MessageKind::OnewayRequest;
             let outcome = if protocol.multiplexing() {
-                let call = endpoint.pool.call(Arc::new(copy), expect_response);
-                match tokio::time::timeout(deadline, call).await {
-                    Ok(Ok(Some(resp))) if resp.kind == MessageKind::Error => Outcome::ErrorStatus,
-                    Ok(Ok(_)) => Outcome::Success,
-                    _ => Outcome::LocalFailure,
+                let deadline = tokio::time::Instant::now() + deadline;
+                let call = endpoint
+                    .pool
+                    .call(Arc::new(copy), expect_response, deadline);
+                match call.await {
+                    Ok(Some(resp)) if resp.kind == MessageKind::Error => Outcome::ErrorStatus,
+                    Ok(_) => Outcome::Success,
+                    Err(_) => Outcome::LocalFailure,
                 }
             } else {
                 let call = crate::exchange::exchange_once(&endpoint.pool, &copy);

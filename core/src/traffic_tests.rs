@@ -118,6 +118,53 @@ async fn per_try_timeout_moves_on_to_another_endpoint() {
 }
 
 #[tokio::test]
+async fn a_shorter_deadline_on_a_connection_waiting_for_a_longer_one_is_kept() {
+    let echo = upstream("echo", Mode::Echo).await;
+    let proxy = proxy(
+        r#"      - name: short
+        match: { attributes: { short: { present: true } } }
+        route: [{ cluster: c }]
+        timeout: 150ms
+      - { name: long, route: [{ cluster: c }], timeout: 20s }"#,
+        &[cluster("c", "connections_per_endpoint: 1, ", &[echo.addr])],
+        "",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    // The first request sets the connection's timer for its deadline, 20 s away.
+    c.send(1, &[("delay-ms", "2500")], b"ping").await;
+    while echo.count() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // Each shorter one moves it earlier, and times out at its own deadline: well before
+    // the upstream's answer (2.5 s), let alone the first request's deadline.
+    for id in [2, 3] {
+        let sent = std::time::Instant::now();
+        c.send(id, &[("short", "1"), ("delay-ms", "2500")], b"ping")
+            .await;
+        let r = c.recv().await.expect("reply");
+        assert_eq!((r.request_id, who(&r)), (id, "local:timeout".to_owned()));
+        let waited = sent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_millis(2000),
+            "{waited:?}"
+        );
+    }
+    // The first request was left waiting, and gets its answer.
+    let r = c.recv().await.expect("reply");
+    assert_eq!((r.request_id, who(&r)), (1, "echo".to_owned()));
+    assert_eq!(
+        metric(
+            &proxy,
+            "metamesh_upstream_rq_error_total",
+            "reason=\"timeout\""
+        ),
+        2,
+        "each timeout is counted once"
+    );
+}
+
+#[tokio::test]
 async fn error_status_is_retried_when_asked_and_forwarded_otherwise() {
     let failing = upstream("failing", Mode::Fail).await;
     let good = upstream("good", Mode::Echo).await;

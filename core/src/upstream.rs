@@ -4,6 +4,7 @@
 //! collide, and the response is handed back to the caller that owns the id.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,9 +12,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
+use smallvec::SmallVec;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,6 +43,9 @@ pub enum UpstreamError {
     /// A circuit breaker of the cluster refused the request.
     #[error("upstream overflow: the cluster's {} limit is reached", .0.as_str())]
     Overflow(Resource),
+    /// The deadline passed before the response came.
+    #[error("upstream request timeout")]
+    Timeout,
 }
 
 impl UpstreamError {
@@ -49,6 +56,7 @@ impl UpstreamError {
             UpstreamError::Reset => LocalReplyKind::UpstreamReset,
             UpstreamError::Encode(_) => LocalReplyKind::Internal,
             UpstreamError::Overflow(_) => LocalReplyKind::Overloaded,
+            UpstreamError::Timeout => LocalReplyKind::Timeout,
         }
     }
 
@@ -59,6 +67,7 @@ impl UpstreamError {
             UpstreamError::Reset => "reset",
             UpstreamError::Encode(_) => "encode",
             UpstreamError::Overflow(_) => "overflow",
+            UpstreamError::Timeout => "timeout",
         }
     }
 }
@@ -95,33 +104,113 @@ impl std::hash::Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// A request waiting for its response.
+struct Waiter {
+    tx: oneshot::Sender<Reply>,
+    deadline: Instant,
+}
+
+/// The requests waiting on one connection, and when the reader next looks for those
+/// past their deadline.
+#[derive(Default)]
+struct Pending {
+    waiting: IdMap<Waiter>,
+    /// What the reader's timer is set for: no later than any waiting request's deadline.
+    /// `None` when it is not set.
+    timer: Option<Instant>,
+}
+
 /// State shared by a connection's handle, reader and writer.
+///
+/// Deadlines are kept by the connection rather than by a timer per request: the reader
+/// has one timer, set for the earliest deadline it knows of, and answers the requests
+/// past theirs with [`UpstreamError::Timeout`] when it fires. A request whose deadline
+/// comes before the timer (a shorter timeout than the others', or the first after the
+/// timer ran out) moves it earlier and wakes the reader; any other costs no timer work.
+#[derive(Default)]
 struct Shared {
-    pending: Mutex<IdMap<oneshot::Sender<Reply>>>,
+    pending: Mutex<Pending>,
     closed: AtomicBool,
+    /// Set when a request moved the timer earlier.
+    rearm: AtomicBool,
+    reader: AtomicWaker,
 }
 
 impl Shared {
     fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
-        self.pending.lock().ok()?.remove(&id)
+        Some(self.pending.lock().ok()?.waiting.remove(&id)?.tx)
+    }
+
+    /// Registers a request waiting for its response until `deadline`.
+    fn wait(&self, id: u64, tx: oneshot::Sender<Reply>, deadline: Instant) -> bool {
+        let earlier = {
+            let Ok(mut p) = self.pending.lock() else {
+                return false;
+            };
+            p.waiting.insert(id, Waiter { tx, deadline });
+            let earlier = p.timer.is_none_or(|t| deadline < t);
+            if earlier {
+                p.timer = Some(deadline);
+            }
+            earlier
+        };
+        if earlier {
+            self.rearm.store(true, Ordering::Release);
+            self.reader.wake();
+        }
+        true
+    }
+
+    /// Ready when a request moved the timer earlier since the last time.
+    fn poll_rearm(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Instant>> {
+        self.reader.register(cx.waker());
+        if self.rearm.swap(false, Ordering::AcqRel) {
+            std::task::Poll::Ready(self.pending.lock().ok().and_then(|p| p.timer))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Fails the requests whose deadline is not after `now` with a timeout; returns when
+    /// the timer is due next (the earliest deadline left).
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let (expired, next) = {
+            let Ok(mut p) = self.pending.lock() else {
+                return None;
+            };
+            let expired: SmallVec<[Waiter; 4]> = p
+                .waiting
+                .extract_if(|_, w| w.deadline <= now)
+                .map(|(_, w)| w)
+                .collect();
+            let next = p.waiting.values().map(|w| w.deadline).min();
+            p.timer = next;
+            (expired, next)
+        };
+        for w in expired {
+            let _ = w.tx.send(Err(UpstreamError::Timeout));
+        }
+        next
     }
 
     /// Requests waiting for their response, as far as a glance tells: a map another
     /// thread holds right now counts as busy (it is taken per request), so the writer
     /// never waits for the lock.
     fn waiting(&self) -> usize {
-        self.pending.try_lock().map_or(usize::MAX, |p| p.len())
+        self.pending
+            .try_lock()
+            .map_or(usize::MAX, |p| p.waiting.len())
     }
 
     /// Marks the connection dead and fails everything still waiting on it.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let drained: Vec<_> = match self.pending.lock() {
-            Ok(mut p) => p.drain().collect(),
+            Ok(mut p) => p.waiting.drain().collect(),
             Err(_) => return,
         };
-        for (_, tx) in drained {
-            let _ = tx.send(Err(UpstreamError::Reset));
+        for (_, w) in drained {
+            let _ = w.tx.send(Err(UpstreamError::Reset));
         }
     }
 }
@@ -158,16 +247,15 @@ impl MuxConnection {
         &self,
         msg: Arc<Message>,
         expect_response: bool,
+        deadline: Instant,
     ) -> Result<Option<Box<Message>>, UpstreamError> {
         // Ids stay below 2^31 so that every protocol's id field (Thrift's is an i32) holds them.
         let id = (self.next_id.fetch_add(1, Ordering::Relaxed) % 0x7fff_fffe) + 1;
         let (rx, guard) = if expect_response {
             let (tx, rx) = oneshot::channel();
-            self.shared
-                .pending
-                .lock()
-                .map_err(|_| UpstreamError::Reset)?
-                .insert(id, tx);
+            if !self.shared.wait(id, tx, deadline) {
+                return Err(UpstreamError::Reset);
+            }
             let guard = PendingGuard {
                 shared: &self.shared,
                 id,
@@ -181,8 +269,17 @@ impl MuxConnection {
         } else {
             (None, None)
         };
-        if self.tx.send(Outbound { msg, id }).await.is_err() {
-            return Err(UpstreamError::Reset);
+        // Queued at once unless the writer is behind; then until the deadline.
+        match self.tx.try_send(Outbound { msg, id }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(UpstreamError::Reset),
+            Err(mpsc::error::TrySendError::Full(ob)) => {
+                match tokio::time::timeout_at(deadline, self.tx.send(ob)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(UpstreamError::Reset),
+                    Err(_) => return Err(UpstreamError::Timeout),
+                }
+            }
         }
         let Some(rx) = rx else { return Ok(None) };
         let result = rx.await;
@@ -454,6 +551,7 @@ impl EndpointPool {
         &self,
         msg: Arc<Message>,
         expect_response: bool,
+        deadline: Instant,
     ) -> Result<Option<Box<Message>>, UpstreamError> {
         let active = self.begin_request();
         let n = self.settings.connections.max(1);
@@ -462,10 +560,18 @@ impl EndpointPool {
         let conn = match Self::established(slot) {
             Some(c) => c,
             // Connecting is rare: its state is boxed so that every request's is smaller.
-            None => Box::pin(self.connection(slot)).await?,
+            None => {
+                match tokio::time::timeout_at(deadline, Box::pin(self.connection(slot))).await {
+                    Ok(c) => c?,
+                    Err(_) => {
+                        self.stats.rq_error(UpstreamError::Timeout.reason());
+                        return Err(UpstreamError::Timeout);
+                    }
+                }
+            }
         };
         let sent = msg.frame.len();
-        let r = conn.call(msg, expect_response).await;
+        let r = conn.call(msg, expect_response, deadline).await;
         match &r {
             Err(e) => self.stats.rq_error(e.reason()),
             Ok(Some(resp)) => {
@@ -513,10 +619,7 @@ impl EndpointPool {
         let stream = self.open().await?;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(1024);
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(IdMap::default()),
-            closed: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::default());
         let options = self.codec_options();
         tokio::spawn(write_loop(
             FrameWriter::new(wr),
@@ -619,6 +722,10 @@ async fn read_loop(
     let _counted = counted;
     let mut codec = protocol.codec(&options);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Set only when `armed`.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed = false;
     'read: loop {
         loop {
             match codec.decode(&mut buf) {
@@ -656,9 +763,25 @@ async fn read_loop(
                 }
             }
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        tokio::select! {
+            biased;
+            at = poll_fn(|cx| shared.poll_rearm(cx)) => {
+                if let Some(at) = at {
+                    timer.as_mut().reset(at);
+                    armed = true;
+                }
+            }
+            () = &mut timer, if armed => {
+                armed = false;
+                if let Some(at) = shared.expire(Instant::now()) {
+                    timer.as_mut().reset(at);
+                    armed = true;
+                }
+            }
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
     }
     shared.close();
