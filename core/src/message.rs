@@ -470,11 +470,17 @@ impl Metadata {
                     self.entries[i].1 = v;
                 }
             }
-            None => {
-                if let (Some(k), Some(v)) = (self.slot(key), self.slot(value)) {
-                    self.entries.push((k, v));
-                }
-            }
+            None => self.push_absent(key, value),
+        }
+    }
+
+    /// Appends an entry for a key the caller has just found absent, as [`Metadata::set`]
+    /// would, without looking for it again.
+    pub(crate) fn push_absent(&mut self, key: &str, value: &str) {
+        debug_assert!(!self.contains(key));
+        self.dirty = true;
+        if let (Some(k), Some(v)) = (self.slot(key), self.slot(value)) {
+            self.entries.push((k, v));
         }
     }
 

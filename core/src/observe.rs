@@ -36,6 +36,18 @@ pub fn new_request_id() -> String {
     request_id_into(&mut out).to_owned()
 }
 
+/// The two lowercase hex digits of each byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
 /// Writes a random version 4 UUID into `out`, and returns it as text. The bits come from
 /// a generator of the calling thread (xoshiro256++, seeded from the operating system's
 /// entropy when the thread first asks): request ids have to be unique, not secret, and
@@ -45,19 +57,17 @@ fn request_id_into(out: &mut [u8; 36]) -> &str {
     thread_local! {
         static RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_entropy());
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let v: u128 = RNG.with(|r| r.borrow_mut().gen());
     // Version 4, variant 10.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut at = 0;
-    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[at] = b'-';
-            at += 1;
-        }
-        out[at] = HEX[usize::from(byte >> 4)];
-        out[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
+    // Where each byte's two digits go: the dashes are at 8, 13, 18 and 23. A fixed
+    // number of table lookups, which the compiler unrolls.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (&at, byte) in AT.iter().zip(v.to_be_bytes()) {
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+    for dash in [8, 13, 18, 23] {
+        out[dash] = b'-';
     }
     // Only ASCII hex digits and dashes were written.
     std::str::from_utf8(out).unwrap_or_default()
@@ -108,7 +118,8 @@ pub fn child_traceparent(parent: &str) -> Option<String> {
 pub fn propagate(tracing: &config::Tracing, req: &mut Message) {
     if tracing.request_id && !req.metadata.contains(REQUEST_ID) {
         let mut id = [0u8; 36];
-        req.metadata.set(REQUEST_ID, request_id_into(&mut id));
+        req.metadata
+            .push_absent(REQUEST_ID, request_id_into(&mut id));
     }
     if tracing.traceparent {
         if let Some(child) = req.metadata.get(TRACEPARENT).and_then(child_traceparent) {
@@ -643,6 +654,13 @@ impl Drop for Observed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_pairs_are_each_bytes_two_digits() {
+        for b in 0..=255u8 {
+            assert_eq!(HEX_PAIRS[usize::from(b)], *format!("{b:02x}").as_bytes());
+        }
+    }
 
     #[test]
     fn request_ids_are_version_4_uuids() {
