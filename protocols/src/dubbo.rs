@@ -320,24 +320,26 @@ fn read_attachments(
 }
 
 impl DubboCodec {
-    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, String> {
-        let kind = if h.is_event() {
+    /// Reads the request `msg` (made around its frame by `decode`, which returns it: a
+    /// message is filled where it is, not moved from call to call).
+    fn decode_request(&self, h: &Header, msg: &mut Message) -> Result<(), String> {
+        msg.kind = if h.is_event() {
             MessageKind::Heartbeat
         } else if h.is_two_way() {
             MessageKind::Request
         } else {
             MessageKind::OnewayRequest
         };
-        let mut msg = Message::new(kind, h.request_id as u64, frame.clone());
+        let frame = msg.frame.clone();
         if h.is_event() {
             // Heartbeats carry a null body; any other event payload is an "other event".
             if frame.get(HEADER_LEN..) != Some(b"N") && frame.len() > HEADER_LEN {
                 msg.kind = MessageKind::Event;
             }
-            return Ok(msg);
+            return Ok(());
         }
         if h.serialization() != HESSIAN2 {
-            return Ok(msg);
+            return Ok(());
         }
         let body = &frame[HEADER_LEN..];
         let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
@@ -384,22 +386,23 @@ impl DubboCodec {
             msg.layout[BITS] = bits;
             Ok(())
         })();
-        result.map(|()| msg)
+        result
     }
 
-    fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Message, String> {
-        let kind = if h.is_event() {
+    /// Reads the response `msg`, as [`DubboCodec::decode_request`] reads a request.
+    fn decode_response(&self, h: &Header, msg: &mut Message) -> Result<(), String> {
+        msg.kind = if h.is_event() {
             MessageKind::Heartbeat
         } else if h.status == status::OK {
             MessageKind::Response
         } else {
             MessageKind::Error
         };
-        let mut msg = Message::new(kind, h.request_id as u64, frame.clone());
         msg.status = Some(u32::from(h.status));
         if h.is_event() || h.status != status::OK || h.serialization() != HESSIAN2 {
-            return Ok(msg);
+            return Ok(());
         }
+        let frame = msg.frame.clone();
         let body = &frame[HEADER_LEN..];
         let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
         let flag = d.read_i32().map_err(|e| format!("response flag: {e}"))?;
@@ -423,7 +426,7 @@ impl DubboCodec {
             }
             other => return Err(format!("unknown response flag {other}")),
         }
-        Ok(msg)
+        Ok(())
     }
 }
 
@@ -470,9 +473,10 @@ impl Codec for DubboCodec {
             return Ok(None);
         }
         let frame = buf.split_to(total).freeze();
+        let mut msg = Message::new(MessageKind::Request, h.request_id as u64, frame);
         if h.is_request() {
-            match self.decode_request(&h, frame) {
-                Ok(m) => Ok(Some(m)),
+            match self.decode_request(&h, &mut msg) {
+                Ok(()) => Ok(Some(msg)),
                 Err(detail) => {
                     let action = if h.is_two_way() {
                         ErrorAction::Reply(Box::new(error_response(
@@ -491,9 +495,10 @@ impl Codec for DubboCodec {
                 }
             }
         } else {
-            self.decode_response(&h, frame)
-                .map(Some)
-                .map_err(|detail| DecodeError::close("malformed_body", detail))
+            match self.decode_response(&h, &mut msg) {
+                Ok(()) => Ok(Some(msg)),
+                Err(detail) => Err(DecodeError::close("malformed_body", detail)),
+            }
         }
     }
 
