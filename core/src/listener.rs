@@ -37,13 +37,11 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// not read until one finishes, so a client cannot pile up unbounded work.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
-/// What a downstream writer is asked to write.
-// Nearly every item is a message; boxing it to shrink the rare `Close` would cost an
-// allocation per response.
-#[allow(clippy::large_enum_variant)]
+/// What a downstream writer is asked to write: each request's future returns one, and it
+/// is moved several times on its way to the encoder, so it holds its messages boxed.
 enum Outgoing {
-    /// A message to encode with this request id.
-    Message(Message, u64),
+    /// A message to encode with this request id (a local reply or a heartbeat's answer).
+    Message(Box<Message>, u64),
     /// An upstream response with the request it answers, so that a response that
     /// cannot be encoded is replaced by an `internal` local reply.
     Response(Box<Message>, u64, Arc<Message>),
@@ -169,7 +167,7 @@ async fn serve_multiplexed(
                                 &ctx,
                                 &mut *encoder,
                                 &mut out,
-                                Outgoing::Message(reply, id),
+                                Outgoing::Message(Box::new(reply), id),
                             );
                         }
                     }
@@ -195,7 +193,7 @@ async fn serve_multiplexed(
                     if let Some(m) = reply {
                         ctx.stats.local_reply(LocalReplyKind::BadRequest);
                         let id = m.request_id;
-                        encode_reply(&ctx, &mut *encoder, &mut out, Outgoing::Message(*m, id));
+                        encode_reply(&ctx, &mut *encoder, &mut out, Outgoing::Message(m, id));
                     }
                     if close {
                         reading = false;
@@ -321,7 +319,7 @@ fn local_reply(
     if let Some(obs) = obs {
         obs.answer(&*ctx.protocol, &reply, Some(kind));
     }
-    Some(Outgoing::Message(reply, req.request_id))
+    Some(Outgoing::Message(Box::new(reply), req.request_id))
 }
 
 /// Where the router sent a request.
