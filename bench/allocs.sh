@@ -45,7 +45,7 @@ PIDS+=($!)
 CONFIG="$(metamesh_config "$PROTOCOL" "$P" "$E1" "$E2" 0 "" "")"
 "$MM" proxy --config "$CONFIG" >"$OUT/proxy.log" 2>&1 &
 MMPID=$!; PIDS+=("$MMPID")
-for _ in $(seq 1 100); do grep -q '"event":"ready"' "$OUT/proxy.log" && break; sleep 0.1; done
+wait_ready "$OUT/proxy.log" "$MMPID"
 
 "$BENCH" load --protocol "$PROTOCOL" --target "127.0.0.1:$P" --connections 4 --rate "$RATE" \
     --batchjob-every 3 --warmup 1s --duration "$((SECONDS_COUNTED + 3))s" >"$OUT/load.json" &

@@ -82,3 +82,17 @@ perf_tool_setup() {
     tool_setup "$1"
     command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)" >&2; exit 1; }
 }
+
+# Waits until the proxy whose output goes to log $1 (process $2) says it is ready: up to
+# 60 s, as a machine busy with other work can take seconds to start it. Fails when the
+# process exits or the time runs out.
+wait_ready() {
+    local i
+    for i in $(seq 1 600); do
+        grep -q '"event":"ready"' "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { echo "the proxy exited (see $1)" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "the proxy was not ready after 60 s (see $1)" >&2
+    return 1
+}

@@ -47,8 +47,7 @@ round() {
     cfg="$(metamesh_config "$PROTOCOL" "$port" "$E1" "$E2" 0 "" "")"
     "$bin" proxy --config "$cfg" >"$OUT/proxy.$index.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 100); do grep -q '"event":"ready"' "$OUT/proxy.$index.log" && break; sleep 0.1; done
-    grep -q '"event":"ready"' "$OUT/proxy.$index.log" || { echo "$bin did not start" >&2; exit 1; }
+    wait_ready "$OUT/proxy.$index.log" "$pid" || { echo "$bin did not start" >&2; exit 1; }
     "$BENCH" load --protocol "$PROTOCOL" --target "127.0.0.1:$port" "${LOAD[@]}" \
         --batchjob-every 3 --warmup 1s --duration "${DURATION}s" --measure-pid "$pid" \
         >"$OUT/load.json"

@@ -27,7 +27,7 @@ NOID=; [ "${TRACING:-on}" = off ] && NOID=noid
 CONFIG="$(metamesh_config dubbo "$P" "$E1" "$E2" "$ROUTES" "" "$NOID")"
 "$MM" proxy --config "$CONFIG" >"$OUT/proxy.log" 2>&1 &
 MMPID=$!; PIDS+=("$MMPID")
-for _ in $(seq 1 100); do grep -q '"event":"ready"' "$OUT/proxy.log" && break; sleep 0.1; done
+wait_ready "$OUT/proxy.log" "$MMPID"
 
 LOAD=(--connections 4 --inflight 32)
 [ -n "${RATE:-}" ] && LOAD=(--connections 4 --rate "$RATE")
