@@ -324,6 +324,7 @@ impl Metadata {
 
     /// The position of `b` when it is a slice of the source frame (not yet checked to be
     /// UTF-8).
+    #[inline]
     fn in_source(&self, b: &[u8]) -> Option<Slot> {
         let at = (b.as_ptr() as usize).wrapping_sub(self.source.as_ptr() as usize);
         if b.is_empty() || at >= self.source.len() || b.len() > self.source.len() - at {
@@ -355,9 +356,20 @@ impl Metadata {
 
     /// Where `b` is kept, as [`Metadata::slot`] does for text; `None` when `b` is not
     /// UTF-8. Bytes of the source frame are checked (one ASCII pass for most), not copied.
+    /// That case, nearly every decoded key and value, is inlined into the decoder;
+    /// anything else takes [`Metadata::slot_bytes_slow`].
+    #[inline]
     fn slot_bytes(&mut self, b: &[u8]) -> Option<Slot> {
         match self.in_source(b) {
-            Some(slot) if b.is_ascii() || std::str::from_utf8(b).is_ok() => Some(slot),
+            Some(slot) if b.is_ascii() => Some(slot),
+            _ => self.slot_bytes_slow(b),
+        }
+    }
+
+    #[inline(never)]
+    fn slot_bytes_slow(&mut self, b: &[u8]) -> Option<Slot> {
+        match self.in_source(b) {
+            Some(slot) if std::str::from_utf8(b).is_ok() => Some(slot),
             // A well-known text needs no check.
             _ => known(b).or_else(|| self.slot(std::str::from_utf8(b).ok()?)),
         }
@@ -433,6 +445,7 @@ impl Metadata {
     /// of the source frame ([`Metadata::with_source`]) are kept where they are, checked
     /// once to be UTF-8 (a plain ASCII check for most). Adds nothing and returns false
     /// when either is not UTF-8.
+    #[inline]
     pub fn push_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
         let (k, v) = (self.slot_bytes(key), self.slot_bytes(value));
         self.push_entry(k, v)
