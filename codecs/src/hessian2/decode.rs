@@ -138,7 +138,7 @@ impl<'a> Decoder<'a> {
             _ => return None,
         };
         let bytes = buf.get(start..start + units)?;
-        if !bytes.is_ascii() {
+        if !super::utf8::is_ascii(bytes) {
             return None;
         }
         self.cur.pos = start + units;

@@ -936,3 +936,16 @@ fn i32_len_is_what_write_i32_writes() {
         assert_eq!(i32_len(v), written.len(), "{v}");
     }
 }
+
+#[test]
+fn the_ascii_check_finds_a_high_byte_wherever_it_is() {
+    for len in 0..70 {
+        let text = vec![b'a'; len];
+        assert!(super::utf8::is_ascii(&text), "{len}");
+        for at in 0..len {
+            let mut bytes = text.clone();
+            bytes[at] = 0x80 | (at as u8);
+            assert!(!super::utf8::is_ascii(&bytes), "{len} {at}");
+        }
+    }
+}
