@@ -503,24 +503,14 @@ fn seq_id_bytes(layout: &Layout, seq_id: i32, out: &mut Vec<u8>) {
 }
 
 /// `seq_id` as `layout`'s serialization writes it: four bytes, or a varint of up to five.
-fn seq_id_wire(layout: &Layout, seq_id: i32) -> ([u8; 5], usize) {
-    let mut out = [0u8; 5];
+fn seq_id_wire(layout: &Layout, seq_id: i32) -> ([u8; 10], usize) {
     match layout.protocol {
         Serialization::Binary => {
+            let mut out = [0u8; 10];
             out[..4].copy_from_slice(&seq_id.to_be_bytes());
             (out, 4)
         }
-        Serialization::Compact => {
-            let mut v = seq_id as u32;
-            let mut n = 0;
-            while v >= 0x80 {
-                out[n] = (v as u8) | 0x80;
-                v >>= 7;
-                n += 1;
-            }
-            out[n] = v as u8;
-            (out, n + 1)
-        }
+        Serialization::Compact => wire::varint(u64::from(seq_id as u32)),
     }
 }
 

@@ -23,7 +23,7 @@ pub use transport::{
     InfoKind, HEADER_FIXED_LEN, HEADER_MAGIC, MAX_HEADER_SECTION,
 };
 pub use write::{
-    write_exception, write_frame, write_varint, Exception, Framing, HeaderPrefix, Writer,
+    varint, write_exception, write_frame, write_varint, Exception, Framing, HeaderPrefix, Writer,
 };
 
 use thiserror::Error;

@@ -8,12 +8,23 @@ use super::{
 };
 
 /// Appends `v` as an unsigned LEB128 varint.
-pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn write_varint(out: &mut Vec<u8>, v: u64) {
+    let (bytes, len) = varint(v);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `v` as an unsigned LEB128 varint: the bytes, of which the first `len` are used (at
+/// most ten), for a writer that has no `Vec` to append to.
+pub fn varint(mut v: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        bytes[len] = (v as u8) | 0x80;
         v >>= 7;
+        len += 1;
     }
-    out.push(v as u8);
+    bytes[len] = v as u8;
+    (bytes, len + 1)
 }
 
 fn zigzag32(v: i32) -> u64 {
