@@ -707,12 +707,14 @@ async fn forward(
             return up_wr.flush().await.map_err(|_| BodyError::Upstream);
         }
         // The head leaves with the first body piece (or alone, if that is not read yet).
-        pump_body(
+        // Boxed: only a request whose body streams needs the pump's state, and every
+        // request's exchange would otherwise keep room for it.
+        Box::pin(pump_body(
             ctx,
             (down_rd, down_buf, down_codec),
             (up_wr, up_codec),
             body_in,
-        )
+        ))
         .await
         .map_err(|e| match e {
             Pump::Read => BodyError::Downstream,
