@@ -330,10 +330,9 @@ impl DubboCodec {
         } else {
             MessageKind::OnewayRequest
         };
-        let frame = msg.frame.clone();
         if h.is_event() {
             // Heartbeats carry a null body; any other event payload is an "other event".
-            if frame.get(HEADER_LEN..) != Some(b"N") && frame.len() > HEADER_LEN {
+            if msg.frame.get(HEADER_LEN..) != Some(b"N") && msg.frame.len() > HEADER_LEN {
                 msg.kind = MessageKind::Event;
             }
             return Ok(());
@@ -341,52 +340,55 @@ impl DubboCodec {
         if h.serialization() != HESSIAN2 {
             return Ok(());
         }
-        let body = &frame[HEADER_LEN..];
-        let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
-        let result = (|| -> Result<(), String> {
-            let dubbo_version = read_utf8(&mut d).map_err(hessian_err)?;
-            let supports = supports_response_attachments(&dubbo_version);
-            let path = read_utf8(&mut d).map_err(hessian_err)?;
-            let version = match d.peek_tag() {
-                Some(b'N') => {
-                    d.skip_value().map_err(hessian_err)?;
-                    Cow::Borrowed(&b""[..])
-                }
-                _ => read_utf8(&mut d).map_err(hessian_err)?,
-            };
-            let method = read_utf8(&mut d).map_err(hessian_err)?;
-            let descriptor = read_utf8(&mut d).map_err(hessian_err)?;
-            let n = count_parameters(&descriptor).ok_or_else(|| {
-                format!(
-                    "invalid parameter descriptor {:?}",
-                    String::from_utf8_lossy(&descriptor)
-                )
-            })?;
-            // All UTF-8 (ASCII, or decoded), so every entry is added.
-            let [interface, method_key, version_key] = BODY_KEYS;
-            msg.metadata.push_decoded_bytes(interface, &path);
-            msg.metadata.push_decoded_bytes(method_key, &method);
-            msg.metadata.push_decoded_bytes(version_key, &version);
-            for i in 0..n {
-                d.skip_value()
-                    .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
+        // The body is read from the frame while the entries go into the metadata.
+        let Message {
+            frame,
+            metadata,
+            layout,
+            ..
+        } = msg;
+        let mut d = Decoder::new(&frame[HEADER_LEN..]).with_max_depth(MAX_DEPTH);
+        let dubbo_version = read_utf8(&mut d).map_err(hessian_err)?;
+        let supports = supports_response_attachments(&dubbo_version);
+        let path = read_utf8(&mut d).map_err(hessian_err)?;
+        let version = match d.peek_tag() {
+            Some(b'N') => {
+                d.skip_value().map_err(hessian_err)?;
+                Cow::Borrowed(&b""[..])
             }
-            let mut bits = if supports {
-                BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS
-            } else {
-                0
-            };
-            if !d.is_empty() {
-                let start = HEADER_LEN + d.position();
-                bits |= read_attachments(&mut d, &mut msg.metadata, true)
-                    .map_err(|e| format!("attachments: {}", hessian_err(e)))?;
-                msg.layout[ATTACH_START] = start as u32;
-                msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
-            }
-            msg.layout[BITS] = bits;
-            Ok(())
-        })();
-        result
+            _ => read_utf8(&mut d).map_err(hessian_err)?,
+        };
+        let method = read_utf8(&mut d).map_err(hessian_err)?;
+        let descriptor = read_utf8(&mut d).map_err(hessian_err)?;
+        let n = count_parameters(&descriptor).ok_or_else(|| {
+            format!(
+                "invalid parameter descriptor {:?}",
+                String::from_utf8_lossy(&descriptor)
+            )
+        })?;
+        // All UTF-8 (ASCII, or decoded), so every entry is added.
+        let [interface, method_key, version_key] = BODY_KEYS;
+        metadata.push_decoded_bytes(interface, &path);
+        metadata.push_decoded_bytes(method_key, &method);
+        metadata.push_decoded_bytes(version_key, &version);
+        for i in 0..n {
+            d.skip_value()
+                .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;
+        }
+        let mut bits = if supports {
+            BIT_CLIENT_TAKES_RESPONSE_ATTACHMENTS
+        } else {
+            0
+        };
+        if !d.is_empty() {
+            let start = HEADER_LEN + d.position();
+            bits |= read_attachments(&mut d, metadata, true)
+                .map_err(|e| format!("attachments: {}", hessian_err(e)))?;
+            layout[ATTACH_START] = start as u32;
+            layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
+        }
+        layout[BITS] = bits;
+        Ok(())
     }
 
     /// Reads the response `msg`, as [`DubboCodec::decode_request`] reads a request.
@@ -402,11 +404,15 @@ impl DubboCodec {
         if h.is_event() || h.status != status::OK || h.serialization() != HESSIAN2 {
             return Ok(());
         }
-        let frame = msg.frame.clone();
-        let body = &frame[HEADER_LEN..];
-        let mut d = Decoder::new(body).with_max_depth(MAX_DEPTH);
+        let Message {
+            frame,
+            metadata,
+            layout,
+            ..
+        } = msg;
+        let mut d = Decoder::new(&frame[HEADER_LEN..]).with_max_depth(MAX_DEPTH);
         let flag = d.read_i32().map_err(|e| format!("response flag: {e}"))?;
-        msg.layout[FLAG_END] = (HEADER_LEN + d.position()) as u32;
+        layout[FLAG_END] = (HEADER_LEN + d.position()) as u32;
         match flag {
             response_flag::EXCEPTION | response_flag::VALUE => {
                 d.skip_value().map_err(|e| format!("response value: {e}"))?
@@ -419,10 +425,10 @@ impl DubboCodec {
                     d.skip_value().map_err(|e| format!("response value: {e}"))?;
                 }
                 let start = HEADER_LEN + d.position();
-                read_attachments(&mut d, &mut msg.metadata, false)
+                read_attachments(&mut d, metadata, false)
                     .map_err(|e| format!("response attachments: {e}"))?;
-                msg.layout[ATTACH_START] = start as u32;
-                msg.layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
+                layout[ATTACH_START] = start as u32;
+                layout[ATTACH_END] = (HEADER_LEN + d.position()) as u32;
             }
             other => return Err(format!("unknown response flag {other}")),
         }
