@@ -21,12 +21,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crate::stats::Counter;
 use bytestring::ByteString;
 use mlua::{
     chunk::ChunkMode, AnyUserData, Function, HookTriggers, Lua, LuaOptions, StdLib, UserData,
     UserDataMethods, Value, VmState,
 };
-use prometheus_client::metrics::counter::Counter;
 
 use crate::config;
 use crate::message::{Message, Metadata};

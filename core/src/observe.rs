@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 use tokio::time::Instant;
 
 use crate::config::{self, AccessLogFormat};

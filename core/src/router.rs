@@ -15,8 +15,8 @@ use crate::config::{self, RetryOn};
 use crate::lua::HookProgram;
 use crate::message::Metadata;
 use crate::ratelimit::TokenBucket;
+use crate::stats::Counter;
 use crate::stats::{ByClass, MirrorStats, Stats};
-use prometheus_client::metrics::counter::Counter;
 
 /// One attribute condition.
 #[derive(Debug)]

@@ -1,13 +1,17 @@
 //! Proxy metrics through prometheus-client. Families are created once; listeners and
 //! clusters resolve their labelled handles when they are built, so the request path only
 //! increments atomics.
+//!
+//! The metrics a request moves ([`Counter`], [`ActiveGauge`], [`LatencyHistogram`]) keep
+//! one cache line per worker thread and are summed when read: two workers counting the
+//! same requests never write to the same line, so neither waits for the other's core to
+//! hand it over (on a busy proxy, that wait costs more than the count).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
@@ -201,13 +205,13 @@ pub struct Stats {
     hook_calls_total: Family<HookLabels, Counter>,
     hook_errors_total: Family<HookReasonLabels, Counter>,
     hook_rejected_total: Family<HookLabels, Counter>,
-    downstream_rq_active: Family<ListenerLabels, Gauge>,
+    downstream_rq_active: Family<ListenerLabels, ActiveGauge>,
     downstream_rq_duration: Family<ListenerLabels, LatencyHistogram>,
     downstream_response_total: Family<ListenerClassLabels, Counter>,
     downstream_rx_bytes_total: Family<ListenerLabels, Counter>,
     downstream_tx_bytes_total: Family<ListenerLabels, Counter>,
     route_response_total: Family<RouteClassLabels, Counter>,
-    upstream_rq_active: Family<ClusterLabels, Gauge>,
+    upstream_rq_active: Family<ClusterLabels, ActiveGauge>,
     upstream_cx_active: Family<ClusterLabels, Gauge>,
     upstream_rq_duration: Family<ClusterLabels, LatencyHistogram>,
     upstream_response_total: Family<ClusterClassLabels, Counter>,
@@ -641,7 +645,7 @@ impl Stats {
 pub struct ListenerStats {
     name: Arc<str>,
     /// Requests being handled.
-    pub rq_active: Gauge,
+    pub rq_active: ActiveGauge,
     /// Request durations.
     pub rq_duration: LatencyHistogram,
     /// Answers by class.
@@ -700,7 +704,7 @@ pub struct MirrorStats {
 pub struct ClusterStats {
     name: Arc<str>,
     /// Requests in flight.
-    pub rq_active: Gauge,
+    pub rq_active: ActiveGauge,
     /// Open connections.
     pub cx_active: Gauge,
     /// Time to the response head, per attempt.
@@ -835,13 +839,150 @@ const LATENCY_BOUNDS_NS: [u64; 18] = [
     10_000_000_000,
 ];
 
+/// A cache line of its own for one worker's share of a metric.
+#[derive(Default)]
+#[repr(align(64))]
+struct Line<T>(T);
+
+/// One share per worker thread, and one for every other thread.
+fn shares<T: Default>() -> Arc<[Line<T>]> {
+    (0..crate::worker::stats_shares())
+        .map(|_| Line::default())
+        .collect()
+}
+
+/// The calling thread's share of `lines` (the first when it is not a worker's). `None`
+/// only for no shares at all, which [`shares`] never makes.
+#[inline]
+fn share<T>(lines: &[Line<T>]) -> Option<&T> {
+    lines
+        .get(crate::worker::stats_share())
+        .or_else(|| lines.first())
+        .map(|l| &l.0)
+}
+
+/// A number kept in per-worker shares of wrapping additions, summed when read.
+#[derive(Clone)]
+struct Shares(Arc<[Line<AtomicU64>]>);
+
+impl Default for Shares {
+    fn default() -> Self {
+        Shares(shares())
+    }
+}
+
+impl Shares {
+    #[inline]
+    fn add(&self, v: u64) {
+        if let Some(n) = share(&self.0) {
+            n.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |n, l| n.wrapping_add(l.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl std::fmt::Debug for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.sum().fmt(f)
+    }
+}
+
+/// A monotonic counter, kept per worker thread and summed when read.
+#[derive(Clone, Default, Debug)]
+pub struct Counter(Shares);
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.add(1);
+    }
+
+    /// Adds `v`.
+    #[inline]
+    pub fn inc_by(&self, v: u64) {
+        self.0.add(v);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.sum()
+    }
+}
+
+impl TypedMetric for Counter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge of things in progress (requests being handled), moved only up and down by one,
+/// kept per worker thread and summed when read. A thing may end on another thread than
+/// the one it started on: a share may go below zero, and the sum is still right (the
+/// shares add up in two's complement).
+#[derive(Clone, Default, Debug)]
+pub struct ActiveGauge(Shares);
+
+impl ActiveGauge {
+    /// One more in progress.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.add(1);
+    }
+
+    /// One fewer in progress.
+    #[inline]
+    pub fn dec(&self) {
+        self.0.add(u64::MAX);
+    }
+
+    /// In progress now.
+    pub fn get(&self) -> i64 {
+        self.0.sum() as i64
+    }
+}
+
+impl TypedMetric for ActiveGauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for ActiveGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// A latency histogram with fixed buckets (25 µs to 10 s) that records with three
-/// relaxed atomic additions and no lock. Rendered in seconds.
-#[derive(Clone, Default)]
-pub struct LatencyHistogram(Arc<HistogramInner>);
+/// relaxed atomic additions to the calling worker's share, and no lock. Rendered in
+/// seconds.
+#[derive(Clone)]
+pub struct LatencyHistogram(Arc<[Line<HistogramShare>]>);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(shares())
+    }
+}
 
 #[derive(Default)]
-struct HistogramInner {
+struct HistogramShare {
     /// Per bucket (not cumulative); the last one is `+Inf`.
     buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
     count: AtomicU64,
@@ -856,14 +997,19 @@ impl LatencyHistogram {
             .iter()
             .position(|b| ns <= *b)
             .unwrap_or(LATENCY_BOUNDS_NS.len());
-        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        let Some(share) = share(&self.0) else { return };
+        if let Some(bucket) = share.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        share.count.fetch_add(1, Ordering::Relaxed);
+        share.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
+        self.0.iter().fold(0u64, |n, l| {
+            n.wrapping_add(l.0.count.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -881,21 +1027,114 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_NS.len() + 1);
-        let mut count = 0;
-        for (i, b) in self.0.buckets.iter().enumerate() {
-            let n = b.load(Ordering::Relaxed);
-            count += n;
-            let bound = LATENCY_BOUNDS_NS
-                .get(i)
-                .map_or(f64::MAX, |ns| *ns as f64 / 1e9);
-            buckets.push((bound, n));
+        let mut counts = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+        let mut sum_ns = 0u64;
+        for line in self.0.iter() {
+            for (n, b) in counts.iter_mut().zip(&line.0.buckets) {
+                *n = n.wrapping_add(b.load(Ordering::Relaxed));
+            }
+            sum_ns = sum_ns.wrapping_add(line.0.sum_ns.load(Ordering::Relaxed));
         }
-        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        let count = counts.iter().sum();
+        let buckets: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let bound = LATENCY_BOUNDS_NS
+                    .get(i)
+                    .map_or(f64::MAX, |ns| *ns as f64 / 1e9);
+                (bound, *n)
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
         Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::Workers;
+    use tokio_util::task::TaskTracker;
+
+    /// Which shares of `lines` hold something.
+    fn written<T>(lines: &[Line<T>], nonzero: impl Fn(&T) -> bool) -> Vec<usize> {
+        (0..lines.len()).filter(|i| nonzero(&lines[*i].0)).collect()
+    }
+
+    #[tokio::test]
+    async fn each_worker_counts_in_its_own_share_and_reads_sum_them() {
+        let counter = Counter::default();
+        let gauge = ActiveGauge::default();
+        let histogram = LatencyHistogram::default();
+        assert_eq!(counter.0 .0.len(), crate::worker::connection_groups() + 1);
+        // A thread that is not a worker's writes the first share.
+        counter.inc_by(5);
+        gauge.inc();
+        gauge.inc();
+        histogram.observe(Duration::from_micros(30));
+        assert_eq!(
+            written(&counter.0 .0, |n| n.load(Ordering::Relaxed) > 0),
+            [0]
+        );
+
+        let workers = Workers::start(2).unwrap();
+        let tracker = TaskTracker::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..2 {
+            let (counter, gauge, histogram, tx) = (
+                counter.clone(),
+                gauge.clone(),
+                histogram.clone(),
+                tx.clone(),
+            );
+            workers.spawn(&tracker, async move {
+                counter.inc();
+                counter.inc_by(10);
+                // A request that started on another thread ends on this one: this
+                // worker's share goes below zero.
+                gauge.dec();
+                histogram.observe(Duration::from_millis(2));
+                let _ = tx.send(());
+            });
+        }
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+
+        assert_eq!(counter.get(), 5 + 2 * 11);
+        assert_eq!(gauge.get(), 0);
+        gauge.inc();
+        assert_eq!(gauge.get(), 1);
+        assert_eq!(histogram.count(), 3);
+        let shares = written(&counter.0 .0, |n| n.load(Ordering::Relaxed) > 0);
+        if crate::worker::connection_groups() >= 2 {
+            // The two workers wrote apart from each other and from the first share.
+            assert_eq!(shares, [0, 1, 2]);
+        } else {
+            assert_eq!(shares, [0, 1]);
+        }
+        // Shares are a cache line apart.
+        assert!(std::mem::align_of::<Line<HistogramShare>>() >= 64);
+
+        let mut registry = Registry::default();
+        registry.register("requests", "", counter.clone());
+        registry.register("active", "", gauge.clone());
+        registry.register("latency_seconds", "", histogram.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("requests_total 27\n"), "{text}");
+        assert!(text.contains("active 1\n"), "{text}");
+        assert!(text.contains("latency_seconds_count 3\n"), "{text}");
+        assert!(
+            text.contains("latency_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_seconds_bucket{le=\"0.0025\"} 3\n"),
+            "{text}"
+        );
     }
 }

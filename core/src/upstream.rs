@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};

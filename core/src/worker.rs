@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 thread_local! {
     /// The index of the worker running on this thread.
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The share of per-worker metrics this thread writes (0: not a worker).
+    static SHARE: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The index of the worker this thread runs, if it is one.
@@ -36,6 +38,18 @@ pub(crate) fn connection_groups() -> usize {
 /// The group of upstream connections the calling thread uses.
 pub(crate) fn connection_group() -> usize {
     current().map_or(0, |w| w % connection_groups())
+}
+
+/// How many shares a per-worker metric keeps: one per connection group (so each worker
+/// of a default proxy writes its own), and one for every other thread.
+pub(crate) fn stats_shares() -> usize {
+    connection_groups() + 1
+}
+
+/// The share of a per-worker metric the calling thread writes.
+#[inline]
+pub(crate) fn stats_share() -> usize {
+    SHARE.with(Cell::get)
 }
 
 /// Workers a proxy runs when not told: one per CPU the process may use.
@@ -73,6 +87,7 @@ impl Workers {
                 .name(format!("metamesh-worker-{index}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(index)));
+                    SHARE.with(|c| c.set(1 + index % connection_groups()));
                     runtime.block_on(keep_timer_near(stop));
                 })?;
             workers.handles.push(handle);
