@@ -372,7 +372,7 @@ fn exchange<'a>(
     async move {
         ctx.stats.rq_total.inc();
         let snapshot = ctx.store.load();
-        let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, peer);
+        let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, (peer, Instant::now()));
         let Routed {
             route,
             cluster,
@@ -453,7 +453,7 @@ async fn attempts(
         exclude = Some(index);
         let pool: &EndpointPool = &endpoint.pool;
         obs.attempt(&cluster.name, pool.address());
-        let active = pool.begin_request();
+        let active = pool.begin_request(Instant::now());
         let remaining = deadline.saturating_duration_since(Instant::now());
         let this_try = per_try.map_or(remaining, |t| t.min(remaining));
         // An error response is held back for a retry only when one could follow.
@@ -644,7 +644,7 @@ pub(crate) async fn exchange_once(
     pool: &EndpointPool,
     req: &Message,
 ) -> Result<MessageKind, UpstreamError> {
-    let _active = pool.begin_request();
+    let _active = pool.begin_request(Instant::now());
     let mut up = pool.checkout().await?;
     send(&mut up.wr, encode(&up.codec, req))
         .await

@@ -146,6 +146,9 @@ async fn serve_multiplexed(
     let wait = shutdown.cancelled();
     tokio::pin!(wait);
     let mut cancelled = crate::shutdown::Shutdown::new(&shutdown, wait);
+    // When the bytes being decoded were read: the start of each request decoded from
+    // them (one clock read per read, however many requests it brought).
+    let mut read_at = Instant::now();
 
     loop {
         // Decode what was read while the connection may take more requests.
@@ -156,7 +159,8 @@ async fn serve_multiplexed(
                         ctx.stats.rq_total.inc();
                         // The request is put on the heap once; its state holds a pointer.
                         let msg = Arc::new(msg);
-                        let request: Request<'_> = Box::pin(handle_request(&ctx, msg, peer));
+                        let from = (peer, read_at);
+                        let request: Request<'_> = Box::pin(handle_request(&ctx, msg, from));
                         requests.push(request);
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
@@ -242,7 +246,7 @@ async fn serve_multiplexed(
                     }
                     reading = false;
                 }
-                Ok(_) => {}
+                Ok(_) => read_at = Instant::now(),
                 Err(_) => reading = false,
             }
         }
@@ -459,15 +463,16 @@ pub(crate) fn route_request<'s>(
     })
 }
 
-/// Starts observing a request just decoded, and routes it.
+/// Starts observing a request just decoded (from `peer`, read at the instant given), and
+/// routes it.
 pub(crate) fn observe_and_route<'s>(
     ctx: &'s ListenerContext,
     snapshot: &'s Arc<Snapshot>,
     req: &mut Message,
-    peer: Option<std::net::SocketAddr>,
+    from: (Option<std::net::SocketAddr>, Instant),
 ) -> (Observed<'s>, Result<Routed<'s>, Refusal>) {
     let logger = snapshot.access_log.as_ref();
-    let mut obs = Observed::start(&ctx.stats, logger, &ctx.name, peer, req);
+    let mut obs = Observed::start(&ctx.stats, logger, &ctx.name, from, req);
     let routed = route_request(ctx, snapshot, req);
     obs.request(&*ctx.protocol, req);
     (obs, routed)
@@ -552,16 +557,17 @@ impl<'s> Retries<'s> {
     }
 }
 
-/// Routes one request and produces what goes back to the client.
+/// Routes one request (from `peer`, read at the instant given) and produces what goes
+/// back to the client.
 async fn handle_request(
     ctx: &ListenerContext,
     mut req: Arc<Message>,
-    peer: Option<std::net::SocketAddr>,
+    from: (Option<std::net::SocketAddr>, Instant),
 ) -> Option<Outgoing> {
     let downstream_id = req.request_id;
     let snapshot = ctx.store.load();
     // Not shared yet: routing changes the request in place, without a copy.
-    let (mut obs, routed) = observe_and_route(ctx, &snapshot, Arc::make_mut(&mut req), peer);
+    let (mut obs, routed) = observe_and_route(ctx, &snapshot, Arc::make_mut(&mut req), from);
     let Routed {
         route,
         cluster,
@@ -603,18 +609,20 @@ async fn handle_request(
         obs.attempt(&cluster.name, endpoint.pool.address());
         // The attempt ends at the request's deadline, or a per-try timeout from now when
         // that comes first: without a per-try timeout, no clock read per attempt.
-        let (try_deadline, this_try) = match per_try {
+        let (try_deadline, this_try, started) = match per_try {
             Some(t) => {
                 let now = Instant::now();
                 let end = (now + t).min(deadline);
-                (end, end.saturating_duration_since(now))
+                (end, end.saturating_duration_since(now), now)
             }
-            None => (deadline, total),
+            // The first attempt starts when the request was read; a retry, now.
+            None if retries.attempt == 1 => (deadline, total, obs.started()),
+            None => (deadline, total, Instant::now()),
         };
         // The connection answers with a timeout when the attempt's deadline passes.
         let call = endpoint
             .pool
-            .call(req.clone(), expect_response, try_deadline);
+            .call(req.clone(), expect_response, (try_deadline, started));
         // Only the wait outlives this block, so the request's state keeps no room for a
         // response (or a failure) while it sleeps before the next attempt.
         let wait = {

@@ -46,10 +46,11 @@ pub(crate) fn send(
             let (index, endpoint) = cluster.pick(hash, None)?;
             let expect_response = copy.kind != MessageKind::OnewayRequest;
             let outcome = if protocol.multiplexing() {
-                let deadline = tokio::time::Instant::now() + deadline;
-                let call = endpoint
-                    .pool
-                    .call(Arc::new(copy), expect_response, deadline);
+                let now = tokio::time::Instant::now();
+                let call =
+                    endpoint
+                        .pool
+                        .call(Arc::new(copy), expect_response, (now + deadline, now));
                 match call.await {
                     Ok(Some(resp)) if resp.kind == MessageKind::Error => Outcome::ErrorStatus,
                     Ok(_) => Outcome::Success,

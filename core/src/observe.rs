@@ -520,17 +520,17 @@ pub(crate) struct Observed<'s> {
 }
 
 impl<'s> Observed<'s> {
-    /// When the request was decoded.
+    /// When the request was read.
     pub(crate) fn started(&self) -> Instant {
         self.start
     }
 
-    /// Starts observing a request just decoded.
+    /// Starts observing a request just decoded, read at `received`.
     pub(crate) fn start(
         stats: &'s ListenerStats,
         logger: Option<&Arc<AccessLogger>>,
         listener: &Arc<str>,
-        peer: Option<SocketAddr>,
+        (peer, received): (Option<SocketAddr>, Instant),
         req: &Message,
     ) -> Observed<'s> {
         stats.rq_active.inc();
@@ -545,7 +545,7 @@ impl<'s> Observed<'s> {
         });
         Observed {
             stats,
-            start: Instant::now(),
+            start: received,
             route: None,
             class: None,
             rx_bytes: req.frame.len() as u64,

@@ -72,9 +72,9 @@ impl UpstreamError {
     }
 }
 
-/// A response, boxed: it is handed on several times before it is encoded, and a message
-/// is 600 bytes to copy.
-type Reply = Result<Box<Message>, UpstreamError>;
+/// A response, boxed (it is handed on several times before it is encoded, and a message
+/// is 600 bytes to copy), with when it was read.
+type Reply = Result<(Box<Message>, Instant), UpstreamError>;
 
 /// A request queued for an upstream writer.
 struct Outbound {
@@ -242,13 +242,14 @@ impl MuxConnection {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Sends `msg` and waits for its response (none when `expect_response` is false).
+    /// Sends `msg` and waits for its response (none when `expect_response` is false),
+    /// which comes with when it was read.
     async fn call(
         &self,
         msg: Arc<Message>,
         expect_response: bool,
         deadline: Instant,
-    ) -> Result<Option<Box<Message>>, UpstreamError> {
+    ) -> Result<Option<(Box<Message>, Instant)>, UpstreamError> {
         // Ids stay below 2^31 so that every protocol's id field (Thrift's is an i32) holds them.
         let id = (self.next_id.fetch_add(1, Ordering::Relaxed) % 0x7fff_fffe) + 1;
         let (rx, guard) = if expect_response {
@@ -274,7 +275,9 @@ impl MuxConnection {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(UpstreamError::Reset),
             Err(mpsc::error::TrySendError::Full(ob)) => {
-                match tokio::time::timeout_at(deadline, self.tx.send(ob)).await {
+                // Boxed: a writer this far behind is rare, and the wait's state (300
+                // bytes) would otherwise be part of every request's.
+                match Box::pin(tokio::time::timeout_at(deadline, self.tx.send(ob))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(UpstreamError::Reset),
                     Err(_) => return Err(UpstreamError::Timeout),
@@ -507,16 +510,14 @@ impl EndpointPool {
         }
     }
 
-    /// Counts a request sent to this endpoint; the guard counts it finished.
-    pub(crate) fn begin_request(&self) -> ActiveGuard<'_> {
+    /// Counts a request sent to this endpoint, whose attempt started at `start`; the
+    /// guard counts it finished.
+    pub(crate) fn begin_request(&self, start: Instant) -> ActiveGuard<'_> {
         self.stats.rq_total.inc();
         self.stats.rq_active.inc();
         self.requests.inc();
         self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard {
-            pool: self,
-            start: tokio::time::Instant::now(),
-        }
+        ActiveGuard { pool: self, start }
     }
 
     /// The metric handles of the endpoint's cluster.
@@ -546,17 +547,26 @@ impl EndpointPool {
         Ok(stream)
     }
 
-    /// Sends `msg` to the endpoint and waits for the response.
+    /// Sends `msg` to the endpoint and waits for the response, for an attempt that must
+    /// end by `deadline` and started at `started` (the time from it to the response is
+    /// the endpoint's request duration; the caller usually has a clock reading at hand).
     pub async fn call(
         &self,
         msg: Arc<Message>,
         expect_response: bool,
-        deadline: Instant,
+        (deadline, started): (Instant, Instant),
     ) -> Result<Option<Box<Message>>, UpstreamError> {
-        let active = self.begin_request();
+        let active = self.begin_request(started);
         let n = self.settings.connections.max(1);
         let group = crate::worker::connection_group() % (self.slots.len() / n);
-        let slot = &self.slots[group * n + self.next_slot.fetch_add(1, Ordering::Relaxed) % n];
+        // One connection per group (the default) needs no turn taking, and so no write
+        // to a counter every worker shares.
+        let turn = if n == 1 {
+            0
+        } else {
+            self.next_slot.fetch_add(1, Ordering::Relaxed) % n
+        };
+        let slot = &self.slots[group * n + turn];
         let conn = match Self::established(slot) {
             Some(c) => c,
             // Connecting is rare: its state is boxed so that every request's is smaller.
@@ -571,18 +581,21 @@ impl EndpointPool {
             }
         };
         let sent = msg.frame.len();
-        let r = conn.call(msg, expect_response, deadline).await;
-        match &r {
-            Err(e) => self.stats.rq_error(e.reason()),
-            Ok(Some(resp)) => {
-                let class = self.protocol.response_class(resp);
-                active.responded(class, sent, resp.frame.len() as u64);
+        match conn.call(msg, expect_response, deadline).await {
+            Err(e) => {
+                self.stats.rq_error(e.reason());
+                Err(e)
+            }
+            Ok(Some((resp, at))) => {
+                let class = self.protocol.response_class(&resp);
+                active.responded_at(at, class, sent, resp.frame.len() as u64);
+                Ok(Some(resp))
             }
             Ok(None) => {
                 self.stats.tx_bytes.inc_by(sent as u64);
+                Ok(None)
             }
         }
-        r
     }
 
     /// The slot's connection when it is open.
@@ -655,8 +668,21 @@ impl ActiveGuard<'_> {
     /// Records the response head: its class, the time to it, and the bytes of the
     /// request (`sent`) and the head (`received`).
     pub(crate) fn responded(&self, class: ResponseClass, sent: usize, received: u64) {
+        self.responded_at(Instant::now(), class, sent, received);
+    }
+
+    /// As [`Self::responded`], for a head read at `at`.
+    pub(crate) fn responded_at(
+        &self,
+        at: Instant,
+        class: ResponseClass,
+        sent: usize,
+        received: u64,
+    ) {
         let stats = &self.pool.stats;
-        stats.rq_duration.observe(self.start.elapsed());
+        stats
+            .rq_duration
+            .observe(at.saturating_duration_since(self.start));
         stats.responses.inc(class);
         self.pool.responses.inc(class);
         stats.tx_bytes.inc_by(sent as u64);
@@ -726,13 +752,15 @@ async fn read_loop(
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed = false;
+    // When the bytes being decoded were read (one clock read per read).
+    let mut read_at = Instant::now();
     'read: loop {
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(msg)) => match msg.kind {
                     MessageKind::Response | MessageKind::Error => {
                         if let Some(waiter) = shared.take(msg.request_id) {
-                            let _ = waiter.send(Ok(Box::new(msg)));
+                            let _ = waiter.send(Ok((Box::new(msg), read_at)));
                         }
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
@@ -780,7 +808,7 @@ async fn read_loop(
             }
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => read_at = Instant::now(),
             }
         }
     }
