@@ -51,11 +51,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         &mut self.inner
     }
 
-    /// Bytes gathered and not yet written.
-    pub(crate) fn pending(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Writes everything gathered.
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
@@ -70,15 +65,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await?;
         self.inner.shutdown().await
     }
-}
-
-/// Before a writer pays a syscall for what it gathered: lets the tasks that are about to
-/// queue a frame on `rx` run first (one yield), and returns the next frame if one came.
-/// Under load, the answers of many requests then leave in one write; an idle connection
-/// pays one yield.
-pub(crate) async fn gather<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> Option<T> {
-    tokio::task::yield_now().await;
-    rx.try_recv().ok()
 }
 
 /// Encoded frames waiting for a socket that is written without a task of its own: small
@@ -118,6 +104,21 @@ impl OutQueue {
         self.len
     }
 
+    /// Fills `slices` with what to write next, in order; returns how many it filled.
+    fn slices<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut count = 0;
+        for c in self.chunks.iter().take(MAX_IOVECS - 1) {
+            slices[count] = std::io::IoSlice::new(c);
+            count += 1;
+        }
+        // The tail follows the chunks: it goes only with the last of them.
+        if count == self.chunks.len() && !self.tail.is_empty() {
+            slices[count] = std::io::IoSlice::new(&self.tail);
+            count += 1;
+        }
+        count
+    }
+
     /// Writes what is queued until all of it is written (ready with `Ok`), the socket
     /// is full (pending; the task is woken when it drains) or the write fails.
     pub(crate) fn poll_write_to<W: AsyncWrite + Unpin>(
@@ -129,16 +130,7 @@ impl OutQueue {
         while self.len > 0 {
             let n = {
                 let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for c in self.chunks.iter().take(MAX_IOVECS - 1) {
-                    slices[count] = std::io::IoSlice::new(c);
-                    count += 1;
-                }
-                // The tail follows the chunks: it goes only with the last of them.
-                if count == self.chunks.len() && !self.tail.is_empty() {
-                    slices[count] = std::io::IoSlice::new(&self.tail);
-                    count += 1;
-                }
+                let count = self.slices(&mut slices);
                 let result = if count == 1 {
                     w.as_mut().poll_write(cx, &slices[0])
                 } else {
@@ -156,6 +148,34 @@ impl OutQueue {
             self.advance(n);
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is queued as far as the socket takes it now, from any task and
+    /// without registering for the socket's readiness: `Ok(true)` when all of it left,
+    /// `Ok(false)` when the socket is full and the rest stays queued.
+    pub(crate) fn try_write_to(
+        &mut self,
+        w: &tokio::net::tcp::OwnedWriteHalf,
+    ) -> std::io::Result<bool> {
+        while self.len > 0 {
+            let n = {
+                let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
+                let count = self.slices(&mut slices);
+                let result = if count == 1 {
+                    w.try_write(&slices[0])
+                } else {
+                    w.try_write_vectored(&slices[..count])
+                };
+                match result {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            };
+            self.advance(n);
+        }
+        Ok(true)
     }
 
     fn advance(&mut self, mut n: usize) {

@@ -149,6 +149,8 @@ async fn serve_multiplexed(
     // When the bytes being decoded were read: the start of each request decoded from
     // them (one clock read per read, however many requests it brought).
     let mut read_at = Instant::now();
+    // Requests decoded since the connection's requests were last polled.
+    let mut fresh = 0usize;
 
     loop {
         // Decode what was read while the connection may take more requests.
@@ -162,6 +164,7 @@ async fn serve_multiplexed(
                         let from = (peer, read_at);
                         let request: Request<'_> = Box::pin(handle_request(&ctx, msg, from));
                         requests.push(request);
+                        fresh += 1;
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
                         if let Some(reply) = ctx.protocol.heartbeat_reply(&msg) {
@@ -220,7 +223,12 @@ async fn serve_multiplexed(
         tokio::select! {
             biased;
             _ = &mut cancelled, if reading => reading = false,
-            Some(answer) = requests.next(), if room && !requests.is_empty() => {
+            // The requests read together start together: when there are several, none
+            // writes to its upstream alone (see `worker::starting_several`).
+            Some(answer) = poll_fn(|cx| {
+                let several = std::mem::take(&mut fresh) > 1;
+                crate::worker::starting(several, || requests.poll_next_unpin(cx))
+            }), if room && !requests.is_empty() => {
                 if let Some(answer) = answer {
                     encode_reply(&ctx, &mut *encoder, &mut out, answer);
                 }
@@ -622,7 +630,7 @@ async fn handle_request(
         // The connection answers with a timeout when the attempt's deadline passes.
         let call = endpoint
             .pool
-            .call(req.clone(), expect_response, (try_deadline, started));
+            .call(&req, expect_response, (try_deadline, started));
         // Only the wait outlives this block, so the request's state keeps no room for a
         // response (or a failure) while it sleeps before the next attempt.
         let wait = {

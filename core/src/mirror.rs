@@ -47,10 +47,9 @@ pub(crate) fn send(
             let expect_response = copy.kind != MessageKind::OnewayRequest;
             let outcome = if protocol.multiplexing() {
                 let now = tokio::time::Instant::now();
-                let call =
-                    endpoint
-                        .pool
-                        .call(Arc::new(copy), expect_response, (now + deadline, now));
+                let call = endpoint
+                    .pool
+                    .call(&copy, expect_response, (now + deadline, now));
                 match call.await {
                     Ok(Some(resp)) if resp.kind == MessageKind::Error => Outcome::ErrorStatus,
                     Ok(_) => Outcome::Success,

@@ -101,7 +101,7 @@ pub(crate) async fn upstream(name: &'static str, mode: Mode) -> Upstream {
     Upstream { addr, seen, log }
 }
 
-async fn serve(
+pub(crate) async fn serve(
     s: TcpStream,
     name: &'static str,
     mode: Mode,

@@ -515,3 +515,110 @@ async fn hash_policy_keeps_a_key_on_one_endpoint() {
         proxy.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// An upstream that accepts connections and reads nothing from them until `release` is
+/// set; then it answers as [`Mode::Echo`] does.
+async fn held_upstream(release: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                if release.wait_for(|r| *r).await.is_ok() {
+                    let seen = std::sync::Arc::default();
+                    let log = std::sync::Arc::default();
+                    crate::test_peers::serve(s, "held", Mode::Echo, seen, log).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn requests_wait_while_an_upstream_reads_nothing_and_all_leave_once_it_reads() {
+    let (release, held) = tokio::sync::watch::channel(false);
+    let addr = held_upstream(held).await;
+    let proxy = proxy(
+        "      - { name: r, route: [{ cluster: c }], timeout: 60s }",
+        &[cluster("c", "", &[addr])],
+        ", max_frame_size: 2097152",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    // 32 MiB of requests: more than the kernel buffers of the upstream connection and
+    // the proxy's own queue for it take, so later requests wait for room.
+    const N: u64 = 32;
+    const SIZE: usize = 1024 * 1024;
+    for id in 1..=N {
+        c.send(id, &[("user", "u")], &vec![id as u8; SIZE]).await;
+    }
+    let pool = proxy.store().load().clusters()[0].endpoints[0].pool.clone();
+    while pool.active_requests() < N as usize {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send_replace(true);
+    let mut answered = HashSet::new();
+    for _ in 0..N {
+        let r = c.recv().await.expect("reply");
+        assert_eq!(who(&r), "held", "request {}", r.request_id);
+        let body = crate::testing::payload(&r);
+        assert_eq!(body.len(), SIZE, "request {}", r.request_id);
+        assert!(body.iter().all(|b| *b == r.request_id as u8));
+        answered.insert(r.request_id);
+    }
+    assert_eq!(answered.len() as u64, N, "every request answered once");
+}
+
+#[tokio::test]
+async fn requests_to_an_upstream_that_never_reads_time_out_and_others_carry_on() {
+    let stalled = upstream("stalled", Mode::Stall).await;
+    let good = upstream("good", Mode::Echo).await;
+    let proxy = proxy(
+        r#"      - { name: stuck, match: { attributes: { stuck: { present: true } } }, route: [{ cluster: s }], timeout: 300ms }
+      - { name: r, route: [{ cluster: g }] }"#,
+        &[cluster("s", "", &[stalled.addr]), cluster("g", "", &[good.addr])],
+        ", max_frame_size: 2097152",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    const N: u64 = 16;
+    for id in 1..=N {
+        c.send(id, &[("stuck", "1")], &vec![7u8; 1024 * 1024]).await;
+    }
+    for _ in 0..N {
+        let r = c.recv().await.expect("reply");
+        assert_eq!(who(&r), "local:timeout", "request {}", r.request_id);
+    }
+    assert_eq!(who(&c.call_id(100, &[]).await), "good");
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_encoded_upstream_gets_an_internal_local_reply() {
+    let good = upstream("good", Mode::Echo).await;
+    let proxy = proxy(
+        r#"      - name: broken
+        match: { attributes: { broken: { present: true } } }
+        route: [{ cluster: g }]
+        request_mutation: [{ key: unencodable, value: "yes" }]
+      - { name: r, route: [{ cluster: g }] }"#,
+        &[cluster("g", "", &[good.addr])],
+        "",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    for id in 1..=3 {
+        let r = c.call_id(id, &[("broken", "1")]).await;
+        assert_eq!((r.request_id, who(&r)), (id, "local:internal".to_owned()));
+        // The connection to the upstream carries on.
+        assert_eq!(who(&c.call_id(id + 10, &[]).await), "good");
+    }
+    assert_eq!(good.count(), 3, "nothing of the unencodable requests left");
+    assert_eq!(
+        metric(&proxy, "metamesh_local_reply_total", "reason=\"internal\""),
+        3
+    );
+}

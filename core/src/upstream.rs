@@ -15,8 +15,9 @@ use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use smallvec::SmallVec;
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::stats::Counter;
@@ -24,7 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::codec::{Codec, CodecOptions, EncodedFrame, Protocol, ProtocolOptions, Side};
 use crate::health::{ClusterShared, HealthCheckSettings, HostHealth, OwnedResourceGuard, Resource};
-use crate::io::{gather, FrameWriter, FLUSH_AT};
+use crate::io::{FrameWriter, OutQueue};
 use crate::message::{LocalReplyKind, Message, MessageKind, ResponseClass};
 use crate::stats::{ByClass, ClusterStats};
 
@@ -76,11 +77,8 @@ impl UpstreamError {
 /// is 600 bytes to copy), with when it was read.
 type Reply = Result<(Box<Message>, Instant), UpstreamError>;
 
-/// A request queued for an upstream writer.
-struct Outbound {
-    msg: Arc<Message>,
-    id: u64,
-}
+/// Encoded requests a connection queues before the next caller waits for room.
+const MAX_QUEUED: usize = 1024 * 1024;
 
 /// Hashes the request ids of one upstream connection. They are the proxy's own
 /// (sequential, never chosen by a peer), so one multiplication spreads them over the
@@ -120,6 +118,24 @@ struct Pending {
     timer: Option<Instant>,
 }
 
+/// A connection's requests on their way out.
+///
+/// Each caller encodes its request into the queue itself. On a connection with nothing
+/// else in flight it also writes it, at once and from its own task; otherwise (under
+/// load) it hands the queue to the writer task, which lets the other callers about to
+/// queue theirs run first, so that their requests leave in one write.
+struct Outgoing {
+    codec: Box<dyn Codec>,
+    queue: OutQueue,
+    wr: OwnedWriteHalf,
+    /// The writer task has been handed the queue and will write it.
+    handed: bool,
+    /// A caller found the queue full and waits for room.
+    wants_room: bool,
+    /// No more requests: the writer writes what is queued and closes the connection.
+    finished: bool,
+}
+
 /// State shared by a connection's handle, reader and writer.
 ///
 /// Deadlines are kept by the connection rather than by a timer per request: the reader
@@ -127,16 +143,77 @@ struct Pending {
 /// past theirs with [`UpstreamError::Timeout`] when it fires. A request whose deadline
 /// comes before the timer (a shorter timeout than the others', or the first after the
 /// timer ran out) moves it earlier and wakes the reader; any other costs no timer work.
-#[derive(Default)]
 struct Shared {
     pending: Mutex<Pending>,
     closed: AtomicBool,
     /// Set when a request moved the timer earlier.
     rearm: AtomicBool,
     reader: AtomicWaker,
+    out: Mutex<Outgoing>,
+    writer: AtomicWaker,
+    /// Signalled when a full queue was written.
+    room: Notify,
 }
 
 impl Shared {
+    fn new(codec: Box<dyn Codec>, wr: OwnedWriteHalf) -> Self {
+        Self {
+            pending: Mutex::default(),
+            closed: AtomicBool::new(false),
+            rearm: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            out: Mutex::new(Outgoing {
+                codec,
+                queue: OutQueue::default(),
+                wr,
+                handed: false,
+                wants_room: false,
+                finished: false,
+            }),
+            writer: AtomicWaker::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Encodes `msg` as request `id` into the queue: `Ok(false)` when the queue is full
+    /// (nothing was queued). With `now`, and nothing else queued, it is written at once;
+    /// otherwise the writer task is handed the queue.
+    fn send(&self, msg: &Message, id: u64, now: bool) -> Result<bool, UpstreamError> {
+        let mut guard = self.out.lock().map_err(|_| UpstreamError::Reset)?;
+        let o = &mut *guard;
+        if o.finished {
+            return Err(UpstreamError::Reset);
+        }
+        if o.queue.pending() >= MAX_QUEUED {
+            o.wants_room = true;
+            return Ok(false);
+        }
+        let mut frame = EncodedFrame::new();
+        o.codec
+            .encode(msg, id, &mut frame)
+            .map_err(|e| UpstreamError::Encode(e.to_string()))?;
+        o.queue.push(frame);
+        if o.handed {
+            return Ok(true);
+        }
+        // A failed write is left to the writer, which meets the error again and closes.
+        if now && matches!(o.queue.try_write_to(&o.wr), Ok(true)) {
+            return Ok(true);
+        }
+        o.handed = true;
+        drop(guard);
+        self.writer.wake();
+        Ok(true)
+    }
+
+    /// No more requests: the writer writes what is queued and closes the connection.
+    fn finish(&self) {
+        if let Ok(mut o) = self.out.lock() {
+            o.finished = true;
+        }
+        self.writer.wake();
+    }
+
     fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
         Some(self.pending.lock().ok()?.waiting.remove(&id)?.tx)
     }
@@ -205,6 +282,8 @@ impl Shared {
     /// Marks the connection dead and fails everything still waiting on it.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.finish();
+        self.room.notify_waiters();
         let drained: Vec<_> = match self.pending.lock() {
             Ok(mut p) => p.waiting.drain().collect(),
             Err(_) => return,
@@ -217,9 +296,14 @@ impl Shared {
 
 /// One shared upstream connection.
 pub struct MuxConnection {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
+}
+
+impl Drop for MuxConnection {
+    fn drop(&mut self) {
+        self.shared.finish();
+    }
 }
 
 /// Removes a pending entry when the caller stops waiting (timeout, cancellation).
@@ -246,7 +330,7 @@ impl MuxConnection {
     /// which comes with when it was read.
     async fn call(
         &self,
-        msg: Arc<Message>,
+        msg: &Message,
         expect_response: bool,
         deadline: Instant,
     ) -> Result<Option<(Box<Message>, Instant)>, UpstreamError> {
@@ -270,18 +354,28 @@ impl MuxConnection {
         } else {
             (None, None)
         };
-        // Queued at once unless the writer is behind; then until the deadline.
-        match self.tx.try_send(Outbound { msg, id }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(UpstreamError::Reset),
-            Err(mpsc::error::TrySendError::Full(ob)) => {
-                // Boxed: a writer this far behind is rare, and the wait's state (300
-                // bytes) would otherwise be part of every request's.
-                match Box::pin(tokio::time::timeout_at(deadline, self.tx.send(ob))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(UpstreamError::Reset),
-                    Err(_) => return Err(UpstreamError::Timeout),
+        // Written now when this is the connection's only request in flight and no other
+        // starts with it; queued for the writer under load; waits for room until the deadline when the writer is
+        // far behind.
+        let now = self.shared.waiting() <= 1 && !crate::worker::starting_several();
+        if !self.shared.send(msg, id, now)? {
+            // Boxed: a writer this far behind is rare, and the wait's state would
+            // otherwise be part of every request's.
+            let shared = &self.shared;
+            let room = async {
+                loop {
+                    let room = shared.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    if shared.send(msg, id, false)? {
+                        return Ok(());
+                    }
+                    room.await;
                 }
+            };
+            match Box::pin(tokio::time::timeout_at(deadline, room)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(UpstreamError::Timeout),
             }
         }
         let Some(rx) = rx else { return Ok(None) };
@@ -552,7 +646,7 @@ impl EndpointPool {
     /// the endpoint's request duration; the caller usually has a clock reading at hand).
     pub async fn call(
         &self,
-        msg: Arc<Message>,
+        msg: &Message,
         expect_response: bool,
         (deadline, started): (Instant, Instant),
     ) -> Result<Option<Box<Message>>, UpstreamError> {
@@ -631,27 +725,19 @@ impl EndpointPool {
             .ok_or(UpstreamError::Overflow(Resource::Connections))?;
         let stream = self.open().await?;
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel(1024);
-        let shared = Arc::new(Shared::default());
         let options = self.codec_options();
-        tokio::spawn(write_loop(
-            FrameWriter::new(wr),
-            self.protocol.codec(&options),
-            rx,
-            shared.clone(),
-        ));
+        let shared = Arc::new(Shared::new(self.protocol.codec(&options), wr));
+        tokio::spawn(write_loop(shared.clone()));
         tokio::spawn(read_loop(
             rd,
             self.protocol.clone(),
             options,
             shared.clone(),
-            tx.downgrade(),
             self.stats.clone(),
             (counted, OpenConnection::new(&self.stats.cx_active)),
         ));
         tracing::debug!(cluster_endpoint = %self.address, "upstream connection established");
         Ok(Arc::new(MuxConnection {
-            tx,
             shared,
             next_id: AtomicU64::new(0),
         }))
@@ -697,43 +783,54 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-async fn write_loop(
-    mut out: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-    mut codec: Box<dyn crate::codec::Codec>,
-    mut rx: mpsc::Receiver<Outbound>,
-    shared: Arc<Shared>,
-) {
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(ob) = next.take() {
-            let mut frame = EncodedFrame::new();
-            match codec.encode(&ob.msg, ob.id, &mut frame) {
-                Ok(()) => {
-                    if out.push(frame).await.is_err() {
-                        break 'outer;
-                    }
-                }
-                Err(e) => {
-                    if let Some(tx) = shared.take(ob.id) {
-                        let _ = tx.send(Err(UpstreamError::Encode(e.to_string())));
-                    }
-                }
+/// Writes what the callers of a connection hand over (see [`Outgoing`]) until the
+/// connection finishes or a write fails; then closes it.
+async fn write_loop(shared: Arc<Shared>) {
+    use std::task::Poll;
+    loop {
+        // Until the queue is handed over, or the connection finishes.
+        let finished = poll_fn(|cx| {
+            shared.writer.register(cx.waker());
+            match shared.out.lock() {
+                Ok(o) if o.handed || o.finished => Poll::Ready(o.finished),
+                Ok(_) => Poll::Pending,
+                Err(_) => Poll::Ready(true),
             }
-            if out.pending() < FLUSH_AT {
-                next = rx.try_recv().ok();
-                // Under load (several requests waiting on this connection), other tasks
-                // are about to send too: wait for them.
-                if next.is_none() && shared.waiting() > 1 {
-                    next = gather(&mut rx).await;
-                }
-            }
+        })
+        .await;
+        // Under load (several requests waiting on this connection), other tasks are
+        // about to queue theirs too: let them, so that one write takes them all.
+        if !finished && shared.waiting() > 1 {
+            tokio::task::yield_now().await;
         }
-        if out.flush().await.is_err() {
+        let (written, room) = poll_fn(|cx| {
+            let Ok(mut guard) = shared.out.lock() else {
+                return Poll::Ready((false, false));
+            };
+            let o = &mut *guard;
+            match o.queue.poll_write_to(cx, std::pin::Pin::new(&mut o.wr)) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => {
+                    o.handed = false;
+                    Poll::Ready((r.is_ok(), std::mem::take(&mut o.wants_room)))
+                }
+            }
+        })
+        .await;
+        if room {
+            shared.room.notify_waiters();
+        }
+        if finished || !written {
             break;
         }
     }
     shared.close();
-    let _ = out.shutdown().await;
+    // Sends the end of the stream: the endpoint closes its side, and the reader stops.
+    if let Ok(mut o) = shared.out.lock() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let _ = tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut o.wr), &mut cx);
+    }
 }
 
 async fn read_loop(
@@ -741,7 +838,6 @@ async fn read_loop(
     protocol: Arc<dyn Protocol>,
     options: CodecOptions,
     shared: Arc<Shared>,
-    tx: mpsc::WeakSender<Outbound>,
     stats: ClusterStats,
     counted: (OwnedResourceGuard, OpenConnection),
 ) {
@@ -764,14 +860,8 @@ async fn read_loop(
                         }
                     }
                     MessageKind::Heartbeat | MessageKind::Event => {
-                        if let (Some(reply), Some(tx)) =
-                            (protocol.heartbeat_reply(&msg), tx.upgrade())
-                        {
-                            let id = reply.request_id;
-                            let _ = tx.try_send(Outbound {
-                                msg: Arc::new(reply),
-                                id,
-                            });
+                        if let Some(reply) = protocol.heartbeat_reply(&msg) {
+                            let _ = shared.send(&reply, reply.request_id, true);
                         }
                     }
                     MessageKind::Request | MessageKind::OnewayRequest => {

@@ -20,6 +20,25 @@ thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
     /// The share of per-worker metrics this thread writes (0: not a worker).
     static SHARE: Cell<usize> = const { Cell::new(0) };
+    /// Set while a connection starts several requests at once.
+    static STARTING_SEVERAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while the calling task starts several requests at once (those read together):
+/// their upstream writes are better left to each connection's writer, which sends what
+/// they queued in one write once they all have.
+pub(crate) fn starting_several() -> bool {
+    STARTING_SEVERAL.with(Cell::get)
+}
+
+/// Runs `f`, in which the calling task starts several requests at once when `several`.
+pub(crate) fn starting<R>(several: bool, f: impl FnOnce() -> R) -> R {
+    STARTING_SEVERAL.with(|c| {
+        let was = c.replace(several);
+        let r = f();
+        c.set(was);
+        r
+    })
 }
 
 /// The index of the worker this thread runs, if it is one.
@@ -78,8 +97,11 @@ impl Workers {
             stop: CancellationToken::new(),
         };
         for index in 0..count.max(1) {
+            // Sockets and timers only: a worker waits on no signal or child process, and
+            // every turn of its event loop would otherwise also look at both.
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()?;
             let handle = runtime.handle().clone();
             let stop = workers.stop.clone();
