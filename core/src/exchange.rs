@@ -98,6 +98,21 @@ async fn next_message(
     }
 }
 
+/// `fut`'s output, or `Err` when `timer` fires first.
+async fn before<T>(
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    fut: impl Future<Output = T>,
+) -> Result<T, ()> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(v));
+        }
+        timer.as_mut().poll(cx).map(Err)
+    })
+    .await
+}
+
 /// What the bytes in `buf` make of the next message (`eof`: no more will come), or
 /// `None` while more are needed. A plain function, so that the message it returns never
 /// takes room in the state of the future that reads.
@@ -699,8 +714,10 @@ async fn forward(
         wr: up_wr,
         buf: up_buf,
         codec: up_codec,
+        deadline: timer,
         ..
     } = up;
+    timer.as_mut().reset(Instant::now() + deadline);
 
     let body = async {
         if req.stream != StreamState::More {
@@ -724,7 +741,7 @@ async fn forward(
 
     let response = async {
         let head = loop {
-            match tokio::time::timeout(deadline, next_message(up_rd, up_buf, up_codec)).await {
+            match before(timer.as_mut(), next_message(up_rd, up_buf, up_codec)).await {
                 Err(_) => {
                     return Err(ResponseError::BeforeHead(
                         LocalReplyKind::Timeout,

@@ -85,11 +85,13 @@ pub(crate) async fn serve(
     }
 }
 
-struct ActiveConnection(ListenerStats);
+/// Counts a connection as open until dropped. Holds the gauge alone: the connection's
+/// task keeps it for the connection's life.
+struct ActiveConnection(prometheus_client::metrics::gauge::Gauge);
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
-        self.0.cx_active.dec();
+        self.0.dec();
     }
 }
 
@@ -100,7 +102,7 @@ pub(crate) async fn serve_connection(
 ) {
     ctx.stats.cx_total.inc();
     ctx.stats.cx_active.inc();
-    let _active = ActiveConnection(ctx.stats.clone());
+    let _active = ActiveConnection(ctx.stats.cx_active.clone());
     let peer = stream.peer_addr().ok();
     if !ctx.protocol.multiplexing() {
         // Boxed: an exchange's state is several times a multiplexed connection's, and

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -355,6 +356,27 @@ async fn a_silent_upstream_times_out_and_a_close_request_ends_the_connection() {
         .await;
     assert_eq!(head.kind, MessageKind::Response);
     assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_reused_connection_times_out_at_its_own_exchange_deadline() {
+    let proxy = start().await;
+    let mut c = Client::connect(listener(&proxy)).await;
+    let (head, _) = c.call(1, &[("mode", "echo")], b"x").await;
+    let conn = head.metadata.get("conn").expect("conn").to_owned();
+    // Later than the first exchange's deadline (the route's timeout is 2 s): the
+    // connection's timer went off with nothing waiting on it.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (head, _) = c.call(2, &[("mode", "echo")], b"y").await;
+    assert_eq!(head.metadata.get("conn"), Some(conn.as_str()), "reused");
+    let sent = std::time::Instant::now();
+    let (head, _) = c.call(3, &[("mode", "silent")], b"").await;
+    assert_eq!(head.metadata.get("reason"), Some("timeout"));
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "timed out after {waited:?}, not at the exchange's own 2 s"
+    );
 }
 
 /// A stream-test server that answers every request with an error head (no body) and

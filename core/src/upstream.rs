@@ -427,6 +427,11 @@ pub(crate) struct ExclusiveConnection {
     pub(crate) codec: Mutex<Box<dyn Codec>>,
     /// True when the connection served an earlier exchange.
     pub(crate) reused: bool,
+    /// When the exchange in progress stops waiting for its response head. One timer for
+    /// the connection's life: moving it to a later deadline for the next exchange only
+    /// stores the new time, where a timer per exchange is added to the runtime's timer
+    /// wheel and taken out of it each time.
+    pub(crate) deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Counts the connection against the cluster's limit while it lives.
     _counted: OwnedResourceGuard,
     _open: OpenConnection,
@@ -588,6 +593,7 @@ impl EndpointPool {
             buf: BytesMut::with_capacity(16 * 1024),
             codec: Mutex::new(self.protocol.codec(&options)),
             reused: false,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
             _counted: counted,
             _open: OpenConnection::new(&self.stats.cx_active),
         })
