@@ -57,7 +57,9 @@ fn lock(codec: &Mutex<Box<dyn Codec>>) -> MutexGuard<'_, Box<dyn Codec>> {
 // Nearly every result is a message; boxing it would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Message(Message),
+    /// Boxed as soon as it is decoded: a message (600 bytes) is handed on several times
+    /// before it is done with, and each move of a box copies a pointer.
+    Message(Box<Message>),
     /// The peer closed cleanly between messages.
     Closed,
     /// The peer sent something undecodable.
@@ -120,14 +122,14 @@ fn decode_next(codec: &Mutex<Box<dyn Codec>>, buf: &mut BytesMut, eof: bool) -> 
     if eof {
         let r = lock(codec).decode_eof(buf);
         return Some(match r {
-            Ok(Some(m)) => Next::Message(m),
+            Ok(Some(m)) => Next::Message(Box::new(m)),
             Ok(None) => Next::Closed,
             Err(e) if e.reason == crate::codec::TRUNCATED_FRAME => Next::Broken,
             Err(e) => Next::Bad(e),
         });
     }
     match lock(codec).decode(buf) {
-        Ok(Some(m)) => Some(Next::Message(m)),
+        Ok(Some(m)) => Some(Next::Message(Box::new(m))),
         Ok(None) => None,
         Err(e) => Some(Next::Bad(e)),
     }
@@ -200,7 +202,7 @@ pub(crate) async fn serve(
             // request should not keep room for it.
             Box::pin(exchange(&ctx, &mut down, msg, peer)).await
         } else {
-            match not_a_request(&ctx, &down.codec, msg) {
+            match not_a_request(&ctx, &down.codec, &msg) {
                 Other::Reply(frame) => down.reply(frame).await,
                 Other::Ignore => Flow::Continue,
                 Other::Close => Flow::Close,
@@ -223,11 +225,11 @@ enum Other {
     Close,
 }
 
-/// Handles a downstream message that is not a request. A plain function that takes the
-/// message, so that no message is part of a connection's state while it writes.
-fn not_a_request(ctx: &ListenerContext, codec: &Mutex<Box<dyn Codec>>, msg: Message) -> Other {
+/// Handles a downstream message that is not a request. A plain function, so that the
+/// reply it makes is never part of a connection's state while it writes.
+fn not_a_request(ctx: &ListenerContext, codec: &Mutex<Box<dyn Codec>>, msg: &Message) -> Other {
     match msg.kind {
-        MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(&msg) {
+        MessageKind::Heartbeat | MessageKind::Event => match ctx.protocol.heartbeat_reply(msg) {
             Some(reply) => {
                 ctx.stats.heartbeats.inc();
                 Other::Reply(encode(codec, &reply))
@@ -381,7 +383,7 @@ type AttemptFailure = (Option<RetryOn>, LocalReplyKind, String);
 fn exchange<'a>(
     ctx: &'a ListenerContext,
     down: &'a mut Downstream,
-    mut req: Message,
+    mut req: Box<Message>,
     peer: Option<std::net::SocketAddr>,
 ) -> impl Future<Output = Flow> + Send + 'a {
     async move {
@@ -767,7 +769,7 @@ async fn forward(
             }
         };
         if hold_error && matches!(head.kind, MessageKind::Error) {
-            return Err(ResponseError::Held(Box::new(head)));
+            return Err(ResponseError::Held(head));
         }
         let head = prepare_response(ctx, (req, route), head, down_codec)?;
         send_response(
@@ -813,7 +815,7 @@ async fn deliver(
     head: Box<Message>,
     body_out: &AtomicU64,
 ) -> Result<ResponseDone, ResponseError> {
-    let head = prepare_response(ctx, (req, route), *head, &down.codec)?;
+    let head = prepare_response(ctx, (req, route), head, &down.codec)?;
     send_response(
         ctx,
         (&mut up.rd, &mut up.buf, &up.codec),
@@ -836,7 +838,7 @@ struct PreparedHead {
 fn prepare_response(
     ctx: &ListenerContext,
     (req, route): (&Message, RoutedHooks<'_>),
-    mut head: Message,
+    mut head: Box<Message>,
     down_codec: &Mutex<Box<dyn Codec>>,
 ) -> Result<PreparedHead, ResponseError> {
     ctx.protocol.finish_response(req, &mut head);
@@ -910,7 +912,7 @@ async fn pump_body(
 ) -> Result<(), Pump> {
     loop {
         let buffered = match lock(from).decode(buf) {
-            Ok(Some(m)) => Some(encode_piece(m, to)?),
+            Ok(Some(m)) => Some(encode_piece(&m, to)?),
             Ok(None) => None,
             Err(e) => {
                 ctx.stats.protocol_error(e.reason);
@@ -924,7 +926,7 @@ async fn pump_body(
                 let next =
                     tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
                 match next {
-                    Ok(Next::Message(m)) => encode_piece(m, to)?,
+                    Ok(Next::Message(m)) => encode_piece(&m, to)?,
                     Ok(Next::Bad(e)) => {
                         ctx.stats.protocol_error(e.reason);
                         return Err(Pump::Read);
@@ -946,12 +948,12 @@ async fn pump_body(
 type Piece = (Result<EncodedFrame, SendError>, u64, bool);
 
 /// Encodes a body piece (anything but a piece ends the pump).
-fn encode_piece(piece: Message, to: &Mutex<Box<dyn Codec>>) -> Result<Piece, Pump> {
+fn encode_piece(piece: &Message, to: &Mutex<Box<dyn Codec>>) -> Result<Piece, Pump> {
     if piece.kind != MessageKind::Data {
         return Err(Pump::Read);
     }
     Ok((
-        encode(to, &piece),
+        encode(to, piece),
         piece.frame.len() as u64,
         piece.stream == StreamState::End,
     ))

@@ -49,7 +49,7 @@ use bytestring::ByteString;
 use metamesh_codecs::http1::{
     list_elements, parse_request, parse_response, summarize, write_header, write_request_line,
     BodyFraming, ChunkedScanner, FieldSummary, FramingError, HeadError, Header, Limits,
-    MethodClass, RequestHead, RequestParser, ResponseParser, Span, TargetForm, Version,
+    MethodClass, RequestLine, RequestParser, ResponseParser, Span, TargetForm, Version,
     DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES,
 };
 use metamesh_core::{
@@ -292,8 +292,7 @@ fn derived_str<'a>(frame: &'a [u8], d: &Derived) -> Cow<'a, str> {
 }
 
 /// The sources of `:path` and `:authority` of a request head.
-fn pseudo(frame: &[u8], head: &RequestHead, host: Option<Span>) -> (Derived, Option<Derived>) {
-    let line = &head.start;
+fn pseudo(frame: &[u8], line: &RequestLine, host: Option<Span>) -> (Derived, Option<Derived>) {
     match line.form {
         TargetForm::Absolute {
             authority, path, ..
@@ -629,7 +628,7 @@ impl HttpCodec {
             }
             self.requests.reset();
         }
-        let head = match self.requests.parse(buf) {
+        let (start, head_len) = match self.requests.parse_in_place(buf) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -641,9 +640,10 @@ impl HttpCodec {
                 return Err(self.refuse(e.reason(), e.to_string(), code));
             }
         };
-        let frame = buf.split_to(head.len).freeze();
-        let version = head.start.version;
-        let fields = summarize(&head.headers, &frame).map_err(|e| self.refuse_framing(e))?;
+        let frame = buf.split_to(head_len).freeze();
+        let version = start.version;
+        let fields = summarize(self.requests.headers(), &frame);
+        let fields = fields.map_err(|e| self.refuse_framing(e))?;
         let framing = fields
             .request_framing(version)
             .map_err(|e| self.refuse_framing(e))?;
@@ -653,7 +653,7 @@ impl HttpCodec {
         if fields.host_count == 0 && version == Version::Http11 {
             return Err(self.refuse("missing_host", "HTTP/1.1 request without Host".into(), 400));
         }
-        let method = MethodClass::of(head.start.method.of(&frame));
+        let method = MethodClass::of(start.method.of(&frame));
         let upgrade = fields.wants_upgrade(version);
         let mut flags = flag::DECODED | version_flag(version);
         if !fields.keep_alive(version) {
@@ -669,17 +669,17 @@ impl HttpCodec {
         flags |= method_flag(method);
 
         let id = self.take_id();
-        let (path, authority) = pseudo(&frame, &head, fields.host);
+        let (path, authority) = pseudo(&frame, &start, fields.host);
         let mut msg = Message::new(MessageKind::Request, id, frame);
         let md = &mut msg.metadata;
-        push(md, b":method", head.start.method.of(&msg.frame));
+        push(md, b":method", start.method.of(&msg.frame));
         push(md, b":path", derived_bytes(&msg.frame, &path));
         if let Some(a) = &authority {
             push(md, b":authority", derived_bytes(&msg.frame, a));
         }
-        push_fields(md, &msg.frame, &head.headers);
+        push_fields(md, &msg.frame, self.requests.headers());
         msg.layout[FLAGS] = flags;
-        msg.layout[HEAD_LEN] = head.len as u32;
+        msg.layout[HEAD_LEN] = head_len as u32;
         self.push_exchange(Exchange {
             id,
             method,
@@ -719,13 +719,13 @@ impl HttpCodec {
 
     fn decode_response(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
         loop {
-            let head = match self.responses.parse(buf) {
+            let (start, head_len) = match self.responses.parse_in_place(buf) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.fail(e.reason(), e.to_string())),
             };
-            let frame = buf.split_to(head.len).freeze();
-            let code = head.start.code;
+            let frame = buf.split_to(head_len).freeze();
+            let code = start.code;
             if code < 200 && code != 101 {
                 // Interim responses are dropped: the proxy sends its own 100 Continue.
                 continue;
@@ -737,9 +737,9 @@ impl HttpCodec {
                     ..Exchange::default()
                 },
             };
-            let version = head.start.version;
-            let fields = summarize(&head.headers, &frame)
-                .map_err(|e| self.fail(e.reason(), e.to_string()))?;
+            let version = start.version;
+            let fields = summarize(self.responses.headers(), &frame);
+            let fields = fields.map_err(|e| self.fail(e.reason(), e.to_string()))?;
             let framing = fields
                 .response_framing(version, code, ex.method)
                 .map_err(|e| self.fail(e.reason(), e.to_string()))?;
@@ -766,11 +766,11 @@ impl HttpCodec {
             push(
                 &mut msg.metadata,
                 b":status",
-                head.start.code_span.of(&msg.frame),
+                start.code_span.of(&msg.frame),
             );
-            push_fields(&mut msg.metadata, &msg.frame, &head.headers);
+            push_fields(&mut msg.metadata, &msg.frame, self.responses.headers());
             msg.layout[FLAGS] = flags;
-            msg.layout[HEAD_LEN] = head.len as u32;
+            msg.layout[HEAD_LEN] = head_len as u32;
             msg.stream = self.start_body(ex.id, framing, false);
             return Ok(Some(msg));
         }
@@ -832,7 +832,7 @@ impl HttpCodec {
                 _ => return Err(encode_error("not an HTTP request head")),
             };
             let fields = summarize(&h.headers, head).unwrap_or_default();
-            let (path, authority) = pseudo(head, &h, fields.host);
+            let (path, authority) = pseudo(head, &h.start, fields.host);
             let md = &msg.metadata;
             let orig_method = String::from_utf8_lossy(h.start.method.of(head));
             let orig_path = derived_str(head, &path);

@@ -362,6 +362,8 @@ pub struct HeadParser<S> {
     scanned: usize,
     start: Option<S>,
     headers: Headers,
+    /// `headers` are those of a head [`HeadParser::parse_in_place`] completed.
+    complete: bool,
 }
 
 /// A parser of request heads.
@@ -378,6 +380,7 @@ impl<S: StartLine> HeadParser<S> {
             scanned: 0,
             start: None,
             headers: Headers::new(),
+            complete: false,
         }
     }
 
@@ -392,6 +395,7 @@ impl<S: StartLine> HeadParser<S> {
         self.scanned = 0;
         self.start = None;
         self.headers.clear();
+        self.complete = false;
     }
 
     /// True while no line of a head has been completed: the parser is at most part-way
@@ -404,14 +408,44 @@ impl<S: StartLine> HeadParser<S> {
     /// Parses the head at the start of `buf`: `Ok(None)` when more bytes are needed.
     /// After a complete head or an error the parser is ready for the next head.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Head<S>>, HeadError> {
-        let result = self.advance(buf);
-        if !matches!(result, Ok(None)) {
+        Ok(self.parse_in_place(buf)?.map(|(start, len)| Head {
+            start,
+            headers: std::mem::take(&mut self.headers),
+            len,
+        }))
+    }
+
+    /// As [`HeadParser::parse`], but the header fields stay in the parser: a complete
+    /// head gives its start line and length, and [`HeadParser::headers`] its fields until
+    /// the next call. Nothing as large as the fields is moved.
+    pub fn parse_in_place(&mut self, buf: &[u8]) -> Result<Option<(S, usize)>, HeadError> {
+        if self.complete {
             self.reset();
+        }
+        let result = self.advance(buf);
+        match result {
+            Ok(Some(_)) => {
+                self.line_start = 0;
+                self.scanned = 0;
+                self.complete = true;
+            }
+            Ok(None) => {}
+            Err(_) => self.reset(),
         }
         result
     }
 
-    fn advance(&mut self, buf: &[u8]) -> Result<Option<Head<S>>, HeadError> {
+    /// The header fields of the head [`HeadParser::parse_in_place`] last completed
+    /// (none while a head is in progress).
+    pub fn headers(&self) -> &[Header] {
+        if self.complete {
+            &self.headers
+        } else {
+            &[]
+        }
+    }
+
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<(S, usize)>, HeadError> {
         let limit = self.limits.max_head_bytes.min(u32::MAX as usize);
         let window = buf.get(..limit).unwrap_or(buf);
         loop {
@@ -435,11 +469,7 @@ impl<S: StartLine> HeadParser<S> {
                 continue;
             }
             if line.is_empty() {
-                return Ok(self.start.take().map(|start| Head {
-                    start,
-                    headers: std::mem::take(&mut self.headers),
-                    len: lf + 1,
-                }));
+                return Ok(self.start.take().map(|start| (start, lf + 1)));
             }
             if matches!(line.first(), Some(b' ' | b'\t')) {
                 return Err(HeadError::ObsFold);
@@ -615,6 +645,43 @@ mod tests {
         let h = p.parse(s).unwrap().unwrap();
         assert_eq!(h.len, s.len());
         assert!(p.in_first_line());
+    }
+
+    #[test]
+    fn in_place_heads_keep_their_fields_until_the_next_parse() {
+        let first = b"GET /a HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n";
+        let second = b"POST /b HTTP/1.1\r\nHost: b\r\n\r\n";
+        let mut p = RequestParser::new(Limits::default());
+        for n in 0..first.len() {
+            assert_eq!(p.parse_in_place(&first[..n]), Ok(None), "{n}");
+            assert!(
+                p.headers().is_empty(),
+                "no fields while the head is partial"
+            );
+        }
+        let (start, len) = p.parse_in_place(first).unwrap().unwrap();
+        assert_eq!((len, start.method.of(first)), (first.len(), &b"GET"[..]));
+        let names: Vec<_> = p.headers().iter().map(|h| h.name.of(first)).collect();
+        assert_eq!(names, [&b"Host"[..], b"X-One"]);
+        assert!(p.in_first_line(), "ready for the next head");
+        // The next head starts afresh: part of it first, then all of it.
+        assert_eq!(p.parse_in_place(&second[..10]), Ok(None));
+        assert!(p.headers().is_empty());
+        let (start, _) = p.parse_in_place(second).unwrap().unwrap();
+        assert_eq!(start.method.of(second), b"POST");
+        assert_eq!(p.headers().len(), 1);
+        assert_eq!(p.headers()[0].value.of(second), b"b");
+        // An error leaves nothing behind either.
+        assert_eq!(
+            p.parse_in_place(b"GET / HTTP/1.1\r\nbad line\r\n\r\n"),
+            Err(HeadError::BadHeader)
+        );
+        assert!(p.headers().is_empty());
+        let (_, len) = p.parse_in_place(first).unwrap().unwrap();
+        assert_eq!((len, p.headers().len()), (first.len(), 2));
+        // `parse` hands the same head over whole.
+        let h = p.parse(first).unwrap().unwrap();
+        assert_eq!((h.len, h.headers.len()), (first.len(), 2));
     }
 
     #[test]
