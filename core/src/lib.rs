@@ -51,8 +51,8 @@ pub use codec::{
 };
 pub use config::{Bootstrap, ConfigError, ConfigErrors};
 pub use message::{
-    LocalReply, LocalReplyKind, Message, MessageKind, Metadata, Operation, ResponseClass,
-    StreamState,
+    KnownText, LocalReply, LocalReplyKind, Message, MessageKind, Metadata, Operation,
+    ResponseClass, StreamState,
 };
 pub use proxy::{Proxy, ProxyBuilder, StartError};
 pub use worker::default_concurrency;

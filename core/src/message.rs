@@ -103,13 +103,11 @@ impl Slot {
     const MAX_LEN: usize = (1 << 30) - 1;
 
     /// `None` when `len` is over [`Slot::MAX_LEN`].
-    fn new(place: Place, at: u32, len: usize) -> Option<Slot> {
+    const fn new(place: Place, at: u32, len: usize) -> Option<Slot> {
         if len > Self::MAX_LEN {
             return None;
         }
-        Some(Slot(
-            (place as u64) << 62 | (len as u64) << 32 | u64::from(at),
-        ))
+        Some(Slot((place as u64) << 62 | (len as u64) << 32 | at as u64))
     }
 
     fn place(self) -> Place {
@@ -261,6 +259,76 @@ fn well_known(s: &[u8]) -> Option<u32> {
 /// The slot of `s` when it is in [`WELL_KNOWN`].
 fn known(s: &[u8]) -> Option<Slot> {
     Slot::new(Place::Known, well_known(s)?, s.len())
+}
+
+/// A text of the table of well-known names and values, found once: a decoder that adds
+/// an entry under a constant key (`:method`, `interface`) finds the key at compile time,
+/// and the map does not look for it per entry.
+///
+/// ```
+/// use metamesh_core::message::{KnownText, Metadata};
+/// const METHOD: KnownText = KnownText::of(":method");
+/// let mut md = Metadata::new();
+/// md.push_decoded_known(METHOD, b"GET");
+/// assert_eq!(md.get(":method"), Some("GET"));
+/// assert_eq!(KnownText::lookup(b"content-type").map(|k| k.as_str()), Some("content-type"));
+/// assert!(KnownText::lookup(b"x-unknown").is_none());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KnownText(Slot);
+
+impl KnownText {
+    /// `s`, which must be well-known: a constant made with a text that is not fails to
+    /// compile (and a call at run time panics). For any text, see [`KnownText::lookup`].
+    pub const fn of(s: &'static str) -> KnownText {
+        let b = s.as_bytes();
+        let n = b.len();
+        assert!(n <= WELL_KNOWN_MAX, "not a well-known text");
+        let mut i = BY_LENGTH[n];
+        while i < BY_LENGTH[n + 1] {
+            if bytes_eq(WELL_KNOWN[i].as_bytes(), b) {
+                if let Some(slot) = Slot::new(Place::Known, i as u32, n) {
+                    return KnownText(slot);
+                }
+            }
+            i += 1;
+        }
+        panic!("not a well-known text")
+    }
+
+    /// `b` when it is a well-known text.
+    pub fn lookup(b: &[u8]) -> Option<KnownText> {
+        known(b).map(KnownText)
+    }
+
+    /// The text.
+    pub fn as_str(self) -> &'static str {
+        WELL_KNOWN
+            .get(self.0.at() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for KnownText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KnownText").field(&self.as_str()).finish()
+    }
+}
+
+/// Byte equality that a `const fn` can use.
+const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl Metadata {
@@ -449,6 +517,15 @@ impl Metadata {
     pub fn push_decoded_bytes(&mut self, key: &[u8], value: &[u8]) -> bool {
         let (k, v) = (self.slot_bytes(key), self.slot_bytes(value));
         self.push_entry(k, v)
+    }
+
+    /// As [`Metadata::push_decoded_bytes`], under a well-known key found beforehand: the
+    /// key takes no lookup and no check. Returns false, adding nothing, when the value is
+    /// not UTF-8.
+    #[inline]
+    pub fn push_decoded_known(&mut self, key: KnownText, value: &[u8]) -> bool {
+        let v = self.slot_bytes(value);
+        self.push_entry(Some(key.0), v)
     }
 
     /// Adds or replaces an entry while decoding, without marking the map dirty: for wire
@@ -846,6 +923,28 @@ mod tests {
         assert_eq!(m.remove("X-TIER").as_deref(), Some("batch"));
         assert_eq!(m.get("x-tier"), None);
         assert_eq!(m.remove("missing"), None);
+    }
+
+    #[test]
+    fn known_texts_are_found_at_compile_time_and_at_run_time() {
+        const STATUS: KnownText = KnownText::of(":status");
+        assert_eq!(STATUS.as_str(), ":status");
+        for k in WELL_KNOWN {
+            let found = KnownText::lookup(k.as_bytes()).expect("every table text");
+            assert_eq!(found.as_str(), *k);
+            assert_eq!(KnownText::of(k), found);
+        }
+        assert!(KnownText::lookup(b"x-not-known").is_none());
+        assert!(std::panic::catch_unwind(|| KnownText::of("x-not-known")).is_err());
+        let mut md = Metadata::with_source(Bytes::from_static(b"200"));
+        let value = md.source.clone();
+        assert!(md.push_decoded_known(STATUS, &value));
+        assert!(
+            !md.push_decoded_known(STATUS, b"\xff"),
+            "a value must be UTF-8"
+        );
+        assert_eq!((md.len(), md.get(":status")), (1, Some("200")));
+        assert!(!md.is_dirty());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use metamesh_codecs::hessian2::{self, Decoder, Encoder, Error as HessianError, MapStart, Value};
 use metamesh_core::{
-    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, Protocol, Scratch,
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, KnownText,
+    LocalReply, LocalReplyKind, Message, MessageKind, Metadata, Protocol, Scratch,
 };
 
 /// Magic bytes at the start of every frame.
@@ -273,6 +273,12 @@ const fn key_bit(key: &[u8]) -> u64 {
 
 /// The keys a request's metadata has before its attachments are read.
 const BODY_KEYS: [&[u8]; 3] = [b"interface", b"method", b"version"];
+/// The same keys, found in the table of well-known texts at compile time.
+const BODY_KEYS_KNOWN: [KnownText; 3] = [
+    KnownText::of("interface"),
+    KnownText::of("method"),
+    KnownText::of("version"),
+];
 /// Their [`key_bit`]s.
 const BODY_KEY_BITS: u64 = key_bit(BODY_KEYS[0]) | key_bit(BODY_KEYS[1]) | key_bit(BODY_KEYS[2]);
 
@@ -367,10 +373,10 @@ impl DubboCodec {
             )
         })?;
         // All UTF-8 (ASCII, or decoded), so every entry is added.
-        let [interface, method_key, version_key] = BODY_KEYS;
-        metadata.push_decoded_bytes(interface, &path);
-        metadata.push_decoded_bytes(method_key, &method);
-        metadata.push_decoded_bytes(version_key, &version);
+        let [interface, method_key, version_key] = BODY_KEYS_KNOWN;
+        metadata.push_decoded_known(interface, &path);
+        metadata.push_decoded_known(method_key, &method);
+        metadata.push_decoded_known(version_key, &version);
         for i in 0..n {
             d.skip_value()
                 .map_err(|e| format!("argument {i}: {}", hessian_err(e)))?;

@@ -53,9 +53,9 @@ use metamesh_codecs::http1::{
     DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES,
 };
 use metamesh_core::{
-    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions,
-    ResponseClass, Scratch, Side, StreamState,
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, KnownText,
+    LocalReply, LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol,
+    ProtocolOptions, ResponseClass, Scratch, Side, StreamState,
 };
 use smallvec::SmallVec;
 
@@ -205,62 +205,42 @@ fn push(md: &mut Metadata, key: &[u8], value: &[u8]) {
     }
 }
 
-/// Lower-case names of common fields, handed out without allocating.
-const KNOWN_FIELDS: &[&str] = &[
-    "host",
-    "user-agent",
-    "accept",
-    "accept-encoding",
-    "accept-language",
-    "accept-ranges",
-    "age",
-    "authorization",
-    "cache-control",
-    "connection",
-    "content-encoding",
-    "content-length",
-    "content-type",
-    "cookie",
-    "date",
-    "etag",
-    "expect",
-    "expires",
-    "if-modified-since",
-    "if-none-match",
-    "keep-alive",
-    "last-modified",
-    "location",
-    "origin",
-    "pragma",
-    "range",
-    "referer",
-    "server",
-    "set-cookie",
-    "transfer-encoding",
-    "upgrade",
-    "vary",
-    "via",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-request-id",
-];
+/// The name a field is kept under: its bytes in the frame when it has no upper case, else
+/// its lower-case form (well-known names take no copy).
+enum FieldName<'a> {
+    Frame(&'a [u8]),
+    Known(KnownText),
+    Lower(Vec<u8>),
+}
 
-/// The lower-case form of a field name: its bytes in the frame when it has no upper case.
-fn field_name(frame: &[u8], span: Span) -> Cow<'_, [u8]> {
+fn field_name(frame: &[u8], span: Span) -> FieldName<'_> {
     let name = span.of(frame);
     if !name.iter().any(u8::is_ascii_uppercase) {
-        return Cow::Borrowed(name);
+        return FieldName::Frame(name);
     }
     let mut lower = [0u8; 24];
     if let Some(lower) = lower.get_mut(..name.len()) {
         for (l, b) in lower.iter_mut().zip(name) {
             *l = b.to_ascii_lowercase();
         }
-        if let Some(k) = KNOWN_FIELDS.iter().find(|k| k.as_bytes() == lower) {
-            return Cow::Borrowed(k.as_bytes());
+        if let Some(k) = KnownText::lookup(lower) {
+            return FieldName::Known(k);
         }
     }
-    Cow::Owned(name.to_ascii_lowercase())
+    FieldName::Lower(name.to_ascii_lowercase())
+}
+
+/// Pseudo-field names, found in the table of well-known texts at compile time.
+const METHOD: KnownText = KnownText::of(":method");
+const PATH: KnownText = KnownText::of(":path");
+const AUTHORITY: KnownText = KnownText::of(":authority");
+const STATUS: KnownText = KnownText::of(":status");
+
+/// Adds a decoded entry under a well-known key, as [`push`] does.
+fn push_known(md: &mut Metadata, key: KnownText, value: &[u8]) {
+    if !md.push_decoded_known(key, value) {
+        md.push_decoded(key.as_str(), String::from_utf8_lossy(value));
+    }
 }
 
 /// The authority without userinfo.
@@ -315,7 +295,12 @@ fn pseudo(frame: &[u8], line: &RequestLine, host: Option<Span>) -> (Derived, Opt
 
 fn push_fields(md: &mut Metadata, frame: &[u8], fields: &[Header]) {
     for f in fields {
-        push(md, &field_name(frame, f.name), f.value.of(frame));
+        let value = f.value.of(frame);
+        match field_name(frame, f.name) {
+            FieldName::Frame(name) => push(md, name, value),
+            FieldName::Known(name) => push_known(md, name, value),
+            FieldName::Lower(name) => push(md, &name, value),
+        }
     }
 }
 
@@ -672,10 +657,10 @@ impl HttpCodec {
         let (path, authority) = pseudo(&frame, &start, fields.host);
         let mut msg = Message::new(MessageKind::Request, id, frame);
         let md = &mut msg.metadata;
-        push(md, b":method", start.method.of(&msg.frame));
-        push(md, b":path", derived_bytes(&msg.frame, &path));
+        push_known(md, METHOD, start.method.of(&msg.frame));
+        push_known(md, PATH, derived_bytes(&msg.frame, &path));
         if let Some(a) = &authority {
-            push(md, b":authority", derived_bytes(&msg.frame, a));
+            push_known(md, AUTHORITY, derived_bytes(&msg.frame, a));
         }
         push_fields(md, &msg.frame, self.requests.headers());
         msg.layout[FLAGS] = flags;
@@ -763,11 +748,7 @@ impl HttpCodec {
             }
             let mut msg = Message::new(kind_of_status(code), ex.id, frame);
             msg.status = Some(u32::from(code));
-            push(
-                &mut msg.metadata,
-                b":status",
-                start.code_span.of(&msg.frame),
-            );
+            push_known(&mut msg.metadata, STATUS, start.code_span.of(&msg.frame));
             push_fields(&mut msg.metadata, &msg.frame, self.responses.headers());
             msg.layout[FLAGS] = flags;
             msg.layout[HEAD_LEN] = head_len as u32;
