@@ -711,6 +711,7 @@ async fn forward(
         out: down_wr,
         codec: down_codec,
     } = down;
+    up.arm(Instant::now() + deadline);
     let ExclusiveConnection {
         rd: up_rd,
         wr: up_wr,
@@ -719,7 +720,6 @@ async fn forward(
         deadline: timer,
         ..
     } = up;
-    timer.as_mut().reset(Instant::now() + deadline);
 
     let body = async {
         if req.stream != StreamState::More {

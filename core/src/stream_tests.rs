@@ -176,6 +176,11 @@ impl Client {
 }
 
 async fn start() -> Proxy {
+    start_with(crate::worker::default_concurrency()).await
+}
+
+/// A proxy with `workers` workers.
+async fn start_with(workers: usize) -> Proxy {
     let up = upstream().await;
     let yaml = format!(
         r#"
@@ -201,6 +206,7 @@ clusters:
     );
     ProxyBuilder::new()
         .protocols(&registry())
+        .concurrency(workers)
         .start(Bootstrap::from_yaml(&yaml).expect("yaml"))
         .await
         .expect("start")
@@ -377,6 +383,32 @@ async fn a_reused_connection_times_out_at_its_own_exchange_deadline() {
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
         "timed out after {waited:?}, not at the exchange's own 2 s"
     );
+}
+
+#[tokio::test]
+async fn a_connection_another_worker_made_times_out_on_a_timer_of_the_worker_using_it() {
+    // Twice as many workers as connection groups: worker `groups` shares the idle
+    // upstream connections of worker 0.
+    let groups = crate::worker::connection_groups();
+    let proxy = start_with(2 * groups).await;
+    // Client connections go to the workers in turn; the first one makes an upstream
+    // connection on worker 0 and leaves it idle.
+    let mut clients = Vec::new();
+    for i in 0..=groups {
+        clients.push(Client::connect(listener(&proxy)).await);
+        let (head, _) = clients[i].call(1, &[("mode", "echo")], b"x").await;
+        assert_eq!(head.kind, MessageKind::Response);
+    }
+    let mut c = clients.pop().expect("the client of worker `groups`");
+    let sent = std::time::Instant::now();
+    let (head, _) = c.call(2, &[("mode", "silent")], b"").await;
+    assert_eq!(head.metadata.get("reason"), Some("timeout"));
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "timed out after {waited:?}"
+    );
+    proxy.shutdown(Duration::from_secs(1)).await;
 }
 
 /// A stream-test server that answers every request with an error head (no body) and

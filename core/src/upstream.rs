@@ -432,9 +432,26 @@ pub(crate) struct ExclusiveConnection {
     /// stores the new time, where a timer per exchange is added to the runtime's timer
     /// wheel and taken out of it each time.
     pub(crate) deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The worker whose timers `deadline` belongs to.
+    timer_worker: Option<usize>,
     /// Counts the connection against the cluster's limit while it lives.
     _counted: OwnedResourceGuard,
     _open: OpenConnection,
+}
+
+impl ExclusiveConnection {
+    /// Sets the response deadline of the exchange about to start. A connection used by
+    /// another worker than the one that made its timer (workers that share connections)
+    /// gets a timer of that worker's own, so that no timer outlives its runtime in use.
+    pub(crate) fn arm(&mut self, at: Instant) {
+        let here = crate::worker::current();
+        if here == self.timer_worker {
+            self.deadline.as_mut().reset(at);
+        } else {
+            self.deadline = Box::pin(tokio::time::sleep_until(at));
+            self.timer_worker = here;
+        }
+    }
 }
 
 /// Counts an upstream connection as open until dropped.
@@ -594,6 +611,7 @@ impl EndpointPool {
             codec: Mutex::new(self.protocol.codec(&options)),
             reused: false,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_worker: crate::worker::current(),
             _counted: counted,
             _open: OpenConnection::new(&self.stats.cx_active),
         })
