@@ -1,11 +1,12 @@
-//! Request and response heads: a resumable line-by-line parser whose start-line and field
-//! grammars are nom parsers over one complete line. A head that arrives in pieces is
+//! Request and response heads: a resumable line-by-line parser whose start-line grammars
+//! are nom parsers over one complete line (a field line, one scan for the end of its name,
+//! is written out). A head that arrives in pieces is
 //! scanned once: complete lines are parsed and remembered, and only the unfinished line
 //! is looked at again when more bytes come.
 
 use nom::bytes::complete::{tag, take_until, take_while, take_while1, take_while_m_n};
 use nom::character::complete::char;
-use nom::combinator::{all_consuming, opt, recognize, rest, verify};
+use nom::combinator::{all_consuming, opt, recognize, verify};
 use nom::{FindSubstring, IResult, Parser};
 use smallvec::SmallVec;
 
@@ -231,15 +232,16 @@ fn status_line(i: &[u8]) -> Res<'_, StatusParts<'_>> {
     Ok((i, (version, code, reason)))
 }
 
-/// `field-name ":" OWS field-value OWS`; the value comes back trimmed.
-fn header_line(i: &[u8]) -> Res<'_, (&[u8], &[u8])> {
-    let (i, (name, _, value)) = (
-        take_while1(is_tchar),
-        char(':'),
-        verify(rest.map(trim_ows), all_field_bytes),
-    )
-        .parse(i)?;
-    Ok((i, (name, value)))
+/// `field-name ":" OWS field-value OWS`; the value comes back trimmed. Written out by
+/// hand rather than with the combinators of the start lines: it runs for every field of
+/// every head, and the grammar is one scan for the end of the name.
+fn header_line(i: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = i.iter().position(|&b| !is_tchar(b))?;
+    if colon == 0 || i.get(colon) != Some(&b':') {
+        return None;
+    }
+    let value = trim_ows(i.get(colon + 1..)?);
+    all_field_bytes(value).then_some((i.get(..colon)?, value))
 }
 
 /// `scheme "://" authority rest`.
@@ -341,7 +343,7 @@ impl StartLine for StatusLine {
 }
 
 fn parse_header(line: &[u8], at: usize, end: usize) -> Result<Header, HeadError> {
-    let (_, (name, value)) = header_line(line).map_err(|_| HeadError::BadHeader)?;
+    let (name, value) = header_line(line).ok_or(HeadError::BadHeader)?;
     Ok(Header {
         name: span_in(line, name, at),
         value: span_in(line, value, at),
