@@ -33,10 +33,16 @@ use metamesh_codecs::thrift::{
     MessageType, Protocol as Serialization, TType, Transport, Walker,
 };
 use metamesh_core::{
-    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, LocalReply,
-    LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol, ProtocolOptions,
-    Scratch, Side,
+    Codec, CodecOptions, DecodeError, EncodeError, EncodedFrame, ErrorAction, KnownText,
+    LocalReply, LocalReplyKind, Message, MessageKind, Metadata, OptionError, Protocol,
+    ProtocolOptions, Scratch, Side,
 };
+
+/// The keys every decoded message has, found in the table of well-known texts when the
+/// codec is compiled.
+const METHOD: KnownText = KnownText::of("method");
+const SERVICE: KnownText = KnownText::of("service");
+const MESSAGE_TYPE: KnownText = KnownText::of("message_type");
 
 // Positions in `Message::layout`.
 const VARIANT: usize = 0; // the bits below
@@ -276,19 +282,19 @@ fn message(frame: Bytes, p: &Parsed) -> Message {
     // Keys and values are bytes of the frame: the metadata keeps them where they are.
     let md = &mut msg.metadata;
     let name = frame.get(p.name.clone()).unwrap_or_default();
-    let text = |md: &mut Metadata, key: &str, value: &[u8]| {
-        if !md.push_decoded_bytes(key.as_bytes(), value) {
-            md.push_decoded(key, String::from_utf8_lossy(value));
+    let text = |md: &mut Metadata, key: KnownText, value: &[u8]| {
+        if !md.push_decoded_known(key, value) {
+            md.push_decoded(key.as_str(), String::from_utf8_lossy(value));
         }
     };
     match name.iter().position(|&b| b == b':') {
         Some(i) => {
-            text(md, "method", &name[i + 1..]);
-            text(md, "service", &name[..i]);
+            text(md, METHOD, &name[i + 1..]);
+            text(md, SERVICE, &name[..i]);
         }
-        None => text(md, "method", name),
+        None => text(md, METHOD, name),
     }
-    md.push_decoded("message_type", p.message_type.as_str());
+    text(md, MESSAGE_TYPE, p.message_type.as_str().as_bytes());
     if let Some(h) = &p.header {
         for info in h.infos(&frame) {
             if info.kind != InfoKind::KeyValue || is_derived_key(info.key) {
