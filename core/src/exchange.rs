@@ -54,8 +54,6 @@ fn lock(codec: &Mutex<Box<dyn Codec>>) -> MutexGuard<'_, Box<dyn Codec>> {
 }
 
 /// What reading the next message produced.
-// Nearly every result is a message; boxing it would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
 enum Next {
     /// Boxed as soon as it is decoded: a message (600 bytes) is handed on several times
     /// before it is done with, and each move of a box copies a pointer.

@@ -104,39 +104,28 @@ impl OutQueue {
         self.len
     }
 
-    /// Fills `slices` with what to write next, in order; returns how many it filled.
-    fn slices<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>; MAX_IOVECS]) -> usize {
-        let mut count = 0;
-        for c in self.chunks.iter().take(MAX_IOVECS - 1) {
-            slices[count] = std::io::IoSlice::new(c);
-            count += 1;
-        }
-        // The tail follows the chunks: it goes only with the last of them.
-        if count == self.chunks.len() && !self.tail.is_empty() {
-            slices[count] = std::io::IoSlice::new(&self.tail);
-            count += 1;
-        }
-        count
-    }
-
-    /// Writes what is queued until all of it is written (ready with `Ok`), the socket
-    /// is full (pending; the task is woken when it drains) or the write fails.
-    pub(crate) fn poll_write_to<W: AsyncWrite + Unpin>(
+    /// Hands what is queued to `write` (a vectored write of up to [`MAX_IOVECS`] slices,
+    /// in order) until all of it is written (ready with `Ok`), `write` is pending, or it
+    /// fails.
+    fn write_with(
         &mut self,
-        cx: &mut std::task::Context<'_>,
-        mut w: std::pin::Pin<&mut W>,
+        mut write: impl FnMut(&[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>>,
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         while self.len > 0 {
             let n = {
                 let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-                let count = self.slices(&mut slices);
-                let result = if count == 1 {
-                    w.as_mut().poll_write(cx, &slices[0])
-                } else {
-                    w.as_mut().poll_write_vectored(cx, &slices[..count])
-                };
-                match result {
+                let mut count = 0;
+                for c in self.chunks.iter().take(MAX_IOVECS - 1) {
+                    slices[count] = std::io::IoSlice::new(c);
+                    count += 1;
+                }
+                // The tail follows the chunks: it goes only with the last of them.
+                if count == self.chunks.len() && !self.tail.is_empty() {
+                    slices[count] = std::io::IoSlice::new(&self.tail);
+                    count += 1;
+                }
+                match write(&slices[..count]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                     }
@@ -150,6 +139,19 @@ impl OutQueue {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes what is queued until all of it is written (ready with `Ok`), the socket
+    /// is full (pending; the task is woken when it drains) or the write fails.
+    pub(crate) fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut w: std::pin::Pin<&mut W>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.write_with(|slices| match slices {
+            [one] => w.as_mut().poll_write(cx, one),
+            _ => w.as_mut().poll_write_vectored(cx, slices),
+        })
+    }
+
     /// Writes what is queued as far as the socket takes it now, from any task and
     /// without registering for the socket's readiness: `Ok(true)` when all of it left,
     /// `Ok(false)` when the socket is full and the rest stays queued.
@@ -157,25 +159,21 @@ impl OutQueue {
         &mut self,
         w: &tokio::net::tcp::OwnedWriteHalf,
     ) -> std::io::Result<bool> {
-        while self.len > 0 {
-            let n = {
-                let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-                let count = self.slices(&mut slices);
-                let result = if count == 1 {
-                    w.try_write(&slices[0])
-                } else {
-                    w.try_write_vectored(&slices[..count])
-                };
-                match result {
-                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
-                }
+        use std::task::Poll;
+        let written = self.write_with(|slices| {
+            let r = match slices {
+                [one] => w.try_write(one),
+                _ => w.try_write_vectored(slices),
             };
-            self.advance(n);
+            match r {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Poll::Pending,
+                r => Poll::Ready(r),
+            }
+        });
+        match written {
+            Poll::Ready(r) => r.map(|()| true),
+            Poll::Pending => Ok(false),
         }
-        Ok(true)
     }
 
     fn advance(&mut self, mut n: usize) {

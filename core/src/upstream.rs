@@ -355,8 +355,8 @@ impl MuxConnection {
             (None, None)
         };
         // Written now when this is the connection's only request in flight and no other
-        // starts with it; queued for the writer under load; waits for room until the deadline when the writer is
-        // far behind.
+        // starts with it; queued for the writer under load; when the writer is far
+        // behind, waits for room until the deadline.
         let now = self.shared.waiting() <= 1 && !crate::worker::starting_several();
         if !self.shared.send(msg, id, now)? {
             // Boxed: a writer this far behind is rare, and the wait's state would
