@@ -364,6 +364,20 @@ async fn a_silent_upstream_times_out_and_a_close_request_ends_the_connection() {
     assert!(c.closed().await);
 }
 
+/// Sends request `id` to the silent upstream and checks that it is answered with a
+/// timeout at the route's 2 s, not earlier (a timer left from an earlier exchange) and not
+/// much later.
+async fn times_out_at_the_route_deadline(c: &mut Client, id: u64) {
+    let sent = std::time::Instant::now();
+    let (head, _) = c.call(id, &[("mode", "silent")], b"").await;
+    assert_eq!(head.metadata.get("reason"), Some("timeout"));
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "timed out after {waited:?}, not at the exchange's own 2 s"
+    );
+}
+
 #[tokio::test]
 async fn a_reused_connection_times_out_at_its_own_exchange_deadline() {
     let proxy = start().await;
@@ -375,14 +389,7 @@ async fn a_reused_connection_times_out_at_its_own_exchange_deadline() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let (head, _) = c.call(2, &[("mode", "echo")], b"y").await;
     assert_eq!(head.metadata.get("conn"), Some(conn.as_str()), "reused");
-    let sent = std::time::Instant::now();
-    let (head, _) = c.call(3, &[("mode", "silent")], b"").await;
-    assert_eq!(head.metadata.get("reason"), Some("timeout"));
-    let waited = sent.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
-        "timed out after {waited:?}, not at the exchange's own 2 s"
-    );
+    times_out_at_the_route_deadline(&mut c, 3).await;
 }
 
 #[tokio::test]
@@ -400,14 +407,7 @@ async fn a_connection_another_worker_made_times_out_on_a_timer_of_the_worker_usi
         assert_eq!(head.kind, MessageKind::Response);
     }
     let mut c = clients.pop().expect("the client of worker `groups`");
-    let sent = std::time::Instant::now();
-    let (head, _) = c.call(2, &[("mode", "silent")], b"").await;
-    assert_eq!(head.metadata.get("reason"), Some("timeout"));
-    let waited = sent.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
-        "timed out after {waited:?}"
-    );
+    times_out_at_the_route_deadline(&mut c, 2).await;
     proxy.shutdown(Duration::from_secs(1)).await;
 }
 
