@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use smallstr::SmallString;
 use smallvec::SmallVec;
 
 /// What a decoded frame is, as far as routing is concerned.
@@ -65,13 +66,14 @@ impl MessageKind {
 /// twelve are kept inline, so a message moves cheaply and most never allocate for their
 /// entries. Any change marks the map dirty, which tells the codec that the
 /// metadata section has to be re-encoded.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metadata {
     /// The frame that [`Slot::Source`] positions are in.
     source: Bytes,
     entries: SmallVec<[(Slot, Slot); INLINE_ENTRIES]>,
-    /// The text of [`Slot::Owned`] entries.
-    owned: String,
+    /// The text of [`Slot::Owned`] entries: the first [`OWNED_INLINE`] bytes inside the
+    /// map, so that a request id or a short header mutation costs no allocation.
+    owned: SmallString<[u8; OWNED_INLINE]>,
     /// Entries that came from decoding (the first `decoded` ones).
     decoded: u32,
     dirty: bool,
@@ -79,8 +81,25 @@ pub struct Metadata {
     rewritten: bool,
 }
 
+impl Default for Metadata {
+    fn default() -> Self {
+        Self {
+            source: Bytes::new(),
+            entries: SmallVec::new(),
+            owned: SmallString::new(),
+            decoded: 0,
+            dirty: false,
+            rewritten: false,
+        }
+    }
+}
+
 /// Entries a map holds without allocating (as many as 8 entries of 24 bytes took).
 const INLINE_ENTRIES: usize = 12;
+
+/// Bytes of owned text a map holds without allocating: a request id (36) and a short
+/// key and value besides.
+const OWNED_INLINE: usize = 48;
 
 /// Which text a [`Slot`]'s position is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -415,9 +434,6 @@ impl Metadata {
         let at = u32::try_from(self.owned.len()).ok()?;
         at.checked_add(u32::try_from(s.len()).ok()?)?;
         let slot = Slot::new(Place::Owned, at, s.len())?;
-        if self.owned.capacity() == 0 {
-            self.owned.reserve(s.len().max(48));
-        }
         self.owned.push_str(s);
         Some(slot)
     }
@@ -572,6 +588,31 @@ impl Metadata {
         if let (Some(k), Some(v)) = (self.slot(key), self.slot(value)) {
             self.entries.push((k, v));
         }
+    }
+
+    /// As [`Metadata::push_absent`], under a well-known key found beforehand.
+    pub(crate) fn push_absent_known(&mut self, key: KnownText, value: &str) {
+        debug_assert!(!self.contains(key.as_str()));
+        self.dirty = true;
+        if let Some(v) = self.slot(value) {
+            self.entries.push((key.0, v));
+        }
+    }
+
+    /// The values of two keys (compared as [`Metadata::get`] compares them), found in one
+    /// pass over the entries.
+    pub(crate) fn get_two(&self, a: &str, b: &str) -> (Option<&str>, Option<&str>) {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        let (mut found_a, mut found_b) = (None, None);
+        for &(k, v) in &self.entries {
+            let n = k.len();
+            if n == a.len() && found_a.is_none() && self.bytes(k).eq_ignore_ascii_case(a) {
+                found_a = Some(v);
+            } else if n == b.len() && found_b.is_none() && self.bytes(k).eq_ignore_ascii_case(b) {
+                found_b = Some(v);
+            }
+        }
+        (found_a.map(|v| self.text(v)), found_b.map(|v| self.text(v)))
     }
 
     /// Removes `key`; returns its old value.
@@ -1050,6 +1091,42 @@ mod tests {
         assert_eq!(places(m.entries[2]), (Place::Owned, Place::Owned));
         assert!(!m.is_dirty());
         assert_eq!(m.appended().map(Iterator::count), None);
+    }
+
+    #[test]
+    fn short_owned_text_stays_in_the_map_and_longer_text_moves_out_intact() {
+        let mut m = Metadata::new();
+        let id = "0b9d3c1e-6f4a-4c6e-9a8b-2f1e0d3c4b5a";
+        m.set("x-request-id", id);
+        m.set("x-tier", "batch");
+        assert!(!m.owned.spilled(), "{} bytes kept inline", m.owned.len());
+        m.set("x-long", "a value long enough to need a buffer of its own");
+        assert!(m.owned.spilled());
+        assert_eq!(m.get("x-request-id"), Some(id));
+        assert_eq!(m.get("x-tier"), Some("batch"));
+        assert_eq!(
+            m.get("x-long"),
+            Some("a value long enough to need a buffer of its own")
+        );
+    }
+
+    #[test]
+    fn two_keys_are_found_in_one_pass_as_get_finds_them() {
+        let mut m = Metadata::new();
+        m.push_decoded("TraceParent", "first");
+        m.push_decoded("x-other", "1");
+        m.push_decoded("traceparent", "second");
+        assert_eq!(
+            m.get_two("x-request-id", "traceparent"),
+            (None, Some("first"))
+        );
+        m.push_decoded("X-Request-Id", "id");
+        assert_eq!(
+            m.get_two("x-request-id", "traceparent"),
+            (Some("id"), Some("first"))
+        );
+        assert_eq!(m.get_two("x-other", "x-other"), (Some("1"), None));
+        assert_eq!(m.get_two("absent", "x-othe"), (None, None));
     }
 
     #[test]

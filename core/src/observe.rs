@@ -13,7 +13,7 @@ use crate::stats::Counter;
 use tokio::time::Instant;
 
 use crate::config::{self, AccessLogFormat};
-use crate::message::{LocalReplyKind, Message, ResponseClass};
+use crate::message::{KnownText, LocalReplyKind, Message, ResponseClass};
 use crate::router::Route;
 use crate::stats::{ListenerStats, Stats};
 
@@ -116,17 +116,27 @@ pub fn child_traceparent(parent: &str) -> Option<String> {
 /// Gives `req` a request id when it has none and the proxy's span when it carries a
 /// trace context, as `tracing` says.
 pub fn propagate(tracing: &config::Tracing, req: &mut Message) {
-    if tracing.request_id && !req.metadata.contains(REQUEST_ID) {
+    if !tracing.request_id && !tracing.traceparent {
+        return;
+    }
+    // One pass over the request's entries finds both.
+    let (id, parent) = req.metadata.get_two(REQUEST_ID, TRACEPARENT);
+    let add_id = tracing.request_id && id.is_none();
+    let child = parent
+        .filter(|_| tracing.traceparent)
+        .and_then(child_traceparent);
+    if add_id {
         let mut id = [0u8; 36];
         req.metadata
-            .push_absent(REQUEST_ID, request_id_into(&mut id));
+            .push_absent_known(REQUEST_ID_KEY, request_id_into(&mut id));
     }
-    if tracing.traceparent {
-        if let Some(child) = req.metadata.get(TRACEPARENT).and_then(child_traceparent) {
-            req.metadata.set(TRACEPARENT, child);
-        }
+    if let Some(child) = child {
+        req.metadata.set(TRACEPARENT, child);
     }
 }
+
+/// [`REQUEST_ID`], found in the table of well-known texts at compile time.
+const REQUEST_ID_KEY: KnownText = KnownText::of(REQUEST_ID);
 
 /// One field of a text line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -724,6 +734,26 @@ mod tests {
         let mut n = Message::new(crate::MessageKind::Request, 1, bytes::Bytes::new());
         propagate(&off, &mut n);
         assert!(n.metadata.is_empty());
+    }
+
+    #[test]
+    fn propagation_makes_a_child_span_of_the_trace_the_request_carries() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for request_id in [true, false] {
+            let tracing = config::Tracing {
+                request_id,
+                traceparent: true,
+            };
+            let mut m = Message::new(crate::MessageKind::Request, 1, bytes::Bytes::new());
+            m.metadata.push_decoded("TraceParent", parent);
+            propagate(&tracing, &mut m);
+            let child = m.metadata.get(TRACEPARENT).expect("kept");
+            assert_ne!(child, parent);
+            assert_eq!(child[..36], parent[..36], "same trace");
+            assert_eq!(child[52..], parent[52..], "same flags");
+            assert_eq!(m.metadata.contains(REQUEST_ID), request_id);
+            assert_eq!(m.metadata.len(), 1 + usize::from(request_id));
+        }
     }
 
     #[test]
