@@ -652,7 +652,6 @@ fn can_append(msg: &Message) -> bool {
 /// one).
 fn append_attachments(msg: &Message, out: &mut BytesMut) {
     let is_request = msg.kind.is_request();
-    let mut e = Encoder::with_buffer(&mut *out);
     for (k, v) in msg.metadata.appended().into_iter().flatten() {
         let body_key = k.eq_ignore_ascii_case("interface")
             || k.eq_ignore_ascii_case("method")
@@ -660,8 +659,9 @@ fn append_attachments(msg: &Message, out: &mut BytesMut) {
         if is_request && body_key {
             continue;
         }
-        e.write_str(k);
-        e.write_str(v);
+        // Strings only: no encoder (and its tables of classes and types) is needed.
+        hessian2::write_str(out, k);
+        hessian2::write_str(out, v);
     }
     out.put_u8(b'Z');
 }

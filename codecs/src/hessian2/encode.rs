@@ -87,6 +87,61 @@ pub fn i32_len(v: i32) -> usize {
     }
 }
 
+/// Appends the string `s` to `buf`, as [`Encoder::write_str`] does: for a writer that
+/// has only strings to write and no class definitions or type names to keep track of
+/// (which is what an [`Encoder`] is for).
+pub fn write_str<B: Sink>(buf: &mut B, s: &str) {
+    if s.is_ascii() {
+        let mut rest = s.as_bytes();
+        while rest.len() > STRING_CHUNK {
+            let (chunk, tail) = rest.split_at(STRING_CHUNK);
+            string_header(buf, STRING_CHUNK, false);
+            buf.put_slice(chunk);
+            rest = tail;
+        }
+        string_header(buf, rest.len(), true);
+        buf.put_slice(rest);
+        return;
+    }
+    let mut rest = s;
+    loop {
+        let mut units = 0;
+        let mut split = None;
+        for (i, c) in rest.char_indices() {
+            let w = c.len_utf16();
+            if units + w > STRING_CHUNK {
+                split = Some(i);
+                break;
+            }
+            units += w;
+        }
+        let (chunk, tail) = match split {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        string_header(buf, units, split.is_none());
+        utf8::encode_cesu8(chunk, |b| buf.put_slice(b));
+        if split.is_none() {
+            return;
+        }
+        rest = tail;
+    }
+}
+
+fn string_header<B: Sink>(buf: &mut B, units: usize, last: bool) {
+    if !last {
+        buf.put_u8(tag::STRING_CHUNK);
+        buf.put_slice(&(units as u16).to_be_bytes());
+    } else if units <= 0x1f {
+        buf.put_u8(units as u8);
+    } else if units <= 0x3ff {
+        buf.put_slice(&[tag::STRING_MEDIUM + (units >> 8) as u8, units as u8]);
+    } else {
+        buf.put_u8(tag::STRING_FINAL);
+        buf.put_slice(&(units as u16).to_be_bytes());
+    }
+}
+
 impl<B: Sink> Encoder<B> {
     /// An encoder appending to `buf`.
     pub fn with_buffer(buf: B) -> Self {
@@ -223,57 +278,8 @@ impl<B: Sink> Encoder<B> {
     /// A string. Lengths count UTF-16 units; strings over 0x8000 units are split into
     /// chunks (never inside a surrogate pair), as Java does.
     pub fn write_str(&mut self, s: &str) -> &mut Self {
-        if s.is_ascii() {
-            let mut rest = s.as_bytes();
-            while rest.len() > STRING_CHUNK {
-                let (chunk, tail) = rest.split_at(STRING_CHUNK);
-                self.string_header(STRING_CHUNK, false);
-                self.buf.put_slice(chunk);
-                rest = tail;
-            }
-            self.string_header(rest.len(), true);
-            self.buf.put_slice(rest);
-            return self;
-        }
-        let mut rest = s;
-        loop {
-            let mut units = 0;
-            let mut split = None;
-            for (i, c) in rest.char_indices() {
-                let w = c.len_utf16();
-                if units + w > STRING_CHUNK {
-                    split = Some(i);
-                    break;
-                }
-                units += w;
-            }
-            let (chunk, tail) = match split {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            self.string_header(units, split.is_none());
-            let buf = &mut self.buf;
-            utf8::encode_cesu8(chunk, |b| buf.put_slice(b));
-            if split.is_none() {
-                return self;
-            }
-            rest = tail;
-        }
-    }
-
-    fn string_header(&mut self, units: usize, last: bool) {
-        if !last {
-            self.buf.put_u8(tag::STRING_CHUNK);
-            self.buf.put_slice(&(units as u16).to_be_bytes());
-        } else if units <= 0x1f {
-            self.buf.put_u8(units as u8);
-        } else if units <= 0x3ff {
-            self.buf
-                .put_slice(&[tag::STRING_MEDIUM + (units >> 8) as u8, units as u8]);
-        } else {
-            self.buf.put_u8(tag::STRING_FINAL);
-            self.buf.put_slice(&(units as u16).to_be_bytes());
-        }
+        write_str(&mut self.buf, s);
+        self
     }
 
     /// A string or, for `None`, null.

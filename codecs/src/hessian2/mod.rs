@@ -16,7 +16,7 @@ mod utf8;
 mod value;
 
 pub use decode::{Decoder, ListStart, MapStart};
-pub use encode::{i32_len, Encoder, Sink};
+pub use encode::{i32_len, write_str, Encoder, Sink};
 pub use error::Error;
 pub use value::Value;
 
