@@ -949,3 +949,18 @@ fn the_ascii_check_finds_a_high_byte_wherever_it_is() {
         }
     }
 }
+
+#[test]
+fn strings_written_without_an_encoder_read_back_in_a_bytes_buffer() {
+    let long = "a".repeat(0x8000 + 5);
+    let texts = ["", "x-request-id", "中文", "😀 and more", long.as_str()];
+    let mut buf = bytes::BytesMut::new();
+    for t in texts {
+        write_str(&mut buf, t);
+    }
+    let mut d = Decoder::new(&buf);
+    for t in texts {
+        assert_eq!(d.read_string().as_deref(), Ok(t));
+    }
+    assert!(d.is_empty());
+}
