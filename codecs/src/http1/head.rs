@@ -3,6 +3,12 @@
 //! is written out). A head that arrives in pieces is
 //! scanned once: complete lines are parsed and remembered, and only the unfinished line
 //! is looked at again when more bytes come.
+//!
+//! Most lines have a common form (an origin-form request line, a status line of HTTP/1.1
+//! or 1.0, a field line of valid bytes) that is recognised in one pass over its bytes,
+//! CRLF included, before any search for its end; a line of any other form, an invalid one
+//! and one cut off by the end of the input take the line-by-line path, which decides the
+//! error. Both read an accepted line the same way (a property test holds them to it).
 
 use nom::bytes::complete::{tag, take_until, take_while, take_while1, take_while_m_n};
 use nom::character::complete::char;
@@ -143,6 +149,15 @@ pub trait StartLine: Sized {
     /// Parses `line` (without its CRLF), which starts at offset `at` of the input and
     /// whose CRLF ends at offset `end`.
     fn parse(line: &[u8], at: usize, end: usize) -> Result<Self, HeadError>;
+
+    /// Recognises the common form of the start line at offset `at` of `input` in one pass,
+    /// CRLF included: the line and the offset past its CRLF. `None` for anything else (a
+    /// rarer form, an error, a line not complete in `input`), which [`StartLine::parse`]
+    /// then decides; whatever this accepts, `parse` reads the same way.
+    fn recognize(input: &[u8], at: usize) -> Option<(Self, usize)> {
+        let _ = (input, at);
+        None
+    }
 }
 
 /// A complete head.
@@ -316,6 +331,10 @@ impl StartLine for RequestLine {
             end: end as u32,
         })
     }
+
+    fn recognize(input: &[u8], at: usize) -> Option<(Self, usize)> {
+        Self::recognize_origin(input, at)
+    }
 }
 
 impl StartLine for StatusLine {
@@ -340,6 +359,10 @@ impl StartLine for StatusLine {
             end: end as u32,
         })
     }
+
+    fn recognize(input: &[u8], at: usize) -> Option<(Self, usize)> {
+        Self::recognize_plain(input, at)
+    }
 }
 
 fn parse_header(line: &[u8], at: usize, end: usize) -> Result<Header, HeadError> {
@@ -349,6 +372,142 @@ fn parse_header(line: &[u8], at: usize, end: usize) -> Result<Header, HeadError>
         value: span_in(line, value, at),
         end: end as u32,
     })
+}
+
+/// How many bytes at the start of `s` may stand in a field value. Eight at a time while
+/// none is a control byte or DEL (the common case), then one at a time.
+fn field_run(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(chunk);
+        // A byte below 0x20 (tab included: it is checked one byte at a time below).
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        // A byte equal to 0x7f.
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGH;
+        if control | del != 0 {
+            break;
+        }
+        i += 8;
+    }
+    let rest = s.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&b| !is_field_byte(b))
+        .unwrap_or(rest.len())
+}
+
+/// True for a space or a tab.
+fn is_ows(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t')
+}
+
+/// The common form of a field line at offset `at` of `input`, `name ":" OWS value OWS
+/// CRLF` with every byte valid, recognised in one pass; `None` for anything else (an
+/// error, a line not complete in `input`), which [`parse_header`] then decides.
+fn recognize_header(input: &[u8], at: usize) -> Option<Header> {
+    let line = input.get(at..)?;
+    let colon = line.iter().position(|&b| !is_tchar(b))?;
+    if colon == 0 || line.get(colon) != Some(&b':') {
+        return None;
+    }
+    let rest = line.get(colon + 1..)?;
+    let len = field_run(rest);
+    if rest.get(len..len + 2)? != b"\r\n" {
+        return None;
+    }
+    let value = rest.get(..len)?;
+    let lead = value.iter().take_while(|b| is_ows(b)).count();
+    let trail = value
+        .get(lead..)?
+        .iter()
+        .rev()
+        .take_while(|b| is_ows(b))
+        .count();
+    let value_at = at + colon + 1;
+    Some(Header {
+        name: Span::new(at, at + colon),
+        value: Span::new(value_at + lead, value_at + len - trail),
+        end: (value_at + len + 2) as u32,
+    })
+}
+
+impl RequestLine {
+    /// `token SP origin-form SP HTTP/1.1` (or `1.0`) CRLF, any method but `CONNECT`.
+    fn recognize_origin(input: &[u8], at: usize) -> Option<(Self, usize)> {
+        let line = input.get(at..)?;
+        let m = line.iter().position(|&b| !is_tchar(b))?;
+        if m == 0 || line.get(m) != Some(&b' ') || line.get(..m)? == b"CONNECT" {
+            return None;
+        }
+        let t = m + 1;
+        let target_len = line.get(t..)?.iter().position(|&b| !is_target_byte(b))?;
+        let v = t + target_len;
+        if line.get(t) != Some(&b'/') || line.get(v) != Some(&b' ') {
+            return None;
+        }
+        let version = match line.get(v + 1..v + 11)? {
+            b"HTTP/1.1\r\n" => Version::Http11,
+            b"HTTP/1.0\r\n" => Version::Http10,
+            _ => return None,
+        };
+        let end = at + v + 11;
+        let start = RequestLine {
+            method: Span::new(at, at + m),
+            target: Span::new(at + t, at + v),
+            form: TargetForm::Origin,
+            version,
+            end: end as u32,
+        };
+        Some((start, end))
+    }
+}
+
+impl StatusLine {
+    /// `HTTP/1.1` (or `1.0`) SP 3DIGIT [SP reason] CRLF, with a code of 100 or more.
+    fn recognize_plain(input: &[u8], at: usize) -> Option<(Self, usize)> {
+        let line = input.get(at..)?;
+        let version = match line.get(..9)? {
+            b"HTTP/1.1 " => Version::Http11,
+            b"HTTP/1.0 " => Version::Http10,
+            _ => return None,
+        };
+        let digits = line.get(9..12)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let code = digits
+            .iter()
+            .fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
+        if code < 100 {
+            return None;
+        }
+        let (reason, crlf) = match line.get(12)? {
+            b'\r' => (Span::new(at + 12, at + 12), 12),
+            b' ' => {
+                let len = field_run(line.get(13..)?);
+                (Span::new(at + 13, at + 13 + len), 13 + len)
+            }
+            _ => return None,
+        };
+        if line.get(crlf..crlf + 2)? != b"\r\n" {
+            return None;
+        }
+        let end = at + crlf + 2;
+        let start = StatusLine {
+            version,
+            code,
+            code_span: Span::new(at + 9, at + 12),
+            reason,
+            end: end as u32,
+        };
+        Some((start, end))
+    }
 }
 
 /// A resumable head parser.
@@ -421,10 +580,18 @@ impl<S: StartLine> HeadParser<S> {
     /// head gives its start line and length, and [`HeadParser::headers`] its fields until
     /// the next call. Nothing as large as the fields is moved.
     pub fn parse_in_place(&mut self, buf: &[u8]) -> Result<Option<(S, usize)>, HeadError> {
+        self.parse_in_place_with(buf, true)
+    }
+
+    fn parse_in_place_with(
+        &mut self,
+        buf: &[u8],
+        fast: bool,
+    ) -> Result<Option<(S, usize)>, HeadError> {
         if self.complete {
             self.reset();
         }
-        let result = self.advance(buf);
+        let result = self.advance(buf, fast);
         match result {
             Ok(Some(_)) => {
                 self.line_start = 0;
@@ -447,10 +614,35 @@ impl<S: StartLine> HeadParser<S> {
         }
     }
 
-    fn advance(&mut self, buf: &[u8]) -> Result<Option<(S, usize)>, HeadError> {
+    /// Parses on from where the last call stopped. Each line not looked at before is first
+    /// tried in its common form, in one pass (`fast`); any other line, and any line that
+    /// arrived in pieces, is found by its LF and then parsed.
+    fn advance(&mut self, buf: &[u8], fast: bool) -> Result<Option<(S, usize)>, HeadError> {
         let limit = self.limits.max_head_bytes.min(u32::MAX as usize);
         let window = buf.get(..limit).unwrap_or(buf);
         loop {
+            if fast && self.scanned <= self.line_start {
+                let at = self.line_start;
+                if self.start.is_none() {
+                    if let Some((start, end)) = S::recognize(window, at) {
+                        self.start = Some(start);
+                        (self.line_start, self.scanned) = (end, end);
+                        continue;
+                    }
+                } else if window.get(at..at + 2) == Some(b"\r\n") {
+                    let end = at + 2;
+                    (self.line_start, self.scanned) = (end, end);
+                    return Ok(self.start.take().map(|start| (start, end)));
+                } else if let Some(header) = recognize_header(window, at) {
+                    if self.headers.len() >= self.limits.max_headers {
+                        return Err(HeadError::TooManyHeaders);
+                    }
+                    let end = header.end as usize;
+                    (self.line_start, self.scanned) = (end, end);
+                    self.headers.push(header);
+                    continue;
+                }
+            }
             let from = self.scanned.max(self.line_start);
             let rest = window.get(from..).unwrap_or_default();
             let Some(rel) = rest.find_substring(&b"\n"[..]) else {
@@ -684,6 +876,114 @@ mod tests {
         // `parse` hands the same head over whole.
         let h = p.parse(first).unwrap().unwrap();
         assert_eq!((h.len, h.headers.len()), (first.len(), 2));
+    }
+
+    /// Lines near the common forms, for mutating.
+    const REQUEST_LINES: &[&[u8]] = &[
+        b"GET /a?b=c HTTP/1.1\r\n",
+        b"POST / HTTP/1.0\r\n",
+        b"CONNECT h:443 HTTP/1.1\r\n",
+        b"CONNECT /x HTTP/1.1\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"GET http://u@h:1/p HTTP/1.1\r\n",
+        b"GET / HTTP/1.9\r\n",
+    ];
+    const STATUS_LINES: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.0 404 Not Found\r\n",
+        b"HTTP/1.1 204\r\n",
+        b"HTTP/1.1 500 \r\n",
+        b"HTTP/1.1 099 Low\r\n",
+        b"HTTP/1.2 200 OK\r\n",
+    ];
+    const FIELD_LINES: &[&[u8]] = &[
+        b"Host: example.com\r\n",
+        b"User-Agent: metamesh-bench/1.0 (x86_64)\r\n",
+        b"x-empty:\r\n",
+        b"X-Pad: \t a b \t\r\n",
+        b"Cookie: a=b; c=d; e=f; g=h; i=j; k=l\r\n",
+        b"X-Obs: caf\xc3\xa9\r\n",
+        b" folded\r\n",
+        b"\r\n",
+    ];
+    /// Bytes a mutation puts in: each class a line scanner tells apart.
+    const ODD_BYTES: &[u8] = b"\r\n\t :/aZ9*@\x00\x7f\x80\xff";
+
+    fn head_of(start: &[u8], fields: &[&[u8]], edits: &[(usize, usize, bool)]) -> Vec<u8> {
+        let mut head = start.to_vec();
+        for f in fields {
+            head.extend_from_slice(f);
+        }
+        head.extend_from_slice(b"\r\n");
+        for &(at, byte, replace) in edits {
+            let at = at % (head.len() + 1);
+            let byte = ODD_BYTES[byte % ODD_BYTES.len()];
+            match head.get_mut(at) {
+                Some(b) if replace => *b = byte,
+                _ => head.insert(at, byte),
+            }
+        }
+        head
+    }
+
+    /// Feeds `head` byte by byte to a parser taking the one-pass path and to one that
+    /// only parses line by line, and asks for the same answers at every step.
+    fn same_either_way<S: StartLine + PartialEq + std::fmt::Debug>(head: &[u8], limits: Limits) {
+        let mut fast = HeadParser::<S>::new(limits);
+        let mut slow = HeadParser::<S>::new(limits);
+        for n in 0..=head.len() {
+            let a = fast.parse_in_place_with(&head[..n], true);
+            let b = slow.parse_in_place_with(&head[..n], false);
+            assert_eq!(a, b, "{:?} after {n} bytes", String::from_utf8_lossy(head));
+            assert_eq!(fast.headers(), slow.headers());
+            if a != Ok(None) {
+                break;
+            }
+        }
+        let (mut fast, mut slow) = (HeadParser::<S>::new(limits), HeadParser::<S>::new(limits));
+        let a = fast.parse_in_place_with(head, true);
+        assert_eq!(a, slow.parse_in_place_with(head, false));
+        assert_eq!(fast.headers(), slow.headers());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_lines_read_as_line_by_line_parsing_reads_them(
+            start in 0..REQUEST_LINES.len() + STATUS_LINES.len(),
+            fields in proptest::collection::vec(0..FIELD_LINES.len(), 0..5),
+            edits in proptest::collection::vec((0..200usize, 0..64usize, proptest::bool::ANY), 0..3),
+            small in proptest::bool::ANY,
+        ) {
+            let fields: Vec<&[u8]> = fields.iter().map(|&i| FIELD_LINES[i]).collect();
+            let limits = if small {
+                Limits { max_head_bytes: 60, max_headers: 2, ..Limits::default() }
+            } else {
+                Limits::default()
+            };
+            match REQUEST_LINES.get(start) {
+                Some(line) => same_either_way::<RequestLine>(&head_of(line, &fields, &edits), limits),
+                None => {
+                    let line = STATUS_LINES[start - REQUEST_LINES.len()];
+                    same_either_way::<StatusLine>(&head_of(line, &fields, &edits), limits);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn field_runs_stop_at_the_first_byte_a_value_cannot_hold() {
+        for len in 0..20 {
+            for bad in [b'\r', b'\n', 0x00, 0x1f, 0x7f] {
+                let mut s = vec![b'a'; len];
+                assert_eq!(field_run(&s), len);
+                for at in 0..len {
+                    s[at] = bad;
+                    assert_eq!(field_run(&s), at, "{len} {bad:#x} at {at}");
+                    s[at] = if at % 2 == 0 { b'\t' } else { 0xe9 };
+                    assert_eq!(field_run(&s), len, "tab and obs-text are value bytes");
+                }
+            }
+        }
     }
 
     #[test]
