@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -143,12 +144,23 @@ fn encode(codec: &Mutex<Box<dyn Codec>>, msg: &Message) -> Result<EncodedFrame, 
     Ok(frame)
 }
 
-/// Queues an encoded frame on `out`.
-async fn send(
-    out: &mut FrameWriter<OwnedWriteHalf>,
+/// Queues an encoded frame on `out`. A frame of small chunks is copied at once, and the
+/// future returned is already done; one with a chunk large enough to be written as it is
+/// waits for the socket in a boxed future, so that no exchange keeps room for that wait.
+fn send<'a>(
+    out: &'a mut FrameWriter<OwnedWriteHalf>,
     frame: Result<EncodedFrame, SendError>,
-) -> Result<(), SendError> {
-    out.push(frame?).await.map_err(|_| SendError::Io)
+) -> impl Future<Output = Result<(), SendError>> + Send + 'a {
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(e) => return Either::Left(std::future::ready(Err(e))),
+    };
+    if out.gather(&frame) {
+        return Either::Left(std::future::ready(Ok(())));
+    }
+    Either::Right(Box::pin(async move {
+        out.push(frame).await.map_err(|_| SendError::Io)
+    }))
 }
 
 #[derive(Debug)]
@@ -921,8 +933,13 @@ async fn pump_body(
             Some(p) => p,
             None => {
                 wr.flush().await.map_err(|_| Pump::Write)?;
-                let next =
-                    tokio::time::timeout(STREAM_IDLE_TIMEOUT, next_message(rd, buf, from)).await;
+                // Boxed: a body that came with its head (most) never waits here, and the
+                // wait is larger than the rest of the pump.
+                let next = Box::pin(tokio::time::timeout(
+                    STREAM_IDLE_TIMEOUT,
+                    next_message(rd, buf, from),
+                ))
+                .await;
                 match next {
                     Ok(Next::Message(m)) => encode_piece(&m, to)?,
                     Ok(Next::Bad(e)) => {

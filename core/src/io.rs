@@ -27,6 +27,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    /// Copies `frame` into the buffer when none of its chunks is too large to copy (the
+    /// common case, which needs no waiting); false, copying nothing, otherwise.
+    pub(crate) fn gather(&mut self, frame: &EncodedFrame) -> bool {
+        let parts = frame.parts();
+        if parts.iter().any(|p| p.len() >= COPY_LIMIT) {
+            return false;
+        }
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        true
+    }
+
     /// Queues `frame`; writes at once whatever is too large to copy.
     pub(crate) async fn push(&mut self, frame: EncodedFrame) -> std::io::Result<()> {
         for mut part in frame.into_parts() {
@@ -269,6 +282,24 @@ mod tests {
         ) -> std::task::Poll<std::io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn small_frames_are_gathered_at_once_and_large_chunks_wait_for_the_socket() {
+        let mut w = FrameWriter::new(Sink::new(usize::MAX));
+        assert!(w.gather(&frame(&[b"head ", b"body"])));
+        let big = vec![b'x'; COPY_LIMIT];
+        let large = frame(&[b"+", &big]);
+        assert!(
+            !w.gather(&large),
+            "a frame with a large chunk is not copied"
+        );
+        assert_eq!(w.buf.len(), 9, "nothing of it was gathered");
+        w.push(large).await.expect("writes");
+        w.flush().await.expect("flushes");
+        let mut expected = b"head body+".to_vec();
+        expected.extend_from_slice(&big);
+        assert_eq!(w.get_mut().written, expected);
     }
 
     #[test]

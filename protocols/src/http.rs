@@ -215,19 +215,27 @@ enum FieldName<'a> {
 
 fn field_name(frame: &[u8], span: Span) -> FieldName<'_> {
     let name = span.of(frame);
-    if !name.iter().any(u8::is_ascii_uppercase) {
+    let mut lower = [0u8; 24];
+    let Some(lower) = lower.get_mut(..name.len()) else {
+        return if name.iter().any(u8::is_ascii_uppercase) {
+            FieldName::Lower(name.to_ascii_lowercase())
+        } else {
+            FieldName::Frame(name)
+        };
+    };
+    // One pass lowers a short name and tells whether it had upper case at all.
+    let mut upper = false;
+    for (l, &b) in lower.iter_mut().zip(name) {
+        upper |= b.is_ascii_uppercase();
+        *l = b.to_ascii_lowercase();
+    }
+    if !upper {
         return FieldName::Frame(name);
     }
-    let mut lower = [0u8; 24];
-    if let Some(lower) = lower.get_mut(..name.len()) {
-        for (l, b) in lower.iter_mut().zip(name) {
-            *l = b.to_ascii_lowercase();
-        }
-        if let Some(k) = KnownText::lookup(lower) {
-            return FieldName::Known(k);
-        }
+    match KnownText::lookup(lower) {
+        Some(k) => FieldName::Known(k),
+        None => FieldName::Lower(lower.to_vec()),
     }
-    FieldName::Lower(name.to_ascii_lowercase())
 }
 
 /// Pseudo-field names, found in the table of well-known texts at compile time.

@@ -171,6 +171,27 @@ fn curl_get_head() {
 }
 
 #[test]
+fn field_names_are_kept_in_lower_case_whatever_their_length() {
+    let head = b"GET / HTTP/1.1\r\nHOST: a\r\nContent-Type: text/plain\r\nX-Tenant: acme\r\n\
+x-already-lower: 1\r\nX-A-Field-Name-Longer-Than-24: 2\r\nx-a-lower-field-name-longer-than-24: 3\r\n\r\n";
+    let msgs = decode_all(Side::Downstream, head);
+    assert_eq!(
+        attributes(&msgs[0]),
+        pairs(&[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("host", "a"),
+            ("content-type", "text/plain"),
+            ("x-tenant", "acme"),
+            ("x-already-lower", "1"),
+            ("x-a-field-name-longer-than-24", "2"),
+            ("x-a-lower-field-name-longer-than-24", "3"),
+        ])
+    );
+}
+
+#[test]
 fn request_bodies_by_content_length() {
     let f = fixture("curl_post_form");
     let msgs = decode_all(Side::Downstream, &f);
