@@ -399,7 +399,9 @@ fn exchange<'a>(
     async move {
         ctx.stats.rq_total.inc();
         let snapshot = ctx.store.load();
-        let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, (peer, Instant::now()));
+        // The route's timeout counts from here too: one clock read serves both.
+        let start = Instant::now();
+        let (mut obs, routed) = observe_and_route(ctx, &snapshot, &mut req, (peer, start));
         let Routed {
             route,
             cluster,
@@ -429,6 +431,7 @@ fn exchange<'a>(
             &req,
             (route, cluster, hash, listener_hooks),
             (&mut obs, &body_in, &body_out),
+            start,
         )
         .await;
         let (sent_up, sent_down) = (
@@ -462,9 +465,10 @@ async fn attempts(
     req: &Message,
     (route, cluster, hash, listener_hooks): Target<'_>,
     (obs, body_in, body_out): Counted<'_, '_>,
+    start: Instant,
 ) -> Flow {
     let total = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-    let deadline = Instant::now() + total;
+    let deadline = start + total;
     let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
     let mut retries = Retries::new(route, cluster, deadline);
     let mut exclude = None;
@@ -480,8 +484,9 @@ async fn attempts(
         exclude = Some(index);
         let pool: &EndpointPool = &endpoint.pool;
         obs.attempt(&cluster.name, pool.address());
-        let active = pool.begin_request(Instant::now());
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let active = pool.begin_request(now);
+        let remaining = deadline.saturating_duration_since(now);
         let this_try = per_try.map_or(remaining, |t| t.min(remaining));
         // An error response is held back for a retry only when one could follow.
         let hold_error = req.stream == StreamState::End && retries.allows(RetryOn::ErrorStatus);
