@@ -193,7 +193,7 @@ impl Mutation {
     /// Applies every mutation to `metadata`.
     pub fn apply_all(mutations: &[Mutation], metadata: &mut Metadata) {
         for m in mutations {
-            metadata.set(m.key.clone(), m.value.clone());
+            metadata.set(&*m.key, &*m.value);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::BufMut;
 
-use super::{is_field_byte, is_token, Version};
+use super::{all_field_bytes, is_token, Version};
 
 /// A part of a head that cannot be written as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +65,7 @@ pub fn write_status_line<B: BufMut>(
     if !(100..=999).contains(&code) {
         return Err(WriteError::BadStatus);
     }
-    if !reason.iter().all(|&b| is_field_byte(b)) {
+    if !all_field_bytes(reason) {
         return Err(WriteError::BadReason);
     }
     out.put_slice(version.as_bytes());
@@ -87,7 +87,7 @@ pub fn write_header<B: BufMut>(out: &mut B, name: &[u8], value: &[u8]) -> Result
     if !is_token(name) {
         return Err(WriteError::BadHeaderName);
     }
-    if !value.iter().all(|&b| is_field_byte(b)) {
+    if !all_field_bytes(value) {
         return Err(WriteError::BadHeaderValue);
     }
     out.put_slice(name);
