@@ -226,8 +226,10 @@ fn field_name(frame: &[u8], span: Span) -> FieldName<'_> {
     // One pass lowers a short name and tells whether it had upper case at all.
     let mut upper = false;
     for (l, &b) in lower.iter_mut().zip(name) {
-        upper |= b.is_ascii_uppercase();
-        *l = b.to_ascii_lowercase();
+        // Without a branch per byte: the case bit is set on the upper-case letters only.
+        let is_upper = b.wrapping_sub(b'A') < 26;
+        upper |= is_upper;
+        *l = b | (u8::from(is_upper) << 5);
     }
     if !upper {
         return FieldName::Frame(name);
