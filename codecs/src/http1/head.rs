@@ -251,12 +251,23 @@ fn status_line(i: &[u8]) -> Res<'_, StatusParts<'_>> {
 /// hand rather than with the combinators of the start lines: it runs for every field of
 /// every head, and the grammar is one scan for the end of the name.
 fn header_line(i: &[u8]) -> Option<(&[u8], &[u8])> {
-    let colon = i.iter().position(|&b| !is_tchar(b))?;
-    if colon == 0 || i.get(colon) != Some(&b':') {
-        return None;
-    }
+    let colon = name_end(i)?;
     let value = trim_ows(i.get(colon + 1..)?);
     all_field_bytes(value).then_some((i.get(..colon)?, value))
+}
+
+/// The value of a status code's digits (checked to be digits).
+fn status_code(digits: &[u8]) -> u16 {
+    digits
+        .iter()
+        .fold(0u16, |n, b| n * 10 + u16::from(b - b'0'))
+}
+
+/// Where the field name at the start of `line` ends: at its colon, after one or more
+/// token bytes.
+fn name_end(line: &[u8]) -> Option<usize> {
+    let colon = token_len(line);
+    (colon > 0 && line.get(colon) == Some(&b':')).then_some(colon)
 }
 
 /// `scheme "://" authority rest`.
@@ -332,8 +343,33 @@ impl StartLine for RequestLine {
         })
     }
 
+    /// `token SP origin-form SP HTTP/1.1` (or `1.0`) CRLF, any method but `CONNECT`.
     fn recognize(input: &[u8], at: usize) -> Option<(Self, usize)> {
-        Self::recognize_origin(input, at)
+        let line = input.get(at..)?;
+        let m = token_len(line);
+        if m == 0 || line.get(m) != Some(&b' ') || line.get(..m)? == b"CONNECT" {
+            return None;
+        }
+        let t = m + 1;
+        let target_len = line.get(t..)?.iter().position(|&b| !is_target_byte(b))?;
+        let v = t + target_len;
+        if line.get(t) != Some(&b'/') || line.get(v) != Some(&b' ') {
+            return None;
+        }
+        let version = match line.get(v + 1..v + 11)? {
+            b"HTTP/1.1\r\n" => Version::Http11,
+            b"HTTP/1.0\r\n" => Version::Http10,
+            _ => return None,
+        };
+        let end = at + v + 11;
+        let start = RequestLine {
+            method: Span::new(at, at + m),
+            target: Span::new(at + t, at + v),
+            form: TargetForm::Origin,
+            version,
+            end: end as u32,
+        };
+        Some((start, end))
     }
 }
 
@@ -343,7 +379,7 @@ impl StartLine for StatusLine {
             .parse(line)
             .map_err(|_| HeadError::BadStatusLine)?;
         let version = version_of(version).ok_or(HeadError::BadStatusLine)?;
-        let value = code.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
+        let value = status_code(code);
         if value < 100 {
             return Err(HeadError::BadStatusLine);
         }
@@ -360,8 +396,42 @@ impl StartLine for StatusLine {
         })
     }
 
+    /// `HTTP/1.1` (or `1.0`) SP 3DIGIT [SP reason] CRLF, with a code of 100 or more.
     fn recognize(input: &[u8], at: usize) -> Option<(Self, usize)> {
-        Self::recognize_plain(input, at)
+        let line = input.get(at..)?;
+        let version = match line.get(..9)? {
+            b"HTTP/1.1 " => Version::Http11,
+            b"HTTP/1.0 " => Version::Http10,
+            _ => return None,
+        };
+        let digits = line.get(9..12)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let code = status_code(digits);
+        if code < 100 {
+            return None;
+        }
+        let (reason, crlf) = match line.get(12)? {
+            b'\r' => (Span::new(at + 12, at + 12), 12),
+            b' ' => {
+                let len = field_run(line.get(13..)?);
+                (Span::new(at + 13, at + 13 + len), 13 + len)
+            }
+            _ => return None,
+        };
+        if line.get(crlf..crlf + 2)? != b"\r\n" {
+            return None;
+        }
+        let end = at + crlf + 2;
+        let start = StatusLine {
+            version,
+            code,
+            code_span: Span::new(at + 9, at + 12),
+            reason,
+            end: end as u32,
+        };
+        Some((start, end))
     }
 }
 
@@ -412,112 +482,29 @@ fn token_len(s: &[u8]) -> usize {
     i
 }
 
-/// True for a space or a tab.
-fn is_ows(b: &u8) -> bool {
-    matches!(b, b' ' | b'\t')
-}
-
 /// The common form of a field line at offset `at` of `input`, `name ":" OWS value OWS
 /// CRLF` with every byte valid, recognised in one pass; `None` for anything else (an
 /// error, a line not complete in `input`), which [`parse_header`] then decides.
 fn recognize_header(input: &[u8], at: usize) -> Option<Header> {
     let line = input.get(at..)?;
-    let colon = token_len(line);
-    if colon == 0 || line.get(colon) != Some(&b':') {
-        return None;
-    }
+    let colon = name_end(line)?;
     let rest = line.get(colon + 1..)?;
     let len = field_run(rest);
     if rest.get(len..len + 2)? != b"\r\n" {
         return None;
     }
+    // Where the value starts and ends without the OWS around it, counted here rather
+    // than found again from the slice `trim_ows` returns: this runs for every field.
     let value = rest.get(..len)?;
-    let lead = value.iter().take_while(|b| is_ows(b)).count();
-    let trail = value
-        .get(lead..)?
-        .iter()
-        .rev()
-        .take_while(|b| is_ows(b))
-        .count();
+    let ows = |b: &&u8| matches!(b, b' ' | b'\t');
+    let lead = value.iter().take_while(ows).count();
+    let trail = value.get(lead..)?.iter().rev().take_while(ows).count();
     let value_at = at + colon + 1;
     Some(Header {
         name: Span::new(at, at + colon),
         value: Span::new(value_at + lead, value_at + len - trail),
         end: (value_at + len + 2) as u32,
     })
-}
-
-impl RequestLine {
-    /// `token SP origin-form SP HTTP/1.1` (or `1.0`) CRLF, any method but `CONNECT`.
-    fn recognize_origin(input: &[u8], at: usize) -> Option<(Self, usize)> {
-        let line = input.get(at..)?;
-        let m = line.iter().position(|&b| !is_tchar(b))?;
-        if m == 0 || line.get(m) != Some(&b' ') || line.get(..m)? == b"CONNECT" {
-            return None;
-        }
-        let t = m + 1;
-        let target_len = line.get(t..)?.iter().position(|&b| !is_target_byte(b))?;
-        let v = t + target_len;
-        if line.get(t) != Some(&b'/') || line.get(v) != Some(&b' ') {
-            return None;
-        }
-        let version = match line.get(v + 1..v + 11)? {
-            b"HTTP/1.1\r\n" => Version::Http11,
-            b"HTTP/1.0\r\n" => Version::Http10,
-            _ => return None,
-        };
-        let end = at + v + 11;
-        let start = RequestLine {
-            method: Span::new(at, at + m),
-            target: Span::new(at + t, at + v),
-            form: TargetForm::Origin,
-            version,
-            end: end as u32,
-        };
-        Some((start, end))
-    }
-}
-
-impl StatusLine {
-    /// `HTTP/1.1` (or `1.0`) SP 3DIGIT [SP reason] CRLF, with a code of 100 or more.
-    fn recognize_plain(input: &[u8], at: usize) -> Option<(Self, usize)> {
-        let line = input.get(at..)?;
-        let version = match line.get(..9)? {
-            b"HTTP/1.1 " => Version::Http11,
-            b"HTTP/1.0 " => Version::Http10,
-            _ => return None,
-        };
-        let digits = line.get(9..12)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let code = digits
-            .iter()
-            .fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
-        if code < 100 {
-            return None;
-        }
-        let (reason, crlf) = match line.get(12)? {
-            b'\r' => (Span::new(at + 12, at + 12), 12),
-            b' ' => {
-                let len = field_run(line.get(13..)?);
-                (Span::new(at + 13, at + 13 + len), 13 + len)
-            }
-            _ => return None,
-        };
-        if line.get(crlf..crlf + 2)? != b"\r\n" {
-            return None;
-        }
-        let end = at + crlf + 2;
-        let start = StatusLine {
-            version,
-            code,
-            code_span: Span::new(at + 9, at + 12),
-            reason,
-            end: end as u32,
-        };
-        Some((start, end))
-    }
 }
 
 /// A resumable head parser.
