@@ -123,9 +123,16 @@ def section(out, command, settings):
              "summed over the proxy's processes; `load avg` is the machine's 1-minute "
              "load average after each of the row's runs. `metamesh-noid` is metamesh with "
              "`tracing: { request_id: false, traceparent: false }`: by default every request "
-             "gets an `x-request-id`, which makes the proxy re-encode its metadata.", ""]
+             "gets an `x-request-id`, which makes the proxy re-encode its metadata."]
+    if glob.glob(os.path.join(out, "*-metamesh-pgo-closed.json")):
+        lines[-1] += (" `metamesh-pgo` is the same metamesh built by `scripts/build-pgo.sh`: "
+                      "compiled with the profile of an instrumented build that served "
+                      "this tool's Dubbo, Thrift and HTTP/1.1 load (closed loop and "
+                      "2,000/s) before the run.")
+    lines.append("")
     for proto in ("dubbo", "thrift", "http"):
-        targets = ["direct", "metamesh", "metamesh-noid", "haproxy-tcp", "nginx-stream"]
+        targets = ["direct", "metamesh", "metamesh-pgo", "metamesh-noid", "haproxy-tcp",
+                   "nginx-stream"]
         if proto == "http":
             targets += ["nginx-http", "haproxy-http"]
         refs = ["haproxy-tcp"] + (["nginx-http"] if proto == "http" else [])
@@ -170,10 +177,11 @@ def section(out, command, settings):
     def ratio(a, b):
         return None if a is None or not b else a / b
 
-    dm = {m: load(out, f"dubbo-metamesh-{m}") for m in ["closed", high]}
     dh = {m: load(out, f"dubbo-haproxy-tcp-{m}") for m in ["closed", high]}
-    hm = {m: load(out, f"http-metamesh-{m}") for m in ["closed", high]}
     hn = {m: load(out, f"http-nginx-http-{m}") for m in ["closed", high]}
+    # The plain release build, and the profile-guided one when the run has it.
+    builds = ["metamesh"] + (["metamesh-pgo"]
+                             if load(out, f"dubbo-metamesh-pgo-{high}") else [])
     idle = load(out, "dubbo-idle")
     r10 = load(out, "dubbo-routes-10-closed")
     big = [p for p in glob.glob(os.path.join(out, "dubbo-routes-*-closed.json"))
@@ -182,33 +190,39 @@ def section(out, command, settings):
     rbig = load(out, f"dubbo-routes-{nbig}-closed") if big else None
     lua = load(out, "dubbo-lua-closed")
 
-    def added_p99(proto):
-        x, base = load(out, f"{proto}-metamesh-{high}"), load(out, f"{proto}-direct-{high}")
+    def added_p99(proto, build):
+        x, base = load(out, f"{proto}-{build}-{high}"), load(out, f"{proto}-direct-{high}")
         return None if not x or not base else x["latency_us"]["p99"] - base["latency_us"]["p99"]
 
     def verdict(v, limit):
         return "–" if v is None else ("holds" if v <= limit else "fails")
 
     rows = []
-    for label, m in (("at max", "closed"), (f"at {high}/s", high)):
-        v = ratio(cpu(dm[m]), cpu(dh[m]))
-        rows.append((f"Dubbo batchjob routing: CPU/req vs haproxy mode tcp, {label}", "≤ 1.0×",
-                     "–" if v is None else f"{v:.2f}×", verdict(v, 1.0)))
-    for label, m in (("at max", "closed"), (f"at {high}/s", high)):
-        v = ratio(cpu(hm[m]), cpu(hn[m]))
-        rows.append((f"HTTP header routing: CPU/req vs nginx, {label}", "≤ 0.8×",
-                     "–" if v is None else f"{v:.2f}×", verdict(v, 0.8)))
-    for proto in ("dubbo", "http"):
-        v = added_p99(proto)
-        base = load(out, f"{proto}-direct-{high}")
-        floor = base["latency_us"]["p99"] if base else None
-        # A difference of tails is only a measurement when the baseline's own tail is
-        # the load tool's floor (a few hundred µs here), not scheduling delays of a busy
-        # machine (milliseconds), which swamp any proxy's share.
-        ok = v is not None and floor is not None and floor < 1000 and v >= 0
-        rows.append((f"{proto}: added p99 at {high}/s open loop", "≤ 150 µs",
-                     fmt(v, 0) + f" µs (direct p99 {fmt(floor, 0)} µs)",
-                     verdict(v, 150) if ok else "not measurable in this run"))
+    for build in builds:
+        who = "" if build == "metamesh" else f" ({build})"
+        dm = {m: load(out, f"dubbo-{build}-{m}") for m in ["closed", high]}
+        hm = {m: load(out, f"http-{build}-{m}") for m in ["closed", high]}
+        for label, m in (("at max", "closed"), (f"at {high}/s", high)):
+            v = ratio(cpu(dm[m]), cpu(dh[m]))
+            rows.append((f"Dubbo batchjob routing{who}: CPU/req vs haproxy mode tcp, {label}",
+                         "≤ 1.0×", "–" if v is None else f"{v:.2f}×", verdict(v, 1.0)))
+        for label, m in (("at max", "closed"), (f"at {high}/s", high)):
+            v = ratio(cpu(hm[m]), cpu(hn[m]))
+            rows.append((f"HTTP header routing{who}: CPU/req vs nginx, {label}", "≤ 0.8×",
+                         "–" if v is None else f"{v:.2f}×", verdict(v, 0.8)))
+    for build in builds:
+        who = "" if build == "metamesh" else f" ({build})"
+        for proto in ("dubbo", "http"):
+            v = added_p99(proto, build)
+            base = load(out, f"{proto}-direct-{high}")
+            floor = base["latency_us"]["p99"] if base else None
+            # A difference of tails is only a measurement when the baseline's own tail is
+            # the load tool's floor (a few hundred µs here), not scheduling delays of a
+            # busy machine (milliseconds), which swamp any proxy's share.
+            ok = v is not None and floor is not None and floor < 1000 and v >= 0
+            rows.append((f"{proto}{who}: added p99 at {high}/s open loop", "≤ 150 µs",
+                         fmt(v, 0) + f" µs (direct p99 {fmt(floor, 0)} µs)",
+                         verdict(v, 150) if ok else "not measurable in this run"))
     if idle:
         v = idle["rss_before_kib"] / 1024
         rows.append(("idle RSS", "≤ 15 MB", f"{v:.1f} MiB", verdict(v, 15)))

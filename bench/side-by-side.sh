@@ -7,6 +7,8 @@
 #   bench/side-by-side.sh --no-docs    # full run, report on stdout only
 #   OUT=/tmp/sbs bench/side-by-side.sh # keep the JSON reports and logs there
 #   ROUNDS=3 bench/side-by-side.sh     # each fixed-rate run three times, medians reported
+#   bench/side-by-side.sh --pgo        # also the profile-guided build (scripts/build-pgo.sh)
+#                                      # as the target metamesh-pgo (about 8 minutes more)
 #
 # For each protocol (dubbo, thrift, http) and each target it runs the load tool closed
 # loop (maximum throughput) and open loop at fixed rates, and reads the proxy's CPU time
@@ -15,6 +17,7 @@
 #   direct        the echo backend itself (the baseline for added latency)
 #   metamesh      `metamesh proxy` routing as the README does (Dubbo on batchjob, HTTP on
 #                 x-batchjob, Thrift on method), two clusters
+#   metamesh-pgo  (--pgo) the same, built by scripts/build-pgo.sh
 #   haproxy-tcp   haproxy `mode tcp` (the L4 floor)
 #   nginx-stream  nginx `stream` (the L4 floor)
 #   nginx-http    (HTTP) nginx proxy_pass with upstream keepalive, routing on x-batchjob
@@ -33,11 +36,13 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUICK=0
 DOCS=1
+PGO=0
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1; DOCS=0 ;;
+        --pgo) PGO=1 ;;
         --no-docs) DOCS=0 ;;
-        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -82,6 +87,12 @@ log "building metamesh and metamesh-bench (release) into $CARGO_TARGET_DIR"
 (cd "$REPO" && cargo build --release --quiet -p metamesh -p metamesh-bench --bins) || die "build failed"
 MM="$CARGO_TARGET_DIR/release/metamesh"
 BENCH="$CARGO_TARGET_DIR/release/metamesh-bench"
+MM_PGO=
+if [ "$PGO" = 1 ]; then
+    log "building the profile-guided metamesh (scripts/build-pgo.sh)"
+    MM_PGO="$(OUT="$OUT/pgo" "$REPO/scripts/build-pgo.sh" | tail -n 1)" || die "profile-guided build failed"
+    [ -x "$MM_PGO" ] || die "profile-guided build failed"
+fi
 
 # ------------------------------------------------------------------ processes
 # shellcheck source=bench/common.sh
@@ -111,8 +122,8 @@ start_echo() { # protocol port1 port2 -> ECHO_PID
     wait_port "$2"; wait_port "$3"
 }
 
-start_metamesh() { # config port -> PROXY_PID
-    "$MM" proxy --config "$1" >"$1.log" 2>&1 &
+start_metamesh() { # config [binary] -> PROXY_PID
+    "${2:-$MM}" proxy --config "$1" >"$1.log" 2>&1 &
     PROXY_PID=$!; PIDS+=("$PROXY_PID")
     for _ in $(seq 1 200); do
         grep -q '"event":"ready"' "$1.log" 2>/dev/null && return 0
@@ -256,6 +267,12 @@ for proto in dubbo thrift http; do
     start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2")"
     run_target "$proto" metamesh "$P" "$PROXY_PID"
     stop "$PROXY_PID"
+    if [ -n "$MM_PGO" ]; then
+        P=$(free_port)
+        start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2")" "$MM_PGO"
+        run_target "$proto" metamesh-pgo "$P" "$PROXY_PID"
+        stop "$PROXY_PID"
+    fi
     if [ "$proto" != thrift ]; then
         P=$(free_port)
         start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2" 0 "" noid)"
@@ -311,6 +328,7 @@ done
 # ------------------------------------------------------------------ report
 COMMAND="bench/side-by-side.sh"
 if [ "$QUICK" = 1 ]; then COMMAND+=" --quick"; fi
+if [ "$PGO" = 1 ]; then COMMAND+=" --pgo"; fi
 if [ "$ROUNDS" -gt 1 ]; then COMMAND="ROUNDS=$ROUNDS $COMMAND"; fi
 ROUNDS_NOTE=""
 if [ "$ROUNDS" -gt 1 ]; then
