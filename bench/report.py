@@ -25,8 +25,8 @@ def read(path):
 
 def load(out, name):
     """The report `name`. When the run was repeated (`NAME.rN.json` beside it, from
-    ROUNDS=N), each latency percentile and the CPU per request are the median over the
-    rounds, so that one stall of the machine does not decide the figure."""
+    ROUNDS=N), the throughput, each latency percentile and the CPU per request are the
+    median over the rounds, so that one stall of the machine does not decide the figure."""
     p = os.path.join(out, name + ".json")
     if not os.path.exists(p):
         return None
@@ -37,6 +37,7 @@ def load(out, name):
     rounds = [first] + [read(q) for q in more]
     merged = dict(first)
     merged["rounds"] = len(rounds)
+    merged["throughput"] = median([r["throughput"] for r in rounds])
     merged["latency_us"] = {k: median([r["latency_us"][k] for r in rounds])
                             for k in first["latency_us"]
                             if all(isinstance(r["latency_us"].get(k), (int, float))
@@ -244,8 +245,8 @@ def section(out, command, settings):
                      verdict(v, 2)))
     lines += ["### Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "Route scale and the hook compare separate proxy processes run one after "
-              "the other, so differences within the run-to-run spread (about ±10% at this "
+    lines += ["", "Route scale and the hook compare separate proxy processes, measured in "
+              "turn, so differences within the run-to-run spread (about ±10% at this "
               "load) are not significant.", "", END]
     return "\n".join(lines) + "\n"
 

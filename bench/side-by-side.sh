@@ -6,7 +6,7 @@
 #   bench/side-by-side.sh --quick      # CI-size run: short windows, docs untouched
 #   bench/side-by-side.sh --no-docs    # full run, report on stdout only
 #   OUT=/tmp/sbs bench/side-by-side.sh # keep the JSON reports and logs there
-#   ROUNDS=3 bench/side-by-side.sh     # each fixed-rate run three times, medians reported
+#   ROUNDS=3 bench/side-by-side.sh     # three rounds of every measurement, medians reported
 #   bench/side-by-side.sh --pgo        # also the profile-guided build (scripts/build-pgo.sh)
 #                                      # as the target metamesh-pgo (about 8 minutes more)
 #
@@ -243,16 +243,39 @@ load() { # name protocol target-port pid mode(closed|RATE) -> writes $OUT/NAME.j
     log "$name: $(jq -c '{throughput, ok, errors, p99: .latency_us.p99, cpu_us: .process.cpu_us_per_request}' "$OUT/$name.json")"
 }
 
-run_target() { # protocol target port pid
-    local m r
-    for m in closed $RATES; do
-        load "$1-$2-$m" "$1" "$3" "$4" "$m"
-        # Fixed rates again, ROUNDS in all: the report takes the median of each figure.
-        if [ "$m" != closed ]; then
-            for r in $(seq 2 "$ROUNDS"); do
-                load "$1-$2-$m.r$r" "$1" "$3" "$4" "$m"
+# The targets of one comparison run at the same time, each on its own port (idle while
+# another is measured); every measurement is taken in rounds, and each round measures
+# every target once, one after the other: a stretch of load from other work on the
+# machine falls on all targets of a round alike, not on one target's every run.
+TARGETS=()
+declare -A TPORT=() TPID=()
+add_target() { # name port pid
+    TARGETS+=("$1"); TPORT[$1]=$2; TPID[$1]=$3
+}
+start_metamesh_target() { # name config [binary]
+    local cfg="$OUT/$1.yaml"
+    cp "$2" "$cfg"
+    start_metamesh "$cfg" "${3:-}"
+    add_target "$1" "$(sed -n 's/.*address: 127.0.0.1:\([0-9]*\).*/\1/p' "$cfg" | head -n 1)" "$PROXY_PID"
+}
+stop_targets() {
+    local t
+    for t in "${TARGETS[@]}"; do [ "${TPID[$t]}" != - ] && stop "${TPID[$t]}"; done
+    TARGETS=(); TPORT=(); TPID=()
+}
+# Measures every target in each mode (closed loop and the rates), ROUNDS rounds per mode:
+# NAME.json, then NAME.r2.json ...; the report takes the median of each figure.
+measure_targets() { # protocol prefix modes...
+    local proto=$1 prefix=$2 m r t name
+    shift 2
+    for m in "$@"; do
+        for r in $(seq 1 "$ROUNDS"); do
+            for t in "${TARGETS[@]}"; do
+                name="$prefix-$t-$m"
+                [ "$r" -gt 1 ] && name+=".r$r"
+                load "$name" "$proto" "${TPORT[$t]}" "${TPID[$t]}" "$m"
             done
-        fi
+        done
     done
 }
 
@@ -261,56 +284,38 @@ log "results in $OUT"
 for proto in dubbo thrift http; do
     E1=$(free_port); E2=$(free_port)
     start_echo "$proto" "$E1" "$E2"
-    run_target "$proto" direct "$E1" -
-
-    P=$(free_port)
-    start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2")"
-    run_target "$proto" metamesh "$P" "$PROXY_PID"
-    stop "$PROXY_PID"
+    add_target direct "$E1" -
+    start_metamesh_target metamesh "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2")"
     if [ -n "$MM_PGO" ]; then
-        P=$(free_port)
-        start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2")" "$MM_PGO"
-        run_target "$proto" metamesh-pgo "$P" "$PROXY_PID"
-        stop "$PROXY_PID"
+        start_metamesh_target metamesh-pgo \
+            "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2")" "$MM_PGO"
     fi
     if [ "$proto" != thrift ]; then
-        P=$(free_port)
-        start_metamesh "$(metamesh_config "$proto" "$P" "$E1" "$E2" 0 "" noid)"
-        run_target "$proto" metamesh-noid "$P" "$PROXY_PID"
-        stop "$PROXY_PID"
+        start_metamesh_target metamesh-noid \
+            "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2" 0 "" noid)"
     fi
-
-    P=$(free_port); start_haproxy tcp "$P" "$E1" "$E2"
-    run_target "$proto" haproxy-tcp "$P" "$PROXY_PID"; stop "$PROXY_PID"
-
-    P=$(free_port); start_nginx stream "$P" "$E1" "$E2"
-    run_target "$proto" nginx-stream "$P" "$PROXY_PID"; stop "$PROXY_PID"
-
+    P=$(free_port); start_haproxy tcp "$P" "$E1" "$E2"; add_target haproxy-tcp "$P" "$PROXY_PID"
+    P=$(free_port); start_nginx stream "$P" "$E1" "$E2"; add_target nginx-stream "$P" "$PROXY_PID"
     if [ "$proto" = http ]; then
-        P=$(free_port); start_nginx http "$P" "$E1" "$E2"
-        run_target "$proto" nginx-http "$P" "$PROXY_PID"; stop "$PROXY_PID"
-        P=$(free_port); start_haproxy http "$P" "$E1" "$E2"
-        run_target "$proto" haproxy-http "$P" "$PROXY_PID"; stop "$PROXY_PID"
+        P=$(free_port); start_nginx http "$P" "$E1" "$E2"; add_target nginx-http "$P" "$PROXY_PID"
+        P=$(free_port); start_haproxy http "$P" "$E1" "$E2"; add_target haproxy-http "$P" "$PROXY_PID"
     fi
+    # shellcheck disable=SC2086
+    measure_targets "$proto" "$proto" closed $RATES
+    stop_targets
 
     if [ "$proto" = dubbo ]; then
         # Route scale and the Lua hook: CPU per request at maximum throughput, where it
         # is steadiest (at a fixed rate, sleeping and waking dominate and hide a few µs).
-        # The hook is compared with the same proxy without it, run right before.
+        # The hook is compared with the same proxy without it.
         for routes in 10 "$SCALE_ROUTES"; do
-            P=$(free_port)
-            start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2" "$routes")"
-            load "dubbo-routes-$routes-closed" dubbo "$P" "$PROXY_PID" closed
-            stop "$PROXY_PID"
+            start_metamesh_target "routes-$routes" \
+                "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2" "$routes")"
         done
-        P=$(free_port)
-        start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2")"
-        load "dubbo-nolua-closed" dubbo "$P" "$PROXY_PID" closed
-        stop "$PROXY_PID"
-        P=$(free_port)
-        start_metamesh "$(metamesh_config dubbo "$P" "$E1" "$E2" 0 lua)"
-        load "dubbo-lua-closed" dubbo "$P" "$PROXY_PID" closed
-        stop "$PROXY_PID"
+        start_metamesh_target nolua "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2")"
+        start_metamesh_target lua "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2" 0 lua)"
+        measure_targets dubbo dubbo closed
+        stop_targets
 
         # Memory: idle RSS, then the RSS that idle client connections add.
         P=$(free_port)
@@ -330,9 +335,9 @@ COMMAND="bench/side-by-side.sh"
 if [ "$QUICK" = 1 ]; then COMMAND+=" --quick"; fi
 if [ "$PGO" = 1 ]; then COMMAND+=" --pgo"; fi
 if [ "$ROUNDS" -gt 1 ]; then COMMAND="ROUNDS=$ROUNDS $COMMAND"; fi
-ROUNDS_NOTE=""
+ROUNDS_NOTE="; the targets of a table run side by side, idle but for the one being measured, and each measurement is taken in $ROUNDS rounds, every target once per round in turn"
 if [ "$ROUNDS" -gt 1 ]; then
-    ROUNDS_NOTE="; each fixed-rate run $ROUNDS times in a row per target, latency percentiles and CPU per request the median of the rounds"
+    ROUNDS_NOTE+=": throughput, latency percentiles and CPU per request are the medians of the rounds"
 fi
 python3 "$REPO/bench/report.py" "$OUT" --command "$COMMAND" \
     --settings "window $DURATION after $WARMUP warm-up; closed loop $MUX_CONNS connections x $MUX_INFLIGHT in flight (HTTP: $HTTP_CONNS connections); open loop over $OPEN_MUX_CONNS connections (HTTP: $OPEN_HTTP_CONNS); --batchjob-every $BATCHJOB_EVERY (Dubbo attachment batchjob=true, HTTP header x-batchjob: true on every ${BATCHJOB_EVERY}rd request of a connection)$ROUNDS_NOTE" \
