@@ -62,6 +62,10 @@ train() { # protocol [lua] [noid]
         "$BENCH" load --protocol "$proto" --target "127.0.0.1:$port" "${args[@]}" \
             --batchjob-every 3 --warmup 200ms --duration "${TRAIN_SECONDS}s" \
             >"$OUT/load-$proto-$load${hook:+-lua}${noid:+-noid}.json"
+        # A profile of failing requests would optimise the error paths instead.
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(1 if r["errors"] or not r["ok"] else 0)' \
+            "$OUT/load-$proto-$load${hook:+-lua}${noid:+-noid}.json" \
+            || { echo "training load $proto $load had errors (see $OUT)" >&2; exit 1; }
     done
     kill -TERM "$mm_pid"
     wait "$mm_pid" || { echo "the instrumented proxy did not exit cleanly (see $OUT/proxy-$proto.log)" >&2; exit 1; }
