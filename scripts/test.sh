@@ -11,6 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-test-deps.sh
 cargo fmt --all -- --check
+# The project's shell scripts parse (the measuring ones do not run here).
+for f in .ci/run scripts/*.sh bench/*.sh; do bash -n "$f"; done
 if cargo tree --workspace -e normal --prefix none -f '{p}' | grep -qE '^(kube|kube-client|k8s-openapi) v'; then
     echo "the default build must not depend on a Kubernetes client" >&2
     exit 1
