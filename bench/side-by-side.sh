@@ -260,7 +260,9 @@ start_metamesh_target() { # name config [binary]
 }
 stop_targets() {
     local t
-    for t in "${TARGETS[@]}"; do [ "${TPID[$t]}" != - ] && stop "${TPID[$t]}"; done
+    for t in "${TARGETS[@]}"; do
+        if [ "${TPID[$t]}" != - ]; then stop "${TPID[$t]}"; fi
+    done
     TARGETS=(); TPORT=(); TPID=()
 }
 # Measures every target in each mode (closed loop and the rates), ROUNDS rounds per mode:
