@@ -252,11 +252,11 @@ declare -A TPORT=() TPID=()
 add_target() { # name port pid
     TARGETS+=("$1"); TPORT[$1]=$2; TPID[$1]=$3
 }
-start_metamesh_target() { # name config [binary]
+start_metamesh_target() { # name port config-for-that-port [binary]
     local cfg="$OUT/$1.yaml"
-    cp "$2" "$cfg"
-    start_metamesh "$cfg" "${3:-}"
-    add_target "$1" "$(sed -n 's/.*address: 127.0.0.1:\([0-9]*\).*/\1/p' "$cfg" | head -n 1)" "$PROXY_PID"
+    cp "$3" "$cfg"
+    start_metamesh "$cfg" "${4:-}"
+    add_target "$1" "$2" "$PROXY_PID"
 }
 stop_targets() {
     local t
@@ -287,14 +287,17 @@ for proto in dubbo thrift http; do
     E1=$(free_port); E2=$(free_port)
     start_echo "$proto" "$E1" "$E2"
     add_target direct "$E1" -
-    start_metamesh_target metamesh "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2")"
+    P=$(free_port)
+    start_metamesh_target metamesh "$P" "$(metamesh_config "$proto" "$P" "$E1" "$E2")"
     if [ -n "$MM_PGO" ]; then
-        start_metamesh_target metamesh-pgo \
-            "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2")" "$MM_PGO"
+        P=$(free_port)
+        start_metamesh_target metamesh-pgo "$P" \
+            "$(metamesh_config "$proto" "$P" "$E1" "$E2")" "$MM_PGO"
     fi
     if [ "$proto" != thrift ]; then
-        start_metamesh_target metamesh-noid \
-            "$(metamesh_config "$proto" "$(free_port)" "$E1" "$E2" 0 "" noid)"
+        P=$(free_port)
+        start_metamesh_target metamesh-noid "$P" \
+            "$(metamesh_config "$proto" "$P" "$E1" "$E2" 0 "" noid)"
     fi
     P=$(free_port); start_haproxy tcp "$P" "$E1" "$E2"; add_target haproxy-tcp "$P" "$PROXY_PID"
     P=$(free_port); start_nginx stream "$P" "$E1" "$E2"; add_target nginx-stream "$P" "$PROXY_PID"
@@ -311,11 +314,14 @@ for proto in dubbo thrift http; do
         # is steadiest (at a fixed rate, sleeping and waking dominate and hide a few µs).
         # The hook is compared with the same proxy without it.
         for routes in 10 "$SCALE_ROUTES"; do
-            start_metamesh_target "routes-$routes" \
-                "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2" "$routes")"
+            P=$(free_port)
+            start_metamesh_target "routes-$routes" "$P" \
+                "$(metamesh_config dubbo "$P" "$E1" "$E2" "$routes")"
         done
-        start_metamesh_target nolua "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2")"
-        start_metamesh_target lua "$(metamesh_config dubbo "$(free_port)" "$E1" "$E2" 0 lua)"
+        P=$(free_port)
+        start_metamesh_target nolua "$P" "$(metamesh_config dubbo "$P" "$E1" "$E2")"
+        P=$(free_port)
+        start_metamesh_target lua "$P" "$(metamesh_config dubbo "$P" "$E1" "$E2" 0 lua)"
         measure_targets dubbo dubbo closed
         stop_targets
 
