@@ -68,18 +68,9 @@ log() { printf '[side-by-side] %s\n' "$*" >&2; }
 die() { printf '[side-by-side] error: %s\n' "$*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ packages
-NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
-nginx_has_stream() {
-    nginx -V 2>&1 | grep -q -- '--with-stream ' || [ -f "$NGINX_STREAM_MODULE" ]
-}
-MISSING=()
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || MISSING+=(haproxy)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || MISSING+=(nginx-light)
-[ -x /usr/sbin/nginx ] && nginx_has_stream || MISSING+=(libnginx-mod-stream)
-"$REPO/scripts/apt-install.sh" "${MISSING[@]}"
-HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-nginx_has_stream || die "nginx has no stream module"
+# shellcheck source=bench/common.sh
+source "$REPO/bench/common.sh"
+peers_setup
 
 # ------------------------------------------------------------------ build
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -95,8 +86,6 @@ if [ "$PGO" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------ processes
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
 # Raise the open-files limit for the 10,000 idle connections (proxy and tool inherit it).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 PIDS=()
@@ -106,13 +95,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 start_echo() { # protocol port1 port2 -> ECHO_PID
@@ -131,96 +113,6 @@ start_metamesh() { # config [binary] -> PROXY_PID
         sleep 0.05
     done
     die "metamesh not ready: $(cat "$1.log")"
-}
-
-start_haproxy() { # mode port e1 e2 -> PROXY_PID
-    local mode=$1 port=$2 e1=$3 e2=$4 f="$OUT/haproxy-$1.cfg"
-    if [ "$mode" = tcp ]; then cat >"$f" <<EOF
-global
-    maxconn 8000
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-frontend bench
-    bind 127.0.0.1:$port
-    default_backend echo
-backend echo
-    balance roundrobin
-    server e1 127.0.0.1:$e1
-    server e2 127.0.0.1:$e2
-EOF
-    else cat >"$f" <<EOF
-global
-    maxconn 8000
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-frontend bench
-    bind 127.0.0.1:$port
-    use_backend batch if { req.hdr(x-batchjob) -m str true }
-    default_backend user
-backend batch
-    http-reuse always
-    server e2 127.0.0.1:$e2
-backend user
-    http-reuse always
-    server e1 127.0.0.1:$e1
-EOF
-    fi
-    "$HAPROXY" -db -f "$f" >"$f.log" 2>&1 &
-    PROXY_PID=$!; PIDS+=("$PROXY_PID")
-    wait_port "$port"
-}
-
-start_nginx() { # mode port e1 e2 -> PROXY_PID (the master; workers are its children)
-    local mode=$1 port=$2 e1=$3 e2=$4 d="$OUT/nginx-$1"
-    mkdir -p "$d/tmp"
-    {
-        [ -f "$NGINX_STREAM_MODULE" ] && [ "$mode" = stream ] && echo "load_module $NGINX_STREAM_MODULE;"
-        cat <<EOF
-worker_processes auto;
-worker_rlimit_nofile 16384;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 8000; }
-EOF
-        if [ "$mode" = stream ]; then cat <<EOF
-stream {
-    upstream echo { server 127.0.0.1:$e1; server 127.0.0.1:$e2; }
-    server { listen 127.0.0.1:$port; proxy_pass echo; }
-}
-EOF
-        else cat <<EOF
-http {
-    access_log off;
-    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
-    uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
-    keepalive_requests 1000000;
-    upstream batch { server 127.0.0.1:$e2; keepalive 64; keepalive_requests 1000000; }
-    upstream user { server 127.0.0.1:$e1; keepalive 64; keepalive_requests 1000000; }
-    map \$http_x_batchjob \$pool { "true" batch; default user; }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://\$pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-        fi
-    } >"$d/nginx.conf"
-    "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" >"$d/out.log" 2>&1 &
-    PROXY_PID=$!; PIDS+=("$PROXY_PID")
-    wait_port "$port"
 }
 
 # ------------------------------------------------------------------ load
