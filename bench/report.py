@@ -247,7 +247,10 @@ def section(out, command, settings):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Route scale and the hook compare separate proxy processes, measured in "
               "turn, so differences within the run-to-run spread (about ±10% at this "
-              "load) are not significant.", "", END]
+              "load) are not significant. Why the CPU targets against haproxy `mode tcp` "
+              "at maximum throughput and against nginx do not hold here, measured: "
+              "[The kernel's part of a request](#the-kernels-part-of-a-request-metamesh-"
+              "and-nginx-in-the-same-runs).", "", END]
     return "\n".join(lines) + "\n"
 
 
