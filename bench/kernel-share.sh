@@ -20,7 +20,8 @@
 # of the proxy's threads per request (/proc/PID/task/*/status) and the TCP segments sent
 # per request over the whole machine (`nstat`, TcpOutSegs: one per hop, four through a
 # proxy, when every ACK rides on data). With PERF=1 the last round is sampled with
-# `perf record -e cpu-clock` (works without hardware counters).
+# `perf record -e cpu-clock` (works without hardware counters) and marked `*`: sampling
+# adds to the CPU that round measures.
 #
 # Needs nginx and haproxy (installed from Debian when missing), nstat (iproute2) and, for PERF=1,
 # perf (Debian linux-perf). Reports go to $OUT (default: a new directory under /tmp).
@@ -98,7 +99,9 @@ for round in $(seq 1 "$ROUNDS"); do
             --batchjob-every 3 --warmup 0s --duration "${SECS}s" "${measure[@]}" \
             >"$OUT/$t.$round.json" &
         load=$!
+        mark=$round
         if [ -n "${PERF:-}" ] && [ "$round" = "$ROUNDS" ] && [ "$t" != direct ]; then
+            mark="$round*"
             sleep 0.5
             perf record -q -e cpu-clock -F 4999 -p "${pids// /,}" -o "$OUT/$t.perf" \
                 -- sleep "$((SECS - 1))" 2>"$OUT/$t.perf.log"
@@ -112,7 +115,7 @@ for round in $(seq 1 "$ROUNDS"); do
         [ "$(jq .errors "$j")" = 0 ] || { echo "errors under load (see $j)" >&2; exit 1; }
         vol=$(per "$v0" "$v1" "$ok"); invol=$(per "$n0" "$n1" "$ok")
         [ "$t" = direct ] && vol=- && invol=-
-        printf '%-6s %-11s %10.0f %9s %9s %9s %9s %9s %9s\n' "$round" "$t" "$(jq .throughput "$j")" \
+        printf '%-6s %-11s %10.0f %9s %9s %9s %9s %9s %9s\n' "$mark" "$t" "$(jq .throughput "$j")" \
             "$(jq -r '.process.cpu_us_per_request // "-" | if type == "number" then (. * 100 | round / 100) else . end' "$j")" \
             "$(jq .latency_us.p50 "$j")" "$(jq .latency_us.p99 "$j")" \
             "$vol" "$invol" "$(per "$o0" "$o1" "$ok")"
