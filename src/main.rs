@@ -1,6 +1,6 @@
 //! The metamesh command line: run a proxy, validate a configuration, install the
 //! sidecar capture rules, or run the demo.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,13 +11,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metamesh_core::{Bootstrap, Proxy, ProxyBuilder, StartError};
 
+mod alloc;
 mod demo;
 mod iptables;
 
-/// Per-thread heaps with free lists of their own: a request's allocations are freed on
-/// the worker that made them, and never wait for a lock or consolidate a shared arena.
+/// mimalloc: per-thread heaps with free lists of their own, so a request's allocations are
+/// freed on the worker that made them and never wait for a lock or consolidate a shared
+/// arena.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
