@@ -23,6 +23,7 @@ mod mirror;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;
+mod request_set;
 pub mod router;
 mod shutdown;
 pub mod snapshot;

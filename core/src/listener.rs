@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::{poll_fn, Future};
+use std::task::Poll;
 
 use bytes::BytesMut;
-use futures_util::future::poll_immediate;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +24,7 @@ use crate::io::{OutQueue, FLUSH_AT};
 use crate::lua::{HookProgram, Verdict};
 use crate::message::{LocalReply, LocalReplyKind, Message, MessageKind};
 use crate::observe::Observed;
+use crate::request_set::RequestSet;
 use crate::router::{Mutation, Route};
 use crate::snapshot::{ClusterRuntime, ConfigStore, Snapshot};
 use crate::stats::ListenerStats;
@@ -143,7 +143,7 @@ async fn serve_multiplexed(
     let (mut rd, mut wr) = stream.split();
     let mut buf = BytesMut::new();
     let mut out = OutQueue::default();
-    let mut requests = FuturesUnordered::new();
+    let mut requests = RequestSet::default();
     let mut reading = true;
     let wait = shutdown.cancelled();
     tokio::pin!(wait);
@@ -219,8 +219,10 @@ async fn serve_multiplexed(
         let room = out.pending() < FLUSH_AT;
         let may_read = reading && room && requests.len() < MAX_IN_FLIGHT_PER_CONNECTION;
         if may_read && buf.is_empty() && requests.is_empty() && buf.capacity() > 0 {
-            // Idle: give the read buffer back until the client sends again.
+            // Idle: give the read buffer (and the room of requests) back until the
+            // client sends again.
             buf = BytesMut::new();
+            requests.shrink();
         }
         tokio::select! {
             biased;
@@ -229,16 +231,16 @@ async fn serve_multiplexed(
             // writes to its upstream alone (see `worker::starting_several`).
             Some(answer) = poll_fn(|cx| {
                 let several = std::mem::take(&mut fresh) > 1;
-                crate::worker::starting(several, || requests.poll_next_unpin(cx))
+                crate::worker::starting(several, || requests.poll_next(cx))
             }), if room && !requests.is_empty() => {
                 if let Some(answer) = answer {
                     encode_reply(&ctx, &mut *encoder, &mut out, answer);
                 }
                 // Gather every answer that is ready now into the same write.
                 while out.pending() < FLUSH_AT {
-                    match poll_immediate(requests.next()).await {
-                        Some(Some(Some(answer))) => encode_reply(&ctx, &mut *encoder, &mut out, answer),
-                        Some(Some(None)) => {}
+                    match poll_fn(|cx| Poll::Ready(requests.poll_next(cx))).await {
+                        Poll::Ready(Some(Some(answer))) => encode_reply(&ctx, &mut *encoder, &mut out, answer),
+                        Poll::Ready(Some(None)) => {}
                         _ => break,
                     }
                 }
