@@ -19,8 +19,10 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// Slots a set keeps while it holds nothing; the rest are given back.
-const IDLE_SLOTS: usize = 4;
+/// Slots a set keeps while it holds nothing (about 90 bytes each, with their wakers); the
+/// rest are given back. As many as a client that pipelines usually keeps in flight, so
+/// that the pauses between its bursts do not free and allocate them again.
+const IDLE_SLOTS: usize = 32;
 
 /// The futures woken since the set last looked, and the task that polls the set.
 #[derive(Default)]
@@ -233,8 +235,15 @@ mod tests {
     impl Handle {
         fn release(&self) {
             self.open.store(true, Ordering::Release);
-            if let Some(w) = self.waker.lock().unwrap().take() {
-                w.wake();
+            if let Some(w) = self.waker.lock().unwrap().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+        /// Wakes the future's last waker again, as a waker kept past its future's end
+        /// would.
+        fn wake_again(&self) {
+            if let Some(w) = self.waker.lock().unwrap().as_ref() {
+                w.wake_by_ref();
             }
         }
         fn polls(&self) -> usize {
@@ -348,13 +357,55 @@ mod tests {
         }
         assert_eq!(n, 6);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn an_empty_set_gives_back_slots_beyond_a_few_and_carries_on() {
+        let task = Waker::from(Arc::new(TaskWakes::default()));
+        let mut cx = Context::from_waker(&task);
+        let mut set = RequestSet::default();
+        let mut handles = Vec::new();
+        for v in 0..IDLE_SLOTS as u32 + 8 {
+            let (g, h) = gate(v);
+            set.push(g);
+            handles.push(h);
+        }
+        assert_eq!(set.poll_next(&mut cx), Poll::Pending);
+        set.shrink();
+        assert_eq!(
+            set.slots.len(),
+            IDLE_SLOTS + 8,
+            "not while it holds requests"
+        );
+        for h in &handles {
+            h.release();
+        }
+        let mut n = 0;
+        while let Poll::Ready(Some(_)) = set.poll_next(&mut cx) {
+            n += 1;
+        }
+        assert_eq!(n, IDLE_SLOTS + 8);
+        // Wakes left over from finished futures, of slots about to be given back and of
+        // slots kept, are queued.
+        for h in &handles {
+            h.wake_again();
+        }
         set.shrink();
         assert_eq!(set.slots.len(), IDLE_SLOTS);
-        // A set shrunk while wakes of its old slots were queued carries on.
-        let (g, h) = gate(7);
-        set.push(g);
-        h.release();
-        assert_eq!(set.poll_next(&mut cx), Poll::Ready(Some(7)));
+        for v in 0..IDLE_SLOTS as u32 + 2 {
+            let (g, h) = gate(1000 + v);
+            set.push(g);
+            h.release();
+        }
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(v)) = set.poll_next(&mut cx) {
+            got.push(v);
+        }
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (1000..1000 + IDLE_SLOTS as u32 + 2).collect::<Vec<_>>()
+        );
     }
 
     /// A future that wakes itself every time it is polled.
