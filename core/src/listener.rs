@@ -119,9 +119,8 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Spare room below which the read buffer grows before a read.
 const MIN_READ: usize = 1024;
 
-/// A request being handled. Boxed: a set of unboxed futures keeps room for one (a request's
-/// whole state, about 1 KB) in a node it allocates with the set, so every connection,
-/// idle or not, would carry it.
+/// A request being handled. Boxed: a [`RequestSet`] of unboxed futures would keep a
+/// request's whole state (over 1 KB) in every slot it keeps, busy or not.
 type Request<'a> = std::pin::Pin<Box<dyn Future<Output = Option<Outgoing>> + Send + 'a>>;
 
 /// Serves a connection of a multiplexing protocol on one task: its requests are futures
