@@ -60,6 +60,9 @@ pub(crate) enum Mode {
     Slow(u64),
     /// Accepts connections and never reads from them.
     Stall,
+    /// Answers no request, and sends responses to requests never made, as fast as the
+    /// connection takes them, until it closes.
+    Flood,
 }
 
 /// Attribute values of one request an upstream received.
@@ -95,10 +98,34 @@ pub(crate) async fn upstream(name: &'static str, mode: Mode) -> Upstream {
                 held.push(s);
                 continue;
             }
+            if mode == Mode::Flood {
+                tokio::spawn(flood(s));
+                continue;
+            }
             tokio::spawn(serve(s, name, mode, s2.clone(), l2.clone()));
         }
     });
     Upstream { addr, seen, log }
+}
+
+/// Writes responses to a request id never used until the connection closes, and reads
+/// (and drops) what comes.
+async fn flood(s: TcpStream) {
+    let (mut rd, mut wr) = s.into_split();
+    tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    // Large frames, which the proxy reads a buffer at a time: its socket has more most of
+    // the times it looks.
+    let one = frame(
+        MessageKind::Response,
+        u64::MAX,
+        0,
+        &[("served-by", "flood")],
+        &vec![0u8; 1024 * 1024],
+    );
+    while wr.write_all(&one).await.is_ok() {}
 }
 
 pub(crate) async fn serve(

@@ -597,6 +597,24 @@ async fn requests_to_an_upstream_that_never_reads_time_out_and_others_carry_on()
 }
 
 #[tokio::test]
+async fn a_request_times_out_on_a_connection_whose_upstream_never_stops_sending() {
+    let flood = upstream("flood", Mode::Flood).await;
+    let proxy = proxy(
+        r#"      - { name: r, route: [{ cluster: f }], timeout: 300ms }"#,
+        &[cluster("f", "", &[flood.addr])],
+        ", max_frame_size: 2097152",
+    )
+    .await;
+    let mut c = client(&proxy).await;
+    c.send(1, &[], b"x").await;
+    let r = tokio::time::timeout(Duration::from_secs(20), c.recv())
+        .await
+        .expect("answered while the upstream keeps sending")
+        .expect("reply");
+    assert_eq!((r.request_id, who(&r)), (1, "local:timeout".to_owned()));
+}
+
+#[tokio::test]
 async fn a_request_that_cannot_be_encoded_upstream_gets_an_internal_local_reply() {
     let good = upstream("good", Mode::Echo).await;
     let proxy = proxy(

@@ -857,6 +857,22 @@ async fn write_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Fails the requests on `shared` whose deadline is not after `now`, and sets `timer` for
+/// the earliest deadline left; false when none is left (the timer is not set).
+fn expire_and_rearm(
+    shared: &Shared,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    now: Instant,
+) -> bool {
+    match shared.expire(now) {
+        Some(at) => {
+            timer.reset(at);
+            true
+        }
+        None => false,
+    }
+}
+
 async fn read_loop(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     protocol: Arc<dyn Protocol>,
@@ -913,17 +929,19 @@ async fn read_loop(
                     armed = true;
                 }
             }
-            () = &mut timer, if armed => {
-                armed = false;
-                if let Some(at) = shared.expire(Instant::now()) {
-                    timer.as_mut().reset(at);
-                    armed = true;
-                }
-            }
+            // Before the timer, which is polled only when the socket has nothing. A
+            // socket that always has data would keep it from being polled: a read
+            // compares its deadline with the read's own clock instead.
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => read_at = Instant::now(),
-            }
+                Ok(_) => {
+                    read_at = Instant::now();
+                    if armed && read_at >= timer.deadline() {
+                        armed = expire_and_rearm(&shared, timer.as_mut(), read_at);
+                    }
+                }
+            },
+            () = &mut timer, if armed => armed = expire_and_rearm(&shared, timer.as_mut(), Instant::now()),
         }
     }
     shared.close();
