@@ -245,9 +245,11 @@ async fn serve_multiplexed(
                 }
                 // Written now rather than on the loop's next turn, which would only come
                 // back to write them (a socket that is full is waited for there).
-                let written = poll_fn(|cx| Poll::Ready(out.poll_write_to(cx, std::pin::Pin::new(&mut wr)))).await;
-                if let Poll::Ready(Err(_)) = written {
-                    return;
+                if out.pending() > 0 {
+                    let written = poll_fn(|cx| Poll::Ready(out.poll_write_to(cx, std::pin::Pin::new(&mut wr)))).await;
+                    if let Poll::Ready(Err(_)) = written {
+                        return;
+                    }
                 }
             }
             written = poll_fn(|cx| out.poll_write_to(cx, std::pin::Pin::new(&mut wr))), if out.pending() > 0 => {

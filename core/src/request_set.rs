@@ -269,6 +269,16 @@ mod tests {
         )
     }
 
+    /// The outputs `set` has ready now, sorted.
+    fn drain(set: &mut RequestSet<Gate>, cx: &mut Context<'_>) -> Vec<u32> {
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(v)) = set.poll_next(cx) {
+            got.push(v);
+        }
+        got.sort_unstable();
+        got
+    }
+
     /// Counts the wakes of the task polling the set.
     #[derive(Default)]
     struct TaskWakes(AtomicUsize);
@@ -320,11 +330,7 @@ mod tests {
         for h in handles.iter().skip(3).step_by(2) {
             h.release();
         }
-        let mut got = Vec::new();
-        while let Poll::Ready(Some(v)) = set.poll_next(&mut cx) {
-            got.push(v);
-        }
-        got.sort_unstable();
+        let got = drain(&mut set, &mut cx);
         assert_eq!(got, vec![3, 5, 7, 9]);
         assert_eq!(set.len(), 6);
         // Each was polled when pushed, and those woken once more.
@@ -341,20 +347,13 @@ mod tests {
             set.push(g);
         }
         assert_eq!(set.slots.len(), slots);
-        let mut got = Vec::new();
-        while let Poll::Ready(Some(v)) = set.poll_next(&mut cx) {
-            got.push(v);
-        }
-        got.sort_unstable();
+        let got = drain(&mut set, &mut cx);
         assert_eq!(got, vec![100, 101, 102, 103]);
 
         for h in &handles {
             h.release();
         }
-        let mut n = 0;
-        while let Poll::Ready(Some(_)) = set.poll_next(&mut cx) {
-            n += 1;
-        }
+        let n = drain(&mut set, &mut cx).len();
         assert_eq!(n, 6);
         assert!(set.is_empty());
     }
@@ -380,10 +379,7 @@ mod tests {
         for h in &handles {
             h.release();
         }
-        let mut n = 0;
-        while let Poll::Ready(Some(_)) = set.poll_next(&mut cx) {
-            n += 1;
-        }
+        let n = drain(&mut set, &mut cx).len();
         assert_eq!(n, IDLE_SLOTS + 8);
         // Wakes left over from finished futures, of slots about to be given back and of
         // slots kept, are queued.
@@ -397,11 +393,7 @@ mod tests {
             set.push(g);
             h.release();
         }
-        let mut got = Vec::new();
-        while let Poll::Ready(Some(v)) = set.poll_next(&mut cx) {
-            got.push(v);
-        }
-        got.sort_unstable();
+        let got = drain(&mut set, &mut cx);
         assert_eq!(
             got,
             (1000..1000 + IDLE_SLOTS as u32 + 2).collect::<Vec<_>>()
